@@ -1,0 +1,32 @@
+"""What parent and child agree on besides frames: exit codes and the spec."""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+
+class ExitCode(enum.IntEnum):
+    """A child's exit code says which path it left by (gunicorn's idea).
+
+    The parent trusts a code only together with the matching ``Done`` frame,
+    so an agent calling ``os._exit(3)`` is still a crash.
+    """
+
+    OK = 0
+    AGENT_ERROR = 3
+    AGENT_UNAVAILABLE = 4
+    CANCELLED = 5
+
+
+class TurnSpec(msgspec.Struct, frozen=True):
+    """Everything the child needs to run one turn (pickled to the child)."""
+
+    turn_id: str
+    thread_id: str
+    agent_name: str
+    agent_target: str  # "module:function", from the configuration only
+    input_json: bytes  # the input, JSON-encoded ("null" when none)
+    max_event_bytes: int
+    log_level: str = "info"

@@ -1,0 +1,163 @@
+"""Typed frames over a multiprocessing Pipe, and the two ends that move them.
+
+The child writes synchronously with ``Connection.send_bytes`` (one ``write``
+for a small frame): no feeder thread, so an event whose ``emit`` returned is
+already in the kernel pipe and survives a SIGKILL of the child. Threads that
+emit while another write is in flight are coalesced into one frame (group
+commit). The parent reads the raw fd in large non-blocking chunks and splits
+frames itself, so one wake-up of the relay handles every frame in the pipe.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from multiprocessing.connection import Connection
+from typing import Any, Union
+
+import msgspec
+
+__all__ = [
+    "Ready", "Batch", "Done", "Frame", "FrameWriter", "FrameReader",
+    "encode_frame", "EVENT_PREFIX",
+]
+
+# msgspec writes the tag first, so every valid encoded event starts with this.
+EVENT_PREFIX = b'{"type":"'
+
+
+class Ready(msgspec.Struct, tag="ready", array_like=True):
+    """The agent was imported; the turn is running."""
+
+    pid: int
+
+
+class Batch(msgspec.Struct, tag="batch", array_like=True):
+    """Pre-encoded AG-UI events (JSON), in emit order."""
+
+    events: list[bytes]
+
+
+class Done(msgspec.Struct, tag="done", array_like=True):
+    """The child's own account of how the agent ended, sent just before exit.
+
+    ``outcome`` is ``success`` (``result`` is JSON or empty), ``cancelled``,
+    ``agent_error`` or ``agent_unavailable`` (``message`` says why).
+    """
+
+    outcome: str
+    result: bytes = b""
+    message: str = ""
+
+
+Frame = Union[Ready, Batch, Done]
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder: msgspec.msgpack.Decoder[Frame] = msgspec.msgpack.Decoder(Frame)
+_HEADER = struct.Struct("!i")  # multiprocessing.Connection's own framing
+_BIG_HEADER = struct.Struct("!Q")
+
+
+def encode_frame(frame: Frame) -> bytes:
+    return _encoder.encode(frame)
+
+
+class FrameWriter:
+    """Child side: write frames synchronously; coalesce concurrent emitters."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._write_lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending: list[bytes] = []
+
+    def send(self, frame: Frame) -> None:
+        with self._write_lock:
+            self._conn.send_bytes(_encoder.encode(frame))
+
+    def send_events(self, events: list[bytes]) -> None:
+        """Return only once ``events`` are in the pipe.
+
+        A thread that finds another write in flight leaves its events in
+        ``_pending``; whoever takes the write lock next sends all of them as
+        one frame, so a backlog becomes one write instead of many.
+        """
+        with self._pending_lock:
+            self._pending.extend(events)
+        with self._write_lock:
+            with self._pending_lock:
+                batch, self._pending = self._pending, []
+            if batch:  # empty: a thread before us already wrote our events
+                self._conn.send_bytes(_encoder.encode(Batch(batch)))
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class FrameReader:
+    """Parent side: non-blocking chunked reads, split into decoded frames."""
+
+    def __init__(self, conn: Connection, *, max_frame_bytes: int) -> None:
+        self.conn = conn
+        self.fd = conn.fileno()
+        os.set_blocking(self.fd, False)
+        self._buf = bytearray()
+        self._max = max_frame_bytes
+        self.eof = False
+        self.error: str | None = None
+
+    def read(self, chunk: int = 1 << 20) -> list[Frame]:
+        """Read what the pipe holds now (never blocks) and return whole frames.
+
+        On garbage, ``error`` is set and the frames before it are still
+        returned: nothing the child wrote correctly is lost.
+        """
+        while not self.eof and self.error is None:
+            try:
+                data = os.read(self.fd, chunk)
+            except BlockingIOError:
+                break
+            if not data:
+                self.eof = True
+                break
+            self._buf += data
+            if len(data) < chunk:
+                break
+        return self._split()
+
+    def _split(self) -> list[Frame]:
+        frames: list[Frame] = []
+        buf = self._buf
+        pos = 0
+        end = len(buf)
+        with memoryview(buf) as view:
+            while self.error is None and end - pos >= 4:
+                (size,) = _HEADER.unpack_from(view, pos)
+                start = pos + 4
+                if size == -1:  # Connection's header for frames >= 2 GiB
+                    if end - start < 8:
+                        break
+                    (size,) = _BIG_HEADER.unpack_from(view, start)
+                    start += 8
+                if size < 0 or size > self._max:
+                    self.error = f"frame of {size} bytes (limit {self._max})"
+                    break
+                if end - start < size:
+                    break
+                try:
+                    frames.append(_decoder.decode(view[start:start + size]))
+                except msgspec.DecodeError as exc:
+                    self.error = f"undecodable frame: {exc}"
+                    break
+                pos = start + size
+        del buf[:pos]
+        return frames
+
+    @property
+    def partial(self) -> int:
+        """Bytes of an incomplete frame left in the buffer."""
+        return len(self._buf)
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,345 @@
+"""``Supervisor``: the embedded, thread-safe Python API over spawn, relay and storage.
+
+Every ``runnerctl`` verb and HTTP route is one of these calls first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from types import TracebackType
+from typing import Any
+
+import msgspec
+import structlog
+
+from ipc import events as ev
+from ipc.protocol import TurnSpec
+from ipc.wire import FrameReader
+from supervisor.config import Config
+from supervisor.errors import (
+    InvalidRequest, SessionBusy, SupervisorClosed, UnknownAgent, UnknownTurn,
+)
+from supervisor.eventlog import FileEventLog, line_seq
+from supervisor.ids import new_turn_id, validate_session_id, validate_turn_id
+from supervisor.killer import Escalation, TurnTree
+from supervisor.recovery import recover_lost
+from supervisor.registry import StreamRegistry
+from supervisor.relay import REAP_TIMEOUT_S, Live, Relay
+from supervisor.spawn import Spawner, become_subreaper
+from supervisor.turns import Intent, TurnInfo, TurnStatus, info_copy
+
+log = structlog.get_logger("runnerd.supervisor")
+
+MAX_EXPORT_LIMIT = 10_000
+_READ_CHUNK = 1000
+
+
+class ExportPage(msgspec.Struct):
+    """A page of a turn's history; ``events`` are the stored bytes, spliced unchanged."""
+
+    turn: TurnInfo
+    events: list[msgspec.Raw]
+    total: int
+    returned: int
+    truncated: bool
+    next_after: int
+
+    def items(self) -> list[tuple[int, ev.Event]]:
+        return [(line_seq(bytes(r)), ev.decode_event(bytes(r))) for r in self.events]
+
+
+class Supervisor:
+    """Runs turns in their own processes; safe to call from any thread.
+
+    >>> with Supervisor(Config(state_dir="/tmp/x")) as sup:
+    ...     turn = sup.start_turn("demo", {"prompt": "hi"})
+    ...     for seq, event in sup.events(turn.turn_id): ...
+    """
+
+    def __init__(self, config: Config | None = None, *, subreaper: bool = True) -> None:
+        self.config = config or Config()
+        self._subreaper = subreaper
+        self.eventlog = FileEventLog(self.config.state_dir)
+        self.registry = StreamRegistry(buffer_bytes=self.config.buffer_bytes)
+        self.spawner = Spawner(
+            self.config.start_method,
+            sorted({t.partition(":")[0] for t in self.config.agents.values()})
+            if self.config.preload_agents else [],
+        )
+        self.relay = Relay(
+            eventlog=self.eventlog,
+            registry=self.registry,
+            escalation=Escalation(self.config.cancel_grace_s, self.config.kill_grace_s),
+            max_event_bytes=self.config.max_event_bytes,
+            on_ended=self._on_ended,
+        )
+        self._lock = threading.Lock()  # session table and start/close ordering
+        self._active_by_session: dict[str, str] = {}
+        self._started = False
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> Supervisor:
+        if self._started:
+            return self
+        if self._subreaper:
+            become_subreaper()
+        for info in recover_lost(self.eventlog):
+            self.relay.past[info.turn_id] = info
+        self.spawner.warm_up()
+        self.relay.start()
+        self._started = True
+        log.info("supervisor_started", state_dir=self.config.state_dir,
+                 start_method=self.config.start_method, agents=sorted(self.config.agents))
+        return self
+
+    def close(self, *, drain: bool = False, timeout: float | None = None) -> None:
+        """Stop: cancel running turns (or let them finish, ``drain``), then the relay."""
+        with self._lock:
+            if self._closed or not self._started:
+                self._closed = True
+                return
+            self._closed = True
+        escalation = self.config.cancel_grace_s + self.config.kill_grace_s + REAP_TIMEOUT_S + 1.0
+        deadline = time.monotonic() + (escalation if timeout is None else timeout)
+        lives = list(self.relay.live.values())
+        if drain:
+            for live in lives:
+                live.ended.wait(max(0.0, deadline - escalation - time.monotonic()))
+        for live in lives:
+            if not live.ended.is_set():
+                self.cancel(live.info.turn_id, reason="supervisor shutdown")
+        for live in lives:
+            live.ended.wait(max(0.0, deadline - time.monotonic()))
+        self.relay.stop(max(0.1, deadline - time.monotonic()))
+        log.info("supervisor_stopped")
+
+    def __enter__(self) -> Supervisor:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def agents(self) -> dict[str, str]:
+        return dict(self.config.agents)
+
+    # -- verbs -----------------------------------------------------------------
+
+    def start_turn(self, agent: str, input: Any = None, *, session_id: str | None = None,
+                   timeout_s: float | None = None) -> TurnInfo:
+        """Start ``agent`` (a configured name, never an import path) on ``input``."""
+        if not isinstance(agent, str) or agent not in self.config.agents:
+            raise UnknownAgent(f"unknown agent {str(agent)[:64]!r}; configured: {', '.join(sorted(self.config.agents))}")
+        if session_id is not None:
+            validate_session_id(session_id)
+        if timeout_s is None:
+            timeout_s = self.config.default_timeout_s
+        elif isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s <= 7 * 86400:
+            raise InvalidRequest("timeout_s must be a number of seconds in (0, 604800]")
+        try:
+            input_json = msgspec.json.encode(input)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise InvalidRequest(f"input is not JSON-serialisable: {exc}") from None
+        turn_id = new_turn_id()
+        with self._lock:
+            if self._closed or not self._started:
+                raise SupervisorClosed("the supervisor is not running")
+            if session_id is not None:
+                active = self._active_by_session.get(session_id)
+                if active is not None and not self.status(active).ended:
+                    raise SessionBusy(f"session {session_id} has an active turn {active}", active)
+                self._active_by_session[session_id] = turn_id
+        info = TurnInfo(turn_id=turn_id, agent=agent, session_id=session_id,
+                        status=TurnStatus.STARTING, created_at=time.time(), timeout_s=timeout_s)
+        spec = TurnSpec(turn_id=turn_id, thread_id=session_id or turn_id, agent_name=agent,
+                        agent_target=self.config.agents[agent], input_json=input_json,
+                        max_event_bytes=self.config.max_event_bytes, log_level=self.config.log_level)
+        self.eventlog.create(info)
+        self.registry.open(turn_id)
+        spawned = self.spawner.spawn(spec)
+        reader = FrameReader(spawned.reader, max_frame_bytes=self.config.max_event_bytes * 64 + 4096)
+        live = Live(info=info, spec=spec, spawned=spawned, reader=reader)
+        info.pid = spawned.process.pid
+        self.relay.add(live)
+        log.info("turn_started", turn_id=turn_id, agent=agent, session_id=session_id)
+        return self.status(turn_id)
+
+    def status(self, turn_id: str) -> TurnInfo:
+        validate_turn_id(turn_id)
+        with self.relay.lock:
+            live = self.relay.live.get(turn_id)
+            if live is not None:
+                return info_copy(live.info)
+            past = self.relay.past.get(turn_id)
+            if past is not None:
+                return info_copy(past)
+        raise UnknownTurn(f"unknown turn {turn_id}")
+
+    def list_turns(self, *, status: str | None = None, session_id: str | None = None,
+                   limit: int | None = None) -> list[TurnInfo]:
+        """Newest first."""
+        with self.relay.lock:
+            infos = [info_copy(live.info) for live in self.relay.live.values()]
+            infos += [info_copy(i) for i in self.relay.past.values()]
+        if status is not None:
+            infos = [i for i in infos if i.status.value == status]
+        if session_id is not None:
+            infos = [i for i in infos if i.session_id == session_id]
+        infos.sort(key=lambda i: i.turn_id, reverse=True)  # ids sort by creation time
+        return infos[:limit] if limit is not None else infos
+
+    def cancel(self, turn_id: str, *, reason: str | None = None) -> TurnInfo:
+        """Idempotent and immediate: escalation runs on the relay thread."""
+        validate_turn_id(turn_id)
+        with self.relay.lock:
+            live = self.relay.live.get(turn_id)
+            if live is not None and live.intent is Intent.NONE:
+                # Intent first, then the token: the reaper must see a cancel, not a crash.
+                live.intent = Intent.CANCEL
+                live.info.cancel_requested = True
+                live.info.cancel_reason = reason
+                live.spawned.token.set()
+                self.relay.post_escalate(turn_id)
+                log.info("turn_cancel_requested", turn_id=turn_id, reason=reason)
+        return self.status(turn_id)
+
+    def wait(self, turn_id: str, timeout: float | None = None) -> TurnInfo:
+        """Block until the turn has ended (or ``timeout``); return its status."""
+        info = self.status(turn_id)
+        if not info.ended:
+            self._ensure_stream(turn_id)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                last, ended = self.registry.position(turn_id)
+                if ended:
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self.registry.wait(turn_id, last, remaining)
+        return self.status(turn_id)
+
+    # -- reading ---------------------------------------------------------------
+
+    def export(self, turn_id: str, *, limit: int = 200, after: int | None = None) -> ExportPage:
+        """A page of history; never waits. ``after=None`` gives the tail."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_EXPORT_LIMIT:
+            raise InvalidRequest(f"limit must be an integer in [0, {MAX_EXPORT_LIMIT}]")
+        info = self.status(turn_id)
+        self._ensure_stream(turn_id)
+        if after is None:
+            lines, total = self._tail(turn_id, limit)
+            truncated = bool(lines) and line_seq(lines[0]) > 1 or (not lines and total > 0)
+        else:
+            total, _ = self.registry.position(turn_id)
+            self._check_cursor(after, total)
+            lines, total, _ = self._read(turn_id, after, limit)
+            truncated = (line_seq(lines[-1]) if lines else after) < total
+        next_after = line_seq(lines[-1]) if lines else (after or 0) if after is not None else total
+        info.last_seq = max(info.last_seq, total)
+        return ExportPage(turn=info, events=[msgspec.Raw(line) for line in lines], total=total,
+                          returned=len(lines), truncated=truncated, next_after=next_after)
+
+    def events(self, turn_id: str, *, after: int = 0, follow: bool = True,
+               timeout: float | None = None) -> Iterator[tuple[int, ev.Event]]:
+        """``(seq, event)`` from ``after + 1`` on; with ``follow`` until the terminal event.
+
+        ``timeout`` bounds each wait for a new event (``TimeoutError``).
+        """
+        for lines in self.event_batches(turn_id, after=after, follow=follow, timeout=timeout):
+            for line in lines:
+                yield line_seq(line), ev.decode_event(line)
+
+    def event_batches(self, turn_id: str, *, after: int = 0, follow: bool = True,
+                      timeout: float | None = None) -> Iterator[list[bytes]]:
+        """Like ``events`` but yields the stored bytes, in batches (what SSE writes)."""
+        self.status(turn_id)
+        self._ensure_stream(turn_id)
+        self._check_cursor(after, self.registry.position(turn_id)[0])
+        cursor = after
+        while True:
+            lines, last, ended = self._read(turn_id, cursor, _READ_CHUNK)
+            if lines:
+                yield lines
+                cursor = line_seq(lines[-1])
+                continue
+            if (ended and cursor >= last) or not follow:
+                return
+            if not self.registry.wait(turn_id, cursor, timeout):
+                raise TimeoutError(f"no event after seq {cursor} within {timeout} s")
+
+    async def aevents(self, turn_id: str, *, after: int = 0, follow: bool = True,
+                      timeout: float | None = None) -> AsyncIterator[tuple[int, ev.Event]]:
+        async for lines in self.aevent_batches(turn_id, after=after, follow=follow, timeout=timeout):
+            for line in lines:
+                yield line_seq(line), ev.decode_event(line)
+
+    async def aevent_batches(self, turn_id: str, *, after: int = 0, follow: bool = True,
+                             timeout: float | None = None) -> AsyncIterator[list[bytes]]:
+        self.status(turn_id)
+        self._ensure_stream(turn_id)
+        self._check_cursor(after, self.registry.position(turn_id)[0])
+        cursor = after
+        while True:
+            slice_ = self.registry.read(turn_id, cursor, _READ_CHUNK)
+            if slice_.events is None:  # memory no longer holds it: read the log off-loop
+                lines, last, ended = await asyncio.to_thread(self._read, turn_id, cursor, _READ_CHUNK)
+            else:
+                lines, last, ended = slice_.events, slice_.last_seq, slice_.ended
+            if lines:
+                yield lines
+                cursor = line_seq(lines[-1])
+                continue
+            if (ended and cursor >= last) or not follow:
+                return
+            try:
+                await asyncio.wait_for(self.registry.wait_async(turn_id, cursor), timeout)
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"no event after seq {cursor} within {timeout} s") from None
+
+    # -- internals ---------------------------------------------------------------
+
+    @staticmethod
+    def _check_cursor(after: int, last_seq: int) -> None:
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise InvalidRequest("the cursor must be a non-negative integer")
+        if after > last_seq:
+            raise InvalidRequest(f"cursor {after} is beyond the last seq {last_seq}")
+
+    def _ensure_stream(self, turn_id: str) -> None:
+        """Turns from an earlier run of the daemon get a (memory-less) stream on first read."""
+        if turn_id not in self.registry:
+            with self._lock:
+                if turn_id not in self.registry:
+                    info = self.status(turn_id)
+                    self.registry.open(turn_id, last_seq=info.last_seq, ended=info.ended)
+
+    def _read(self, turn_id: str, after: int, limit: int) -> tuple[list[bytes], int, bool]:
+        s = self.registry.read(turn_id, after, limit)
+        if s.events is not None:
+            return s.events, s.last_seq, s.ended
+        return self.eventlog.read_after(turn_id, after, limit, s.last_seq), s.last_seq, s.ended
+
+    def _tail(self, turn_id: str, limit: int) -> tuple[list[bytes], int]:
+        s = self.registry.tail(turn_id, limit)
+        if s.events is not None:
+            return s.events, s.last_seq
+        return self.eventlog.tail(turn_id, limit, s.last_seq), s.last_seq
+
+    def _on_ended(self, info: TurnInfo) -> None:
+        if info.session_id is not None:
+            with self._lock:
+                if self._active_by_session.get(info.session_id) == info.turn_id:
+                    del self._active_by_session[info.session_id]
+
+    def turn_tree(self, turn_id: str) -> TurnTree | None:
+        """The live turn's process tree (for metrics and tests)."""
+        with self.relay.lock:
+            live = self.relay.live.get(turn_id)
+            return live.tree if live else None

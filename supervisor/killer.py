@@ -1,0 +1,147 @@
+"""Finding and killing every process of a turn, and the escalation policy.
+
+A turn's processes are: its root (checked by pid *and* create time), the
+root's descendants, its process group, and orphans the supervisor adopted as
+subreaper that carry the turn's id in their environment. Descendants seen once
+are remembered, so one that empties its environment is still found.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from dataclasses import dataclass, field
+
+import psutil
+
+TURN_ENV = "RUNNERD_TURN_ID"  # set by worker.main for the whole tree
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """Cooperative cancel, then SIGTERM after ``cancel_grace_s``, then SIGKILL after ``kill_grace_s``."""
+
+    cancel_grace_s: float
+    kill_grace_s: float
+
+
+@dataclass
+class TurnTree:
+    turn_id: str
+    root_pid: int
+    root_create_time: float
+    known: dict[int, float] = field(default_factory=dict)  # pid -> create time
+
+    def processes(self) -> list[psutil.Process]:
+        """Every live process of this turn (zombies included, for reaping)."""
+        found: dict[int, psutil.Process] = {}
+        root = _same(self.root_pid, self.root_create_time)
+        if root is not None:
+            found[root.pid] = root
+            for p in _children(root):
+                found[p.pid] = p
+        for pid, ctime in list(self.known.items()):
+            p = _same(pid, ctime)
+            if p is None:
+                del self.known[pid]
+            else:
+                found.setdefault(pid, p)
+        for p in _ours(self.turn_id, self.root_pid):
+            found.setdefault(p.pid, p)
+        for pid, p in found.items():
+            if pid not in self.known:
+                try:
+                    self.known[pid] = p.create_time()
+                except psutil.Error:
+                    pass
+        return list(found.values())
+
+    def signal(self, sig: int) -> int:
+        """Send ``sig`` to the group and to every process found; return how many live."""
+        if _same(self.root_pid, self.root_create_time) is not None:
+            _killpg(self.root_pid, sig)  # only while the group is surely the turn's
+        alive = 0
+        for p in self.processes():
+            try:
+                if p.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                p.send_signal(sig)
+                alive += 1
+            except psutil.Error:
+                continue
+        return alive
+
+    def reap(self) -> int:
+        """Reap adopted zombies of this turn; return how many processes remain."""
+        remaining = 0
+        me = os.getpid()
+        for p in self.processes():
+            try:
+                zombie = p.status() == psutil.STATUS_ZOMBIE
+                parent = p.ppid()
+            except psutil.Error:
+                continue
+            if zombie and parent == me and p.pid != self.root_pid:
+                try:
+                    os.waitpid(p.pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass  # someone reaped it first
+                continue
+            if p.pid == self.root_pid and zombie:
+                continue  # its parent (forkserver or multiprocessing) reaps the root
+            remaining += 1
+        return remaining
+
+
+def _same(pid: int, create_time: float) -> psutil.Process | None:
+    """The process ``pid`` only if it is still the one created at ``create_time``."""
+    try:
+        p = psutil.Process(pid)
+        if abs(p.create_time() - create_time) < 0.01:
+            return p
+    except psutil.Error:
+        pass
+    return None
+
+
+def _children(p: psutil.Process) -> list[psutil.Process]:
+    try:
+        return p.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _ours(turn_id: str, pgid: int) -> list[psutil.Process]:
+    """Our descendants in the turn's process group or carrying its id.
+
+    Orphans re-parented to us (we are a subreaper) are found here; the group
+    catches a child that cleared its environment, the id one that left the group.
+    """
+    out = []
+    for p in _children(psutil.Process()):
+        try:
+            if os.getpgid(p.pid) == pgid or p.environ().get(TURN_ENV) == turn_id:
+                out.append(p)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue  # gone, a zombie, or not ours to read
+    return out
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass  # the group is gone
+    except PermissionError:
+        pass  # pgid was reused by a process not ours: never signal it
+    except OSError as exc:
+        if exc.errno != errno.ESRCH:
+            raise
+
+
+def signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return str(sig)

@@ -1,0 +1,50 @@
+"""Start-up recovery: turns that were running when the daemon died end ``lost``.
+
+Each gets exactly one ``RUN_ERROR`` with code ``lost``; any process of it that
+survived is killed, matched by pid *and* create time, never by a bare pid.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import structlog
+
+from ipc import events as ev
+from supervisor.eventlog import FileEventLog
+from supervisor.killer import TurnTree
+from supervisor.turns import TurnError, TurnInfo, TurnStatus
+
+log = structlog.get_logger("runnerd.recovery")
+
+
+def recover_lost(eventlog: FileEventLog) -> list[TurnInfo]:
+    """Load every turn's metadata; close the ones a dead daemon left open."""
+    infos = eventlog.list_meta()
+    for info in infos:
+        if info.ended:
+            continue
+        last = eventlog.reopen(info.turn_id)
+        if info.pid and info.pid_create_time:
+            TurnTree(info.turn_id, info.pid, info.pid_create_time).signal(signal.SIGKILL)
+        now_ms = time.time_ns() // 1_000_000
+        lines = []
+        if last == 0:  # it never started: keep RUN_STARTED first
+            last += 1
+            started = ev.RunStarted(thread_id=info.session_id or info.turn_id, run_id=info.turn_id,
+                                    timestamp=now_ms)
+            lines.append(b'{"seq":%d,' % last + ev.encode_event(started)[1:])
+        message = "the daemon stopped while this turn was running"
+        last += 1
+        lines.append(b'{"seq":%d,' % last + ev.encode_event(ev.RunError(message=message, code="lost",
+                                                                      timestamp=now_ms))[1:])
+        eventlog.append(info.turn_id, lines)
+        eventlog.close(info.turn_id)
+        info.status = TurnStatus.LOST
+        info.error = TurnError("lost", message)
+        info.last_seq = last
+        info.ended_at = time.time()
+        eventlog.write_meta(info)
+        log.warning("turn_lost", turn_id=info.turn_id, last_seq=last)
+    return infos

@@ -1,0 +1,361 @@
+"""The relay: one thread for all turns.
+
+It waits (``multiprocessing.connection.wait``) on every turn's pipe and process
+sentinel plus a wake-up pipe, numbers events (``seq``), appends them to the
+event log and then the registry, runs cancel escalation and timeouts, and ends
+each turn with exactly one terminal event after its pipe is fully drained and
+its processes are gone. It owns the table of turns: other threads post
+commands (gunicorn's queue plus wake-up byte) and read snapshots.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from typing import Any
+
+import msgspec
+import psutil
+import structlog
+
+from ipc import events as ev
+from ipc.protocol import TurnSpec
+from ipc.wire import Batch, Done, FrameReader, Ready
+from supervisor.eventlog import EventLog
+from supervisor.killer import Escalation, TurnTree
+from supervisor.registry import StreamRegistry
+from supervisor.spawn import Spawned
+from supervisor.turns import Intent, TurnInfo, TurnStatus, classify
+
+log = structlog.get_logger("runnerd.relay")
+
+_SUPERVISOR_ONLY = (ev.RunStarted, ev.RunFinished, ev.RunError)
+_event_decoder: msgspec.json.Decoder[ev.Event] = msgspec.json.Decoder(ev.Event)
+REAP_TIMEOUT_S = 2.0  # after the root exits, how long leftovers may take to die
+REAP_POLL_S = 0.002
+EVICT_AFTER_S = 30.0  # ended turns keep their events in memory this long
+HOUSEKEEPING_S = 1.0
+
+
+@dataclass
+class Live:
+    """A turn whose process may still exist; mutated by the relay thread only."""
+
+    info: TurnInfo
+    spec: TurnSpec
+    spawned: Spawned
+    reader: FrameReader
+    tree: TurnTree | None = None
+    log: Any = None
+    intent: Intent = Intent.NONE  # written by cancel() *before* any signal
+    intent_message: str = ""
+    done: Done | None = None
+    timeout_at: float | None = None
+    term_at: float | None = None
+    kill_at: float | None = None
+    exited: bool = False
+    reap_until: float | None = None
+    ended: threading.Event = field(default_factory=threading.Event)
+
+
+class Relay:
+    def __init__(
+        self,
+        *,
+        eventlog: EventLog,
+        registry: StreamRegistry,
+        escalation: Escalation,
+        max_event_bytes: int,
+        on_ended: Callable[[TurnInfo], None] | None = None,
+    ) -> None:
+        self.eventlog = eventlog
+        self.registry = registry
+        self.escalation = escalation
+        self.max_event_bytes = max_event_bytes
+        self.on_ended = on_ended
+        self.lock = threading.Lock()  # guards the two tables below
+        self.live: dict[str, Live] = {}
+        self.past: dict[str, TurnInfo] = {}
+        self._commands: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.heartbeat = time.monotonic()  # last loop iteration; the daemon's watchdog reads it
+        self.events_relayed = 0
+        self._next_housekeeping = 0.0
+
+    # -- other threads --------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="runnerd-relay", daemon=True)
+        self._thread.start()
+
+    def add(self, live: Live) -> None:
+        with self.lock:
+            self.live[live.info.turn_id] = live
+        self._post("add", live.info.turn_id)
+
+    def post_escalate(self, turn_id: str) -> None:
+        self._post("escalate", turn_id)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop after every live turn has ended (callers cancel them first)."""
+        self._stopping = True
+        self._post("stop", "")
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _post(self, kind: str, turn_id: str) -> None:
+        self._commands.put((kind, turn_id))
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already
+
+    # -- the loop ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            self.step()
+            if self._stopping and not self.live:
+                break
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def step(self) -> None:
+        """One iteration: wait, read, decide. Never blocks past the next deadline."""
+        now = time.monotonic()
+        self.heartbeat = now
+        handles: dict[int, tuple[Live, str]] = {}
+        for live in self.live.values():
+            if not live.reader.eof and live.reader.error is None:
+                handles[live.reader.fd] = (live, "pipe")
+            if not live.exited:
+                handles[live.spawned.process.sentinel] = (live, "exit")
+        ready = wait([self._wake_r, *handles], self._timeout(now))
+        self._drain_commands()
+        for obj in ready:
+            if obj == self._wake_r:
+                continue
+            live, kind = handles[obj]  # type: ignore[index]
+            if kind == "pipe":
+                self._pump(live)
+            else:
+                self._on_exit(live)
+        now = time.monotonic()
+        for live in list(self.live.values()):
+            self._check_deadlines(live, now)
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + HOUSEKEEPING_S
+            self.registry.evict_ended(EVICT_AFTER_S)
+
+    def _timeout(self, now: float) -> float:
+        soonest = now + HOUSEKEEPING_S
+        for live in self.live.values():
+            if live.reap_until is not None:
+                return REAP_POLL_S
+            for t in (live.timeout_at, live.term_at, live.kill_at):
+                if t is not None and t < soonest:
+                    soonest = t
+        return max(0.0, soonest - now)
+
+    def _drain_commands(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                kind, turn_id = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            live = self.live.get(turn_id)
+            if live is None:
+                continue
+            if kind == "add":
+                self._on_add(live)
+            elif kind == "escalate":
+                self._schedule_escalation(live)
+
+    # -- turn events --------------------------------------------------------------
+
+    def _on_add(self, live: Live) -> None:
+        proc = live.spawned.process
+        live.log = log.bind(turn_id=live.info.turn_id, agent=live.info.agent)
+        try:
+            ctime = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            ctime = 0.0  # already gone; the tree then only finds what carries its id
+        live.tree = TurnTree(live.info.turn_id, proc.pid, ctime)
+        live.info.pid = proc.pid
+        live.info.pid_create_time = ctime
+        if live.info.timeout_s is not None:
+            live.timeout_at = time.monotonic() + live.info.timeout_s
+        if live.intent is not Intent.NONE:  # cancelled before we saw it
+            self._schedule_escalation(live)
+        self.eventlog.write_meta(live.info)
+        live.log.info("turn_spawned", pid=proc.pid)
+
+    def _pump(self, live: Live) -> None:
+        frames = live.reader.read()
+        lines: list[bytes] = []
+        seq = live.info.last_seq
+        for frame in frames:
+            if isinstance(frame, Batch):
+                for data in frame.events:
+                    problem = self._invalid(data)
+                    if problem:
+                        live.reader.error = problem
+                        break
+                    seq += 1
+                    lines.append(b'{"seq":%d,' % seq + data[1:])
+                if live.reader.error:
+                    break
+            elif isinstance(frame, Ready):
+                if live.info.status is TurnStatus.STARTING:
+                    seq += 1
+                    lines.append(self._started_line(live, seq))
+            elif isinstance(frame, Done):
+                live.done = frame
+        if lines:
+            self._commit(live, lines, seq)
+        if live.reader.error and live.intent in (Intent.NONE,):
+            live.intent = Intent.PROTOCOL
+            live.intent_message = f"protocol error from the turn's process: {live.reader.error}"
+            live.log.warning("protocol_error", error=live.reader.error)
+            self._signal(live, signal.SIGKILL)
+
+    def _invalid(self, data: bytes) -> str | None:
+        if len(data) > self.max_event_bytes:
+            return f"event of {len(data)} bytes over the {self.max_event_bytes}-byte cap"
+        try:
+            event = _event_decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            return f"invalid event: {exc}"
+        if isinstance(event, _SUPERVISOR_ONLY) or not data.startswith(b'{"type":"'):
+            return f"{type(event).__name__} may only come from the supervisor"
+        return None
+
+    def _started_line(self, live: Live, seq: int) -> bytes:
+        live.info.status = TurnStatus.RUNNING
+        live.info.started_at = time.time()
+        event = ev.RunStarted(thread_id=live.spec.thread_id, run_id=live.info.turn_id,
+                              timestamp=time.time_ns() // 1_000_000)
+        return b'{"seq":%d,' % seq + ev.encode_event(event)[1:]
+
+    def _commit(self, live: Live, lines: list[bytes], seq: int, *, end: bool = False) -> None:
+        # Log first: everything a reader can see in memory is already on disk.
+        try:
+            self.eventlog.append(live.info.turn_id, lines)
+        except OSError as exc:
+            live.log.error("event_log_write_failed", error=str(exc))
+        self.registry.append(live.info.turn_id, lines, end=end)
+        with self.lock:
+            live.info.last_seq = seq
+        self.events_relayed += len(lines)
+
+    def _on_exit(self, live: Live) -> None:
+        live.exited = True
+        self._pump(live)  # everything the child wrote before dying is in the pipe now
+        proc = live.spawned.process
+        if proc.exitcode is None:
+            proc.join(1.0)  # spawn: the sentinel can fire a moment before the zombie exists
+        live.info.exit_code = proc.exitcode
+        if live.info.exit_code is not None and live.info.exit_code < 0:
+            live.info.signal = -live.info.exit_code
+        # The turn is over; whatever it left running goes now.
+        live.reap_until = time.monotonic() + REAP_TIMEOUT_S
+        live.term_at = live.kill_at = live.timeout_at = None
+        self._signal(live, signal.SIGKILL)
+
+    def _check_deadlines(self, live: Live, now: float) -> None:
+        if live.reap_until is not None:
+            remaining = live.tree.reap() if live.tree else 0
+            if remaining and now < live.reap_until:
+                if remaining:
+                    self._signal(live, signal.SIGKILL)
+                return
+            if remaining:
+                live.log.error("turn_processes_survived", count=remaining)
+            self._finish(live)
+            return
+        if live.timeout_at is not None and now >= live.timeout_at:
+            live.timeout_at = None
+            if live.intent is Intent.NONE:
+                live.intent = Intent.TIMEOUT
+                live.intent_message = f"the turn exceeded its {live.info.timeout_s:g} s timeout"
+                live.spawned.token.set()
+                live.log.info("turn_timeout")
+                self._schedule_escalation(live)
+        if live.term_at is not None and now >= live.term_at:
+            live.term_at = None
+            live.log.info("escalate_sigterm")
+            self._signal(live, signal.SIGTERM)
+        if live.kill_at is not None and now >= live.kill_at:
+            live.kill_at = None
+            live.log.info("escalate_sigkill")
+            self._signal(live, signal.SIGKILL)
+
+    def _schedule_escalation(self, live: Live) -> None:
+        if live.exited or live.term_at is not None or live.kill_at is not None:
+            return
+        now = time.monotonic()
+        live.term_at = now + self.escalation.cancel_grace_s
+        live.kill_at = live.term_at + self.escalation.kill_grace_s
+
+    def _signal(self, live: Live, sig: int) -> None:
+        if live.tree is not None:
+            live.tree.signal(sig)
+
+    def _finish(self, live: Live) -> None:
+        """Write the one terminal event, persist, and move the turn to the past."""
+        info = live.info
+        done = live.done
+        ending = classify(
+            turn_id=info.turn_id,
+            thread_id=live.spec.thread_id,
+            intent=live.intent,
+            intent_message=live.intent_message,
+            done_outcome=done.outcome if done else None,
+            done_message=done.message if done else "",
+            result_json=done.result if done else b"",
+            exitcode=info.exit_code,
+        )
+        lines = []
+        seq = info.last_seq
+        if info.status is TurnStatus.STARTING:  # died before Ready: still one RUN_STARTED first
+            seq += 1
+            lines.append(self._started_line(live, seq))
+        seq += 1
+        lines.append(b'{"seq":%d,' % seq + ev.encode_event(ending.terminal)[1:])
+        with self.lock:
+            info.status = ending.status
+            info.error = ending.error
+            info.ended_at = time.time()
+        self._commit(live, lines, seq, end=True)
+        try:
+            self.eventlog.close(info.turn_id)
+            self.eventlog.write_meta(info)
+        except OSError as exc:
+            live.log.error("event_log_close_failed", error=str(exc))
+        live.reader.close()
+        live.spawned.process.close()
+        with self.lock:
+            del self.live[info.turn_id]
+            self.past[info.turn_id] = info
+        live.ended.set()
+        live.log.info("turn_ended", status=info.status.value,
+                      error=info.error.code if info.error else None, last_seq=seq)
+        if self.on_ended is not None:
+            self.on_ended(info)

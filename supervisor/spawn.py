@@ -1,0 +1,112 @@
+"""Starting a turn's process: forkserver (default) or spawn, by name only.
+
+Two traps are designed out here:
+- spawn and forkserver children re-run the parent's ``__main__`` (150+ ms when
+  that is the daemon); the parent's main module is hidden while a process
+  starts, and the target (``ipc.boot.boot``) never needs it;
+- a forkserver that imports agent code could die on an agent's import error;
+  agents are preloaded through ``worker.preload``, which survives them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.forkserver
+import os
+import sys
+import threading
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ipc.boot import boot
+from ipc.protocol import TurnSpec
+from ipc.token import CancelToken, new_token
+
+WORKER_ENTRY = "worker.main:run"
+PRELOAD_ENV = "RUNNERD_PRELOAD"
+_PR_SET_CHILD_SUBREAPER = 36
+_start_lock = threading.Lock()  # hiding __main__ is process-wide
+
+
+@dataclass
+class Spawned:
+    process: Any  # multiprocessing BaseProcess of the chosen context
+    reader: Connection
+    token: CancelToken
+
+
+@contextmanager
+def _main_hidden() -> Iterator[None]:
+    """Let multiprocessing see a main module without a file or spec."""
+    real = sys.modules["__main__"]
+    stub = types.ModuleType("__main__")
+    sys.modules["__main__"] = stub
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = real
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants, so a double-forked grandchild is still ours to kill."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+class Spawner:
+    """Starts worker processes; knows nothing of events or HTTP."""
+
+    def __init__(self, method: str, preload_modules: list[str]) -> None:
+        self.method = method
+        self.ctx: multiprocessing.context.BaseContext = multiprocessing.get_context(method)
+        self._preload = preload_modules
+        self._warm = False
+
+    def warm_up(self) -> None:
+        """Start the forkserver now (once), with the worker and agents preloaded."""
+        if self.method != "forkserver" or self._warm:
+            return
+        with _start_lock:
+            if self._warm:
+                return
+            self.ctx.set_forkserver_preload(["ipc.boot", "worker.main", "worker.preload"])  # type: ignore[attr-defined]
+            saved = os.environ.get(PRELOAD_ENV)
+            os.environ[PRELOAD_ENV] = ",".join(self._preload)
+            try:
+                with _main_hidden():
+                    multiprocessing.forkserver.ensure_running()
+            finally:
+                if saved is None:
+                    os.environ.pop(PRELOAD_ENV, None)
+                else:
+                    os.environ[PRELOAD_ENV] = saved
+            self._warm = True
+
+    def spawn(self, spec: TurnSpec) -> Spawned:
+        self.warm_up()
+        reader, writer = self.ctx.Pipe(duplex=False)
+        token = new_token(self.ctx)
+        process = self.ctx.Process(  # type: ignore[attr-defined]
+            target=boot,
+            args=(WORKER_ENTRY, spec, writer, token),
+            name=f"runnerd-turn-{spec.turn_id}",
+            daemon=False,
+        )
+        try:
+            with _start_lock, _main_hidden():
+                process.start()
+        finally:
+            writer.close()  # the child holds the only write end: EOF means it is gone
+        return Spawned(process, reader, token)
+
+    def forkserver_pid(self) -> int | None:
+        pid = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
+        return pid if isinstance(pid, int) else None

@@ -1,0 +1,144 @@
+"""The turn record: status, lifecycle and how an ending is classified.
+
+Lifecycle: ``queued -> starting -> running -> succeeded | failed | cancelled |
+timed_out | lost``. The relay thread is the only writer of a ``Turn``; other
+threads read ``info()`` snapshots.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Any
+
+import msgspec
+
+from ipc import events as ev
+from ipc.protocol import ExitCode
+
+
+class TurnStatus(str, enum.Enum):
+    QUEUED = "queued"
+    STARTING = "starting"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    LOST = "lost"
+
+    @property
+    def ended(self) -> bool:
+        return self in _ENDED
+
+
+_ENDED = frozenset({TurnStatus.SUCCEEDED, TurnStatus.FAILED, TurnStatus.CANCELLED,
+                    TurnStatus.TIMED_OUT, TurnStatus.LOST})
+
+
+class TurnError(msgspec.Struct, frozen=True):
+    code: str  # agent_error | agent_unavailable | crashed | timeout | memory_limit | lost
+    message: str
+
+
+class TurnInfo(msgspec.Struct, kw_only=True):
+    """A snapshot of one turn; also the metadata file and the HTTP body."""
+
+    turn_id: str
+    agent: str
+    session_id: str | None = None
+    status: TurnStatus = TurnStatus.QUEUED
+    last_seq: int = 0
+    pid: int | None = None
+    pid_create_time: float | None = None  # psutil create time: pid reuse safety
+    created_at: float = 0.0  # wall clock, seconds since the epoch
+    started_at: float | None = None
+    ended_at: float | None = None
+    timeout_s: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    error: TurnError | None = None
+    cancel_requested: bool = False
+    cancel_reason: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.status.ended
+
+
+class Intent(str, enum.Enum):
+    """Why the supervisor is ending a turn, recorded before any signal."""
+
+    NONE = "none"
+    CANCEL = "cancel"
+    TIMEOUT = "timeout"
+    PROTOCOL = "protocol"  # the child broke the wire protocol
+
+
+class Ending(msgspec.Struct, frozen=True):
+    status: TurnStatus
+    terminal: ev.Event
+    error: TurnError | None
+
+
+def classify(
+    *,
+    turn_id: str,
+    thread_id: str,
+    intent: Intent,
+    intent_message: str,
+    done_outcome: str | None,
+    done_message: str,
+    result_json: bytes,
+    exitcode: int | None,
+) -> Ending:
+    """Decide the turn's status and its one terminal event.
+
+    The exit code counts only with the matching ``Done`` frame, so an agent
+    calling ``os._exit(3)`` is a crash, not an agent error.
+    """
+    def error(status: TurnStatus, code: str, message: str) -> Ending:
+        return Ending(status, ev.RunError(message=message, code=code, timestamp=_now_ms()),
+                      TurnError(code, message))
+
+    if intent is Intent.CANCEL:
+        return Ending(TurnStatus.CANCELLED,
+                      ev.RunFinished(thread_id=thread_id, run_id=turn_id,
+                                     outcome=ev.Outcome("cancelled"), timestamp=_now_ms()),
+                      None)
+    if intent is Intent.TIMEOUT:
+        return error(TurnStatus.TIMED_OUT, "timeout", intent_message)
+    if intent is Intent.PROTOCOL:
+        return error(TurnStatus.FAILED, "crashed", intent_message)
+    if done_outcome == "success" and exitcode == ExitCode.OK:
+        finished = ev.RunFinished(thread_id=thread_id, run_id=turn_id,
+                                  outcome=ev.Outcome("success"), timestamp=_now_ms())
+        if result_json:
+            finished.result = msgspec.Raw(result_json)
+        return Ending(TurnStatus.SUCCEEDED, finished, None)
+    if done_outcome == "agent_error" and exitcode == ExitCode.AGENT_ERROR:
+        return error(TurnStatus.FAILED, "agent_error", done_message)
+    if done_outcome == "agent_unavailable" and exitcode == ExitCode.AGENT_UNAVAILABLE:
+        return error(TurnStatus.FAILED, "agent_unavailable", done_message)
+    return error(TurnStatus.FAILED, "crashed", describe_exit(exitcode))
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "the turn's process vanished without an exit status"
+    if exitcode < 0:
+        import signal as _signal
+        try:
+            name = _signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"the turn's process was killed by {name}"
+    return f"the turn's process exited with code {exitcode} without reporting a result"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def info_copy(info: TurnInfo, **changes: Any) -> TurnInfo:
+    return msgspec.structs.replace(info, **changes)

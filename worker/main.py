@@ -1,0 +1,116 @@
+"""Entry point of a turn's process: isolate, load the agent, run it, report.
+
+The exit code is a protocol (``ipc.protocol.ExitCode``) and is always paired
+with a ``Done`` frame; the supervisor decides what it means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any, NoReturn
+
+import msgspec
+import structlog
+
+from ipc.protocol import ExitCode, TurnSpec
+from ipc.token import CancelToken
+from ipc.wire import Done, FrameWriter, Ready
+from worker.context import Cancelled, TurnContext
+
+# Signals a daemon may have handled; the turn gets the defaults back so
+# SIGTERM/SIGINT end it and it never runs its parent's handlers.
+_RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+                  signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD, signal.SIGALRM)
+CANCEL_POLL_S = 0.01
+TURN_ENV = "RUNNERD_TURN_ID"  # inherited by every descendant; found again at kill time
+
+
+def run(spec: TurnSpec, conn: Connection, token: CancelToken) -> None:
+    """The process target (started by name through ``ipc.boot``)."""
+    _isolate(spec)
+    writer = FrameWriter(conn)
+    log = structlog.get_logger("runnerd.worker").bind(turn_id=spec.turn_id)
+    try:
+        agent = _load(spec.agent_target)
+    except Exception as exc:  # any import-time failure of agent code
+        log.error("agent_unavailable", agent=spec.agent_name, error=repr(exc))
+        _finish(writer, Done("agent_unavailable", message=f"cannot load agent {spec.agent_name!r}: {exc!r}"),
+                ExitCode.AGENT_UNAVAILABLE)
+    writer.send(Ready(os.getpid()))
+    ctx = TurnContext(turn_id=spec.turn_id, thread_id=spec.thread_id, writer=writer,
+                      token=token, max_event_bytes=spec.max_event_bytes)
+    try:
+        value = _call(agent, ctx, msgspec.json.decode(spec.input_json), token)
+        result = b"" if value is None else msgspec.json.encode(value)
+    except (Cancelled, asyncio.CancelledError):
+        _finish(writer, Done("cancelled"), ExitCode.CANCELLED)
+    except BaseException as exc:  # the agent's failure, reported, never re-raised
+        log.error("agent_error", error=repr(exc))
+        message = "".join(traceback.format_exception_only(exc)).strip()
+        _finish(writer, Done("agent_error", message=message), ExitCode.AGENT_ERROR)
+    _finish(writer, Done("success", result=result), ExitCode.OK)
+
+
+def _isolate(spec: TurnSpec) -> None:
+    os.setsid()  # own session and process group: killed as a group
+    for sig in _RESET_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    os.environ.pop("NOTIFY_SOCKET", None)  # only the daemon talks to systemd
+    os.environ.pop("LISTEN_FDS", None)
+    os.environ.pop("LISTEN_PID", None)
+    os.environ[TURN_ENV] = spec.turn_id
+    level = getattr(logging, spec.log_level.upper(), logging.INFO)
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"),
+                    structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _load(target: str) -> Callable[..., Any]:
+    module, _, name = target.partition(":")
+    func = getattr(importlib.import_module(module), name)
+    if not callable(func):
+        raise TypeError(f"{target} is not callable")
+    return func  # type: ignore[no-any-return]
+
+
+def _call(agent: Callable[..., Any], ctx: TurnContext, value: Any, token: CancelToken) -> Any:
+    if inspect.iscoroutinefunction(agent):
+        return asyncio.run(_run_async(agent(ctx, value), token))
+    out = agent(ctx, value)
+    if inspect.isawaitable(out):
+        return asyncio.run(_run_async(out, token))
+    return out
+
+
+async def _run_async(coro: Any, token: CancelToken) -> Any:
+    """Run the agent's coroutine; cancel its task when the token is set."""
+    task = asyncio.ensure_future(coro)
+    while not task.done():
+        await asyncio.wait([task], timeout=CANCEL_POLL_S)
+        if token.is_set() and not task.done():
+            task.cancel()
+    return task.result()
+
+
+def _finish(writer: FrameWriter, done: Done, code: ExitCode) -> NoReturn:
+    try:
+        writer.send(done)
+    except OSError:
+        pass  # the supervisor is gone; the exit code still tells the story
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # os._exit: no atexit hooks and no joining of threads the agent left behind.
+    os._exit(code)
