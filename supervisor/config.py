@@ -22,6 +22,41 @@ def default_state_dir() -> str:
     return str(Path(base) / "runnerd")
 
 
+def default_socket_path() -> str:
+    """``$RUNTIME_DIRECTORY`` (systemd), else ``$XDG_RUNTIME_DIR/runnerd``, else ``./.runnerd``."""
+    if env := os.environ.get("RUNTIME_DIRECTORY"):
+        return str(Path(env.split(":")[0]) / "runnerd.sock")
+    if xdg := os.environ.get("XDG_RUNTIME_DIR"):
+        return str(Path(xdg) / "runnerd" / "runnerd.sock")
+    return str(Path.cwd() / ".runnerd" / "runnerd.sock")
+
+
+class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The daemon's listeners and HTTP limits (``[server]`` in the TOML file)."""
+
+    socket: str = msgspec.field(default_factory=default_socket_path)
+    socket_mode: str = "0660"  # octal, as a string
+    socket_group: str | None = None
+    tcp: str | None = None  # "127.0.0.1:8765"; non-loopback only with token_file
+    token_file: str | None = None
+    max_body_bytes: int = 1 << 20
+    keepalive_s: float = 15.0
+    shutdown_timeout_s: float = 10.0
+    shutdown_mode: str = "cancel"  # or "drain": let running turns finish first
+
+    def __post_init__(self) -> None:
+        try:
+            mode = int(self.socket_mode, 8)
+        except ValueError:
+            raise ValueError(f"server.socket_mode must be octal like '0660', not {self.socket_mode!r}") from None
+        if not 0 <= mode <= 0o777:
+            raise ValueError("server.socket_mode must be within 0000-0777")
+        if self.shutdown_mode not in ("cancel", "drain"):
+            raise ValueError("server.shutdown_mode must be 'cancel' or 'drain'")
+        if self.max_body_bytes < 1024:
+            raise ValueError("server.max_body_bytes must be at least 1024")
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Every knob, with defaults that run a fresh install as it is."""
 
@@ -35,6 +70,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_event_bytes: int = 1 << 20
     buffer_bytes: int = 4 << 20  # per turn, recent events kept in memory
     log_level: str = "info"
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
 
     def __post_init__(self) -> None:
         if self.start_method not in ("forkserver", "spawn"):
