@@ -199,7 +199,8 @@ class Supervisor:
         validate_turn_id(turn_id)
         with self.relay.lock:
             live = self.relay.live.get(turn_id)
-            if live is not None and live.intent is Intent.NONE:
+            # Once the process has exited its outcome is decided: cancel is a no-op.
+            if live is not None and live.intent is Intent.NONE and not live.exited:
                 # Intent first, then the token: the reaper must see a cancel, not a crash.
                 live.intent = Intent.CANCEL
                 live.info.cancel_requested = True

@@ -15,7 +15,16 @@ from dataclasses import dataclass, field
 
 import psutil
 
-TURN_ENV = "RUNNERD_TURN_ID"  # set by worker.main for the whole tree
+TURN_ENV = "RUNNERD_TURN_ID"  # set by worker.main; seen in /proc only after an exec
+
+
+def turn_comm(turn_id: str) -> str:
+    """The process name worker.main gives the turn: inherited by every fork.
+
+    /proc/<pid>/environ shows the environment as it was at exec, so a forked
+    (not exec'd) descendant is recognised by this name instead.
+    """
+    return "rd-" + turn_id[-11:]
 
 
 @dataclass(frozen=True)
@@ -115,17 +124,24 @@ def _children(p: psutil.Process) -> list[psutil.Process]:
 def _ours(turn_id: str, pgid: int) -> list[psutil.Process]:
     """Our descendants in the turn's process group or carrying its id.
 
-    Orphans re-parented to us (we are a subreaper) are found here; the group
-    catches a child that cleared its environment, the id one that left the group.
+    Orphans re-parented to us (we are a subreaper) are found here: by group,
+    by the turn's process name (forks), or by its id in the environment (execs).
     """
     out = []
+    comm = turn_comm(turn_id)
     for p in _children(psutil.Process()):
         try:
-            if os.getpgid(p.pid) == pgid or p.environ().get(TURN_ENV) == turn_id:
+            if (os.getpgid(p.pid) == pgid or _comm(p.pid) == comm
+                    or p.environ().get(TURN_ENV) == turn_id):
                 out.append(p)
-        except (ProcessLookupError, PermissionError, psutil.Error):
+        except (OSError, psutil.Error):
             continue  # gone, a zombie, or not ours to read
     return out
+
+
+def _comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().rstrip("\n")
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -211,16 +211,17 @@ class Relay:
         frames = live.reader.read()
         lines: list[bytes] = []
         seq = live.info.last_seq
+        problem: str | None = None
         for frame in frames:
             if isinstance(frame, Batch):
                 for data in frame.events:
                     problem = self._invalid(data)
                     if problem:
-                        live.reader.error = problem
                         break
                     seq += 1
                     lines.append(b'{"seq":%d,' % seq + data[1:])
-                if live.reader.error:
+                if problem:
+                    live.reader.error = problem  # stop reading this child
                     break
             elif isinstance(frame, Ready):
                 if live.info.status is TurnStatus.STARTING:

@@ -7,6 +7,7 @@ with a ``Done`` frame; the supervisor decides what it means.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import importlib
 import inspect
 import logging
@@ -31,6 +32,7 @@ from worker.context import Cancelled, TurnContext
 _RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
                   signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD, signal.SIGALRM)
 CANCEL_POLL_S = 0.01
+_PR_SET_NAME = 15
 TURN_ENV = "RUNNERD_TURN_ID"  # inherited by every descendant; found again at kill time
 
 
@@ -67,7 +69,8 @@ def _isolate(spec: TurnSpec) -> None:
     os.environ.pop("NOTIFY_SOCKET", None)  # only the daemon talks to systemd
     os.environ.pop("LISTEN_FDS", None)
     os.environ.pop("LISTEN_PID", None)
-    os.environ[TURN_ENV] = spec.turn_id
+    os.environ[TURN_ENV] = spec.turn_id  # marks exec'd descendants
+    _set_comm(("rd-" + spec.turn_id[-11:]).encode())  # marks forked ones (see supervisor.killer)
     level = getattr(logging, spec.log_level.upper(), logging.INFO)
     structlog.configure(
         processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"),
@@ -76,6 +79,12 @@ def _isolate(spec: TurnSpec) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+def _set_comm(name: bytes) -> None:
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
 
 
 def _load(target: str) -> Callable[..., Any]:

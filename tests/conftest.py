@@ -1,0 +1,105 @@
+"""Shared fixtures: a real Supervisor on a temp state dir, and a no-leftovers check."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))  # fixture agents; multiprocessing hands sys.path to children
+
+from supervisor.config import Config  # noqa: E402
+from supervisor.core import Supervisor  # noqa: E402
+from supervisor.spawn import become_subreaper  # noqa: E402
+
+# Orphans of anything a test starts (daemons included) are re-parented to
+# pytest, so the leftover check below sees them as our descendants.
+become_subreaper()
+
+TEST_AGENTS = {
+    name: f"fixture_agents:{name}"
+    for name in ("count", "paced", "cooperative", "async_agent", "ignore_token", "ignore_sigterm",
+                 "grandchildren", "fail", "exit3", "segfault", "wait_forever", "bad_events",
+                 "garbage", "close_pipe", "result_value")
+}
+TEST_AGENTS["broken"] = "fixture_broken_agent:run"
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.005) -> object:
+    """Poll ``predicate`` until it is truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def turn_processes() -> list[psutil.Process]:
+    """Every descendant of this test run that belongs to some runnerd turn.
+
+    Forked descendants carry the turn's process name ``rd-…``; exec'd ones its id
+    in the environment (/proc shows the environment as of the last exec).
+    """
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            with open(f"/proc/{p.pid}/comm") as f:
+                comm = f.read()
+            if comm.startswith("rd-") or "RUNNERD_TURN_ID" in p.environ():
+                out.append(p)
+        except (OSError, psutil.Error):
+            continue
+    return out
+
+
+def make_config(tmp_path: Path, **overrides: object) -> Config:
+    values: dict[str, object] = dict(
+        agents=dict(TEST_AGENTS, demo="supervisor.demo_agents:chat"),
+        state_dir=str(tmp_path / "state"),
+        cancel_grace_s=0.3,
+        kill_grace_s=0.3,
+    )
+    values.update(overrides)
+    return Config(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def sup(tmp_path: Path) -> Iterator[Supervisor]:
+    with Supervisor(make_config(tmp_path)) as s:
+        yield s
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    yield
+    # A turn's processes are gone by the time its terminal event is written;
+    # give stragglers of a test that failed midway a bounded moment.
+    deadline = time.monotonic() + 5
+    while (left := turn_processes()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for p in left:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    assert not left, f"turn processes left behind: {[(p.pid, p.name()) for p in left]}"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get("RUNNERD_SKIP_LEFTOVER_CHECK"):
+        return
+    left = turn_processes()
+    if left:  # pragma: no cover - only on a leak
+        print(f"\nLEFTOVER turn processes: {[p.pid for p in left]}", file=sys.stderr)
+        session.exitstatus = 1

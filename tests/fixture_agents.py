@@ -1,0 +1,154 @@
+"""Agents the tests run, each one behaviour; imported in the turn's process."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from ipc import events as ev
+from worker.context import TurnContext
+
+_SLEEPER = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: time.sleep(1)\n"
+
+
+def count(ctx: TurnContext, input: Any) -> dict[str, int]:
+    """Emits ``n`` CUSTOM events numbered 1..n, then returns."""
+    n = int(input["n"])
+    size = int(input.get("pad", 0))
+    pad = "x" * size
+    for i in range(1, n + 1):
+        ctx.emit(ev.Custom(name="i", value=[i, pad] if size else i))
+    return {"n": n}
+
+
+def paced(ctx: TurnContext, input: Any) -> None:
+    """Emits ``n`` events, each after the test releases it through ``gate`` files."""
+    for i in range(1, int(input["n"]) + 1):
+        ctx.custom("i", i)
+        time.sleep(float(input.get("interval", 0.005)))
+
+
+def cooperative(ctx: TurnContext, input: Any) -> None:
+    ctx.custom("ready", os.getpid())
+    while True:
+        ctx.check_cancelled()
+        time.sleep(0.002)
+
+
+async def async_agent(ctx: TurnContext, input: Any) -> None:
+    ctx.custom("ready", os.getpid())
+    try:
+        while True:
+            await asyncio.sleep(0.01)
+    except asyncio.CancelledError:
+        ctx.custom("task_cancelled", True)
+        raise
+
+
+def ignore_token(ctx: TurnContext, input: Any) -> None:
+    ctx.custom("ready", os.getpid())
+    while True:
+        time.sleep(0.01)
+
+
+def ignore_sigterm(ctx: TurnContext, input: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ctx.custom("ready", os.getpid())
+    while True:
+        time.sleep(0.01)
+
+
+def grandchildren(ctx: TurnContext, input: Any) -> None:
+    """Three grandchildren that ignore SIGTERM; one calls setsid and double-forks."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    pids = []
+    for _ in range(2):
+        pids.append(subprocess.Popen([sys.executable, "-c", _SLEEPER]).pid)
+    r, w = os.pipe()
+    first = os.fork()
+    if first == 0:  # intermediate: new session, fork again, exit
+        os.setsid()
+        second = os.fork()
+        if second == 0:
+            os.close(r)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            os.write(w, str(os.getpid()).encode())
+            os.close(w)
+            while True:
+                time.sleep(1)
+        os._exit(0)
+    os.close(w)
+    os.waitpid(first, 0)
+    pids.append(int(os.read(r, 32)))
+    os.close(r)
+    ctx.custom("pids", pids)
+    while True:
+        time.sleep(0.01)
+
+
+def fail(ctx: TurnContext, input: Any) -> None:
+    ctx.custom("before", 1)
+    raise ValueError("boom")
+
+
+def exit3(ctx: TurnContext, input: Any) -> None:
+    for i in range(5):
+        ctx.custom("i", i)
+    os._exit(3)
+
+
+def segfault(ctx: TurnContext, input: Any) -> None:
+    for i in range(5):
+        ctx.custom("i", i)
+    ctypes.string_at(0)
+
+
+def wait_forever(ctx: TurnContext, input: Any) -> None:
+    for i in range(5):
+        ctx.custom("i", i)
+    ctx.custom("ready", os.getpid())
+    while True:
+        time.sleep(0.01)
+
+
+def bad_events(ctx: TurnContext, input: Any) -> dict[str, str]:
+    """Tries a non-serialisable and an oversized event; reports both errors."""
+    errors = {}
+    try:
+        ctx.custom("bad", object())
+    except TypeError as exc:
+        errors["unserialisable"] = str(exc)
+    try:
+        ctx.custom("big", "x" * (2 << 20))
+    except ValueError as exc:
+        errors["too_large"] = f"{type(exc).__name__}: {exc}"
+    try:
+        ctx.emit(ev.RunFinished(thread_id="t", run_id="r", outcome=ev.Outcome("success")))
+    except ValueError as exc:
+        errors["lifecycle"] = str(exc)
+    ctx.custom("still_fine", True)
+    return errors
+
+
+def garbage(ctx: TurnContext, input: Any) -> None:
+    for i in range(3):
+        ctx.custom("i", i)
+    fd = ctx._writer._conn.fileno()
+    os.write(fd, b"\x00\x00\x00\x05hello")  # a well-framed but undecodable frame
+    time.sleep(30)
+
+
+def close_pipe(ctx: TurnContext, input: Any) -> None:
+    ctx.custom("i", 1)
+    ctx._writer.close()
+    time.sleep(0.05)
+
+
+def result_value(ctx: TurnContext, input: Any) -> Any:
+    return {"echo": input}

@@ -1,0 +1,135 @@
+"""Cancel escalation and timeouts: token, then SIGTERM, then SIGKILL of the whole tree."""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+import pytest
+
+from conftest import wait_for
+from ipc import events as ev
+from supervisor.core import Supervisor
+from supervisor.turns import TurnStatus
+
+
+def _custom(sup: Supervisor, turn_id: str, name: str) -> object:
+    for _, e in sup.events(turn_id, timeout=10):
+        if isinstance(e, ev.Custom) and e.name == name:
+            return e.value
+    raise AssertionError(f"no {name} event")
+
+
+def _assert_cancelled_and_gone(sup: Supervisor, turn_id: str, pids: list[int]) -> ev.Event:
+    info = sup.wait(turn_id, 10)
+    assert info.status is TurnStatus.CANCELLED and info.error is None
+    events = [e for _, e in sup.events(turn_id)]
+    terminals = [e for e in events if isinstance(e, (ev.RunFinished, ev.RunError))]
+    assert terminals == [events[-1]]
+    assert isinstance(events[-1], ev.RunFinished) and events[-1].outcome.type == "cancelled"
+    for pid in pids:  # gone when the terminal event is written, not "soon after"
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
+    return events[-1]
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("agent", ["cooperative", "async_agent"])
+def test_a_cooperative_agent_ends_before_any_signal(sup: Supervisor, agent: str) -> None:
+    turn = sup.start_turn(agent)
+    pid = _custom(sup, turn.turn_id, "ready")
+    started = time.monotonic()
+    info = sup.cancel(turn.turn_id, reason="user pressed stop")
+    assert info.cancel_requested and info.cancel_reason == "user pressed stop"
+    _assert_cancelled_and_gone(sup, turn.turn_id, [int(pid)])  # type: ignore[arg-type]
+    assert time.monotonic() - started < 0.3  # well before cancel_grace_s: no signal was needed
+    assert sup.status(turn.turn_id).exit_code == 5  # the child's own "cancelled" exit
+    if agent == "async_agent":
+        names = [e.name for _, e in sup.events(turn.turn_id) if isinstance(e, ev.Custom)]
+        assert names == ["ready", "task_cancelled"]
+
+
+@pytest.mark.timeout(20)
+def test_an_agent_ignoring_the_token_gets_sigterm(sup: Supervisor) -> None:
+    turn = sup.start_turn("ignore_token")
+    pid = _custom(sup, turn.turn_id, "ready")
+    sup.cancel(turn.turn_id)
+    _assert_cancelled_and_gone(sup, turn.turn_id, [int(pid)])  # type: ignore[arg-type]
+    assert sup.status(turn.turn_id).signal == 15
+
+
+@pytest.mark.timeout(20)
+def test_an_agent_ignoring_sigterm_gets_sigkill(sup: Supervisor) -> None:
+    turn = sup.start_turn("ignore_sigterm")
+    pid = _custom(sup, turn.turn_id, "ready")
+    started = time.monotonic()
+    sup.cancel(turn.turn_id)
+    _assert_cancelled_and_gone(sup, turn.turn_id, [int(pid)])  # type: ignore[arg-type]
+    assert sup.status(turn.turn_id).signal == 9
+    assert time.monotonic() - started >= 0.6  # both grace periods (0.3 s each) were honoured
+
+
+@pytest.mark.timeout(20)
+def test_three_grandchildren_one_double_forked_in_a_new_session_are_all_killed(sup: Supervisor) -> None:
+    turn = sup.start_turn("grandchildren")
+    pids = _custom(sup, turn.turn_id, "pids")
+    assert isinstance(pids, list) and len(pids) == 3
+    assert all(psutil.pid_exists(p) for p in pids)
+    sup.cancel(turn.turn_id)
+    _assert_cancelled_and_gone(sup, turn.turn_id, [turn.pid, *pids])  # type: ignore[list-item]
+
+
+@pytest.mark.timeout(20)
+def test_cancel_is_idempotent_and_a_finished_turn_is_untouched(sup: Supervisor) -> None:
+    turn = sup.start_turn("cooperative")
+    _custom(sup, turn.turn_id, "ready")
+    for _ in range(3):
+        sup.cancel(turn.turn_id, reason="again")
+    _assert_cancelled_and_gone(sup, turn.turn_id, [])
+    done = sup.start_turn("count", {"n": 1})
+    sup.wait(done.turn_id, 10)
+    info = sup.cancel(done.turn_id)
+    assert info.status is TurnStatus.SUCCEEDED and not info.cancel_requested
+    assert sup.status(done.turn_id).last_seq == 3
+
+
+@pytest.mark.timeout(20)
+def test_cancel_returns_at_once(sup: Supervisor) -> None:
+    turn = sup.start_turn("ignore_sigterm")
+    _custom(sup, turn.turn_id, "ready")
+    started = time.monotonic()
+    sup.cancel(turn.turn_id)
+    assert time.monotonic() - started < 0.1  # escalation runs on the relay thread
+    sup.wait(turn.turn_id, 10)
+
+
+@pytest.mark.timeout(20)
+def test_a_wall_timeout_uses_the_same_escalation_and_ends_timed_out(sup: Supervisor) -> None:
+    turn = sup.start_turn("ignore_sigterm", timeout_s=0.2)
+    info = sup.wait(turn.turn_id, 10)
+    assert info.status is TurnStatus.TIMED_OUT
+    assert info.error is not None and info.error.code == "timeout" and "0.2 s timeout" in info.error.message
+    last = list(sup.events(turn.turn_id))[-1][1]
+    assert isinstance(last, ev.RunError) and last.code == "timeout"
+
+
+@pytest.mark.timeout(30)
+def test_other_turns_are_untouched_by_a_cancel(sup: Supervisor) -> None:
+    victim = sup.start_turn("grandchildren")
+    bystander = sup.start_turn("paced", {"n": 100, "interval": 0.005})
+    _custom(sup, victim.turn_id, "pids")
+    sup.cancel(victim.turn_id)
+    assert sup.wait(victim.turn_id, 10).status is TurnStatus.CANCELLED
+    assert sup.wait(bystander.turn_id, 10).status is TurnStatus.SUCCEEDED
+    assert [s for s, _ in sup.events(bystander.turn_id)] == list(range(1, 103))
+
+
+@pytest.mark.timeout(20)
+def test_closing_the_supervisor_cancels_running_turns(tmp_path: object) -> None:
+    from conftest import make_config
+    sup = Supervisor(make_config(tmp_path)).start()  # type: ignore[arg-type]
+    turn = sup.start_turn("ignore_sigterm")
+    _custom(sup, turn.turn_id, "ready")
+    sup.close()
+    assert sup.status(turn.turn_id).status is TurnStatus.CANCELLED
+    assert sup.status(turn.turn_id).cancel_reason == "supervisor shutdown"
+    wait_for(lambda: not sup.relay.alive, 5)

@@ -1,0 +1,92 @@
+"""Crashes and broken children: each classified, every event before it kept."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from conftest import wait_for
+from ipc import events as ev
+from supervisor.core import Supervisor
+from supervisor.turns import TurnStatus
+
+
+def _ending(sup: Supervisor, turn_id: str) -> tuple[list[ev.Event], ev.RunError]:
+    sup.wait(turn_id, 15)
+    events = [e for _, e in sup.events(turn_id)]
+    assert sum(isinstance(e, (ev.RunFinished, ev.RunError)) for e in events) == 1
+    assert isinstance(events[0], ev.RunStarted)
+    assert isinstance(events[-1], ev.RunError)
+    return events, events[-1]
+
+
+def _customs(events: list[ev.Event]) -> list[object]:
+    return [e.value for e in events if isinstance(e, ev.Custom)]
+
+
+@pytest.mark.timeout(20)
+def test_an_exception_is_an_agent_error(sup: Supervisor) -> None:
+    turn = sup.start_turn("fail")
+    events, end = _ending(sup, turn.turn_id)
+    assert end.code == "agent_error" and end.message == "ValueError: boom"
+    assert _customs(events) == [1]
+    info = sup.status(turn.turn_id)
+    assert info.status is TurnStatus.FAILED and info.error is not None and info.error.code == "agent_error"
+
+
+@pytest.mark.timeout(20)
+def test_os_exit_3_is_a_crash_not_an_agent_error(sup: Supervisor) -> None:
+    turn = sup.start_turn("exit3")
+    events, end = _ending(sup, turn.turn_id)
+    assert end.code == "crashed" and "exited with code 3" in end.message
+    assert _customs(events) == [0, 1, 2, 3, 4]
+    assert sup.status(turn.turn_id).exit_code == 3
+
+
+@pytest.mark.timeout(20)
+def test_a_segfault_is_a_crash_with_its_signal(sup: Supervisor) -> None:
+    turn = sup.start_turn("segfault")
+    events, end = _ending(sup, turn.turn_id)
+    assert end.code == "crashed" and "SIGSEGV" in end.message
+    assert _customs(events) == [0, 1, 2, 3, 4]
+    assert sup.status(turn.turn_id).signal == signal.SIGSEGV
+
+
+@pytest.mark.timeout(20)
+def test_an_external_sigkill_is_a_crash(sup: Supervisor) -> None:
+    turn = sup.start_turn("wait_forever")
+    wait_for(lambda: any(isinstance(e, ev.Custom) and e.name == "ready"
+                         for _, e in sup.events(turn.turn_id, follow=False)))
+    os.kill(turn.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    events, end = _ending(sup, turn.turn_id)
+    assert end.code == "crashed" and "SIGKILL" in end.message
+    assert _customs(events)[:5] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.timeout(20)
+def test_an_agent_that_cannot_be_imported_is_unavailable(sup: Supervisor) -> None:
+    turn = sup.start_turn("broken")
+    events, end = _ending(sup, turn.turn_id)
+    assert end.code == "agent_unavailable" and "broken on purpose" in end.message
+    assert len(events) == 2  # RUN_STARTED, RUN_ERROR
+    assert sup.status(turn.turn_id).exit_code == 4
+
+
+@pytest.mark.timeout(20)
+def test_garbage_on_the_pipe_fails_that_turn_only_and_keeps_earlier_events(sup: Supervisor) -> None:
+    bystander = sup.start_turn("paced", {"n": 50, "interval": 0.002})
+    turn = sup.start_turn("garbage")
+    events, end = _ending(sup, turn.turn_id)
+    assert end.code == "crashed" and "protocol error" in end.message
+    assert _customs(events) == [0, 1, 2]
+    assert sup.wait(bystander.turn_id, 10).status is TurnStatus.SUCCEEDED
+
+
+@pytest.mark.timeout(20)
+def test_a_child_that_closes_its_pipe_early_is_a_crash(sup: Supervisor) -> None:
+    turn = sup.start_turn("close_pipe")
+    events, end = _ending(sup, turn.turn_id)
+    assert end.code == "crashed" and "without reporting a result" in end.message
+    assert _customs(events) == [1]

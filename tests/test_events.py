@@ -1,0 +1,72 @@
+"""ipc.events: AG-UI 1.0 shapes on the wire."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from ipc import events as ev
+
+
+def test_fields_are_camel_case_and_unset_is_omitted() -> None:
+    data = msgspec.json.decode(ev.encode_event(ev.ToolCallStart(tool_call_id="c1", tool_call_name="search")))
+    assert data == {"type": "TOOL_CALL_START", "toolCallId": "c1", "toolCallName": "search"}
+
+
+def test_a_field_equal_to_its_default_is_still_written() -> None:
+    data = msgspec.json.decode(ev.encode_event(ev.TextMessageStart(message_id="m")))
+    assert data == {"type": "TEXT_MESSAGE_START", "messageId": "m", "role": "assistant"}
+
+
+def test_run_finished_carries_the_outcome_object() -> None:
+    finished = ev.RunFinished(thread_id="t", run_id="r", outcome=ev.Outcome("cancelled"))
+    assert msgspec.json.decode(ev.encode_event(finished)) == {
+        "type": "RUN_FINISHED", "threadId": "t", "runId": "r", "outcome": {"type": "cancelled"}}
+
+
+def test_decode_ignores_seq_and_validates_the_type() -> None:
+    event = ev.decode_event(b'{"seq":7,"type":"RUN_ERROR","message":"m","code":"crashed"}')
+    assert event == ev.RunError(message="m", code="crashed")
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"type":"NOPE"}',
+    b'{"type":"RUN_STARTED","threadId":"t"}',
+    b'{"type":"TEXT_MESSAGE_CONTENT","messageId":"m","delta":""}',
+    b'{"type":"STATE_DELTA","delta":{"op":"add"}}',
+    b'not json',
+])
+def test_decode_rejects_invalid_events(raw: bytes) -> None:
+    with pytest.raises(msgspec.DecodeError):
+        ev.decode_event(raw)
+
+
+def test_content_needs_a_non_empty_delta() -> None:
+    with pytest.raises(ValueError, match="non-empty delta"):
+        ev.TextMessageContent(message_id="m", delta="")
+
+
+def test_every_event_type_round_trips() -> None:
+    samples: list[ev.Event] = [
+        ev.RunStarted(thread_id="t", run_id="r"),
+        ev.RunFinished(thread_id="t", run_id="r", outcome=ev.Outcome("success"), result={"a": 1}),
+        ev.RunError(message="m", code="timeout"),
+        ev.TextMessageStart(message_id="m", role="user"),
+        ev.TextMessageContent(message_id="m", delta="x"),
+        ev.TextMessageEnd(message_id="m"),
+        ev.ToolCallStart(tool_call_id="c", tool_call_name="n", parent_message_id="m"),
+        ev.ToolCallArgs(tool_call_id="c", delta="{"),
+        ev.ToolCallEnd(tool_call_id="c"),
+        ev.ToolCallResult(message_id="m2", tool_call_id="c", content="ok", role="tool"),
+        ev.StateSnapshot(snapshot={"a": [1]}),
+        ev.StateDelta(delta=[{"op": "add", "path": "/b", "value": 2}]),
+        ev.MessagesSnapshot(messages=[{"id": "m", "role": "assistant", "content": "hi"}]),
+        ev.StepStarted(step_name="s"),
+        ev.StepFinished(step_name="s"),
+        ev.Custom(name="n", value=None),
+        ev.Raw(event={"x": 1}, source="llm"),
+    ]
+    for event in samples:
+        encoded = ev.encode_event(event)
+        assert encoded.startswith(b'{"type":"')
+        assert ev.decode_event(encoded) == event
