@@ -20,7 +20,7 @@ from ipc.protocol import TurnSpec
 from ipc.wire import FrameReader
 from supervisor.config import Config
 from supervisor.errors import (
-    InvalidRequest, SessionBusy, SupervisorClosed, UnknownAgent, UnknownTurn,
+    InvalidCursor, InvalidRequest, SessionBusy, SupervisorClosed, UnknownAgent, UnknownTurn,
 )
 from supervisor.eventlog import FileEventLog, line_seq
 from supervisor.ids import new_turn_id, validate_session_id, validate_turn_id
@@ -238,8 +238,7 @@ class Supervisor:
             lines, total = self._tail(turn_id, limit)
             truncated = bool(lines) and line_seq(lines[0]) > 1 or (not lines and total > 0)
         else:
-            total, _ = self.registry.position(turn_id)
-            self._check_cursor(after, total)
+            self._check_cursor(after, info.last_seq)
             lines, total, _ = self._read(turn_id, after, limit)
             truncated = (line_seq(lines[-1]) if lines else after) < total
         next_after = line_seq(lines[-1]) if lines else (after or 0) if after is not None else total
@@ -260,9 +259,8 @@ class Supervisor:
     def event_batches(self, turn_id: str, *, after: int = 0, follow: bool = True,
                       timeout: float | None = None) -> Iterator[list[bytes]]:
         """Like ``events`` but yields the stored bytes, in batches (what SSE writes)."""
-        self.status(turn_id)
+        self._check_cursor(after, self.status(turn_id).last_seq)
         self._ensure_stream(turn_id)
-        self._check_cursor(after, self.registry.position(turn_id)[0])
         cursor = after
         while True:
             lines, last, ended = self._read(turn_id, cursor, _READ_CHUNK)
@@ -283,9 +281,8 @@ class Supervisor:
 
     async def aevent_batches(self, turn_id: str, *, after: int = 0, follow: bool = True,
                              timeout: float | None = None) -> AsyncIterator[list[bytes]]:
-        self.status(turn_id)
+        self._check_cursor(after, self.status(turn_id).last_seq)
         self._ensure_stream(turn_id)
-        self._check_cursor(after, self.registry.position(turn_id)[0])
         cursor = after
         while True:
             slice_ = self.registry.read(turn_id, cursor, _READ_CHUNK)
@@ -309,9 +306,9 @@ class Supervisor:
     @staticmethod
     def _check_cursor(after: int, last_seq: int) -> None:
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            raise InvalidRequest("the cursor must be a non-negative integer")
+            raise InvalidCursor("the cursor must be a non-negative integer")
         if after > last_seq:
-            raise InvalidRequest(f"cursor {after} is beyond the last seq {last_seq}")
+            raise InvalidCursor(f"cursor {after} is beyond the last seq {last_seq}")
 
     def _ensure_stream(self, turn_id: str) -> None:
         """Turns from an earlier run of the daemon get a (memory-less) stream on first read."""

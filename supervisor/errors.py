@@ -50,3 +50,8 @@ class SessionBusy(RunnerdError, RuntimeError):
     def __init__(self, message: str, active_turn_id: str) -> None:
         super().__init__(message)
         self.active_turn_id = active_turn_id
+
+
+class InvalidCursor(InvalidRequest):
+    code = "invalid_cursor"
+    status = 400

@@ -88,6 +88,7 @@ class Relay:
         self._thread: threading.Thread | None = None
         self.heartbeat = time.monotonic()  # last loop iteration; the daemon's watchdog reads it
         self.events_relayed = 0
+        self.lag_s = 0.0  # child timestamp -> relay commit, of the latest batch
         self._next_housekeeping = 0.0
 
     # -- other threads --------------------------------------------------------
@@ -244,8 +245,12 @@ class Relay:
             event = _event_decoder.decode(data)
         except msgspec.DecodeError as exc:
             return f"invalid event: {exc}"
-        if isinstance(event, _SUPERVISOR_ONLY) or not data.startswith(b'{"type":"'):
+        if isinstance(event, _SUPERVISOR_ONLY):
             return f"{type(event).__name__} may only come from the supervisor"
+        if not data.startswith(b'{"type":"'):
+            return "event not encoded by the worker (type must come first)"
+        if isinstance(event.timestamp, int):
+            self.lag_s = max(0.0, time.time() - event.timestamp / 1000)
         return None
 
     def _started_line(self, live: Live, seq: int) -> bytes:
@@ -261,9 +266,9 @@ class Relay:
             self.eventlog.append(live.info.turn_id, lines)
         except OSError as exc:
             live.log.error("event_log_write_failed", error=str(exc))
-        self.registry.append(live.info.turn_id, lines, end=end)
-        with self.lock:
+        with self.lock:  # status may run ahead of memory, never behind: cursors validate against it
             live.info.last_seq = seq
+        self.registry.append(live.info.turn_id, lines, end=end)
         self.events_relayed += len(lines)
 
     def _on_exit(self, live: Live) -> None:

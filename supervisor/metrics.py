@@ -1,0 +1,48 @@
+"""Prometheus text exposition of the supervisor's state (no client library needed)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from supervisor.turns import TurnStatus
+
+if TYPE_CHECKING:
+    from supervisor.core import Supervisor
+    from supervisor.sse import StreamSet
+
+
+def render_metrics(sup: Supervisor, streams: StreamSet) -> bytes:
+    with sup.relay.lock:
+        statuses = Counter(live.info.status for live in sup.relay.live.values())
+        statuses.update(info.status for info in sup.relay.past.values())
+        running = len(sup.relay.live)
+    _, buffered = sup.registry.stats()
+    lines = [
+        "# HELP runnerd_turns Turns known to the daemon, by status.",
+        "# TYPE runnerd_turns gauge",
+        *(f'runnerd_turns{{status="{s.value}"}} {statuses.get(s, 0)}' for s in TurnStatus),
+        "# HELP runnerd_turns_running Turns whose process may still exist.",
+        "# TYPE runnerd_turns_running gauge",
+        f"runnerd_turns_running {running}",
+        "# HELP runnerd_events_relayed_total Events relayed from turn processes (and lifecycle events).",
+        "# TYPE runnerd_events_relayed_total counter",
+        f"runnerd_events_relayed_total {sup.relay.events_relayed}",
+        "# HELP runnerd_open_streams Open SSE streams.",
+        "# TYPE runnerd_open_streams gauge",
+        f"runnerd_open_streams {streams.count}",
+        "# HELP runnerd_streams_opened_total SSE streams opened since start.",
+        "# TYPE runnerd_streams_opened_total counter",
+        f"runnerd_streams_opened_total {streams.opened_total}",
+        "# HELP runnerd_relay_lag_seconds Emit (child clock) to relay commit, latest batch.",
+        "# TYPE runnerd_relay_lag_seconds gauge",
+        f"runnerd_relay_lag_seconds {sup.relay.lag_s:.6f}",
+        "# HELP runnerd_relay_heartbeat_age_seconds Time since the relay loop last ran (idle loops wake every second).",
+        "# TYPE runnerd_relay_heartbeat_age_seconds gauge",
+        f"runnerd_relay_heartbeat_age_seconds {time.monotonic() - sup.relay.heartbeat:.6f}",
+        "# HELP runnerd_buffered_bytes Event bytes held in memory for recent turns.",
+        "# TYPE runnerd_buffered_bytes gauge",
+        f"runnerd_buffered_bytes {buffered}",
+    ]
+    return ("\n".join(lines) + "\n").encode()

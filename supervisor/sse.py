@@ -1,0 +1,119 @@
+"""Server-Sent Events for one turn, written straight to ASGI.
+
+``id: <seq>`` and ``data: <event json>`` per event; every event pending when
+the writer wakes goes out in one write; a comment line every ``keepalive_s``;
+closed after the terminal event. At shutdown the daemon asks every open stream
+to send ``event: shutdown`` and close, rather than trusting the server to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from starlette.types import Receive, Scope, Send
+
+from supervisor.core import Supervisor
+from supervisor.eventlog import line_seq
+
+SHUTDOWN_FRAME = b'event: shutdown\ndata: {"reason":"runnerd is shutting down"}\n\n'
+KEEPALIVE_FRAME = b": keep-alive\n\n"
+HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+    (b"x-accel-buffering", b"no"),  # proxies must not buffer a live stream
+]
+
+
+def encode_frames(lines: list[bytes]) -> bytes:
+    """One SSE frame per stored line, spliced without re-encoding."""
+    return b"".join([b"id: %d\ndata: %s\n\n" % (line_seq(line), line) for line in lines])
+
+
+class StreamSet:
+    """The open streams, so shutdown can end each one with a final frame."""
+
+    def __init__(self) -> None:
+        self.closing = False
+        self.count = 0
+        self.opened_total = 0
+        self._events: set[asyncio.Event] = set()
+
+    def register(self) -> asyncio.Event:
+        stop = asyncio.Event()
+        if self.closing:
+            stop.set()
+        self._events.add(stop)
+        self.count += 1
+        self.opened_total += 1
+        return stop
+
+    def unregister(self, stop: asyncio.Event) -> None:
+        self._events.discard(stop)
+        self.count -= 1
+
+    def close_all(self) -> None:
+        """Called on the server's loop: every stream sends its shutdown frame and ends."""
+        self.closing = True
+        for stop in list(self._events):
+            stop.set()
+
+
+class EventStream:
+    """An ASGI response streaming one turn from ``after`` on."""
+
+    def __init__(self, sup: Supervisor, turn_id: str, *, after: int, keepalive_s: float,
+                 streams: StreamSet) -> None:
+        self.sup = sup
+        self.turn_id = turn_id
+        self.after = after
+        self.keepalive_s = keepalive_s
+        self.streams = streams
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stop = self.streams.register()
+        batches: AsyncIterator[list[bytes]] = self.sup.aevent_batches(self.turn_id, after=self.after)
+        pending: asyncio.Task[list[bytes]] | None = None
+        disconnect = asyncio.ensure_future(_wait_disconnect(receive))
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+            await send({"type": "http.response.body", "body": b": connected\n\n", "more_body": True})
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(batches.__anext__())
+                done, _ = await asyncio.wait({pending, disconnect, stopping}, timeout=self.keepalive_s,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if disconnect in done:
+                    return
+                if pending in done:
+                    try:
+                        lines = pending.result()
+                    except StopAsyncIteration:  # the terminal event was sent
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                        return
+                    pending = None
+                    await send({"type": "http.response.body", "body": encode_frames(lines),
+                                "more_body": True})
+                    continue
+                if stopping in done:
+                    await send({"type": "http.response.body", "body": SHUTDOWN_FRAME, "more_body": False})
+                    return
+                await send({"type": "http.response.body", "body": KEEPALIVE_FRAME, "more_body": True})
+        except OSError:
+            return  # the client went away mid-write; it can resume with its cursor
+        finally:
+            self.streams.unregister(stop)
+            tasks = [t for t in (pending, disconnect, stopping) if t is not None]
+            for task in tasks:
+                task.cancel()
+            # Let a cancelled __anext__ unwind before closing its generator.
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await batches.aclose()  # type: ignore[attr-defined]
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
