@@ -1,0 +1,327 @@
+"""``Client`` and ``AsyncClient``: the Supervisor's verbs over the daemon's HTTP API.
+
+Unix socket by default, or a URL (``http://127.0.0.1:8765``, with a bearer
+token). ``events()`` resumes after a dropped connection or a daemon restart
+with ``Last-Event-ID``: no gap and no duplicate.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import msgspec
+from httpx_sse import aconnect_sse, connect_sse
+
+from ipc import events as ev
+from supervisor import errors
+from supervisor.config import default_socket_path
+from supervisor.turns import TurnInfo
+
+_ERRORS: dict[str, type[errors.RunnerdError]] = {
+    cls.code: cls for cls in (errors.InvalidTurnId, errors.UnknownTurn, errors.UnknownAgent,
+                              errors.InvalidRequest, errors.InvalidCursor, errors.SupervisorClosed)
+}
+_TERMINAL = ("RUN_FINISHED", "RUN_ERROR")
+
+
+class DaemonUnavailable(errors.RunnerdError, ConnectionError):
+    code = "daemon_unavailable"
+    status = 503
+
+
+class RequestFailed(errors.RunnerdError):
+    """An error answer with a code this client has no class for."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class ExportResult(msgspec.Struct):
+    turn: TurnInfo
+    events: list[msgspec.Raw]
+    total: int
+    returned: int
+    truncated: bool
+    next_after: int
+
+    def items(self) -> list[tuple[int, ev.Event]]:
+        out = []
+        for raw in self.events:
+            data = bytes(raw)
+            out.append((msgspec.json.decode(data, type=_Seq).seq, ev.decode_event(data)))
+        return out
+
+
+class _Seq(msgspec.Struct):
+    seq: int
+
+
+def _target(socket: str | None, url: str | None) -> tuple[str, str | None]:
+    url = url or os.environ.get("RUNNERD_URL")
+    if url:
+        return url.rstrip("/"), None
+    return "http://runnerd", socket or os.environ.get("RUNNERD_SOCKET") or default_socket_path()
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        body = msgspec.json.decode(response.content)
+        code, message = body["error"]["code"], body["error"]["message"]
+    except (msgspec.DecodeError, KeyError, TypeError):
+        code, message = "http_error", f"HTTP {response.status_code}: {response.text[:200]}"
+    if code == "session_busy":
+        raise errors.SessionBusy(message, body["error"].get("active_turn_id", ""))
+    cls = _ERRORS.get(code)
+    if cls is not None:
+        raise cls(message)
+    raise RequestFailed(response.status_code, code, message)
+
+
+def _unavailable(where: str, exc: Exception) -> DaemonUnavailable:
+    return DaemonUnavailable(
+        f"runnerd is not answering at {where} ({type(exc).__name__}); start it with "
+        "`runnerd` (or `runnerctl serve`, or `systemctl start runnerd`)")
+
+
+class _Base:
+    def __init__(self, *, socket: str | None = None, url: str | None = None,
+                 token: str | None = None, timeout: float = 30.0) -> None:
+        self.base_url, self.socket = _target(socket, url)
+        self.where = self.socket or self.base_url
+        token = token or os.environ.get("RUNNERD_TOKEN")
+        self.headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.timeout = timeout
+
+
+class Client(_Base):
+    """Blocking client for threaded hosts, tools and the CLI."""
+
+    def __init__(self, *, socket: str | None = None, url: str | None = None,
+                 token: str | None = None, timeout: float = 30.0) -> None:
+        super().__init__(socket=socket, url=url, token=token, timeout=timeout)
+        transport = httpx.HTTPTransport(uds=self.socket) if self.socket else None
+        self._http = httpx.Client(base_url=self.base_url, transport=transport, headers=self.headers,
+                                  timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as exc:
+            raise _unavailable(self.where, exc) from None
+        _raise_for(response)
+        return response
+
+    def start_turn(self, agent: str, input: Any = None, *, session_id: str | None = None,
+                   timeout_s: float | None = None) -> TurnInfo:
+        body = {"agent": agent, "input": input, "session_id": session_id, "timeout_s": timeout_s}
+        r = self._request("POST", "/v1/turns", content=msgspec.json.encode(body),
+                          headers={"content-type": "application/json"})
+        return msgspec.json.decode(r.content, type=TurnInfo)
+
+    def status(self, turn_id: str) -> TurnInfo:
+        return msgspec.json.decode(self._request("GET", f"/v1/turns/{turn_id}").content, type=TurnInfo)
+
+    def list_turns(self, *, status: str | None = None, session_id: str | None = None,
+                   limit: int | None = None) -> list[TurnInfo]:
+        params = {k: v for k, v in (("status", status), ("session_id", session_id), ("limit", limit))
+                  if v is not None}
+        r = self._request("GET", "/v1/turns", params=params)
+        return msgspec.json.decode(r.content, type=dict[str, list[TurnInfo]])["turns"]
+
+    def cancel(self, turn_id: str, *, reason: str | None = None) -> TurnInfo:
+        r = self._request("POST", f"/v1/turns/{turn_id}/cancel", content=msgspec.json.encode({"reason": reason}),
+                          headers={"content-type": "application/json"})
+        return msgspec.json.decode(r.content, type=TurnInfo)
+
+    def export(self, turn_id: str, *, limit: int = 200, after: int | None = None) -> ExportResult:
+        params: dict[str, int] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        r = self._request("GET", f"/v1/turns/{turn_id}/export", params=params)
+        return msgspec.json.decode(r.content, type=ExportResult)
+
+    def agents(self) -> list[str]:
+        r = self._request("GET", "/v1/agents")
+        return [a["name"] for a in msgspec.json.decode(r.content)["agents"]]
+
+    def health(self) -> dict[str, Any]:
+        return msgspec.json.decode(self._request("GET", "/v1/health").content)  # type: ignore[no-any-return]
+
+    def wait(self, turn_id: str, timeout: float | None = None) -> TurnInfo:
+        """Follow the stream until the terminal event, then return the status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for _ in self.events(turn_id, after=self.status(turn_id).last_seq, deadline=deadline):
+            pass
+        return self.status(turn_id)
+
+    def raw_events(self, turn_id: str, *, after: int = 0, reconnect_s: float = 30.0,
+                   deadline: float | None = None) -> Iterator[tuple[int, bytes]]:
+        """``(seq, event json)`` until the terminal event; resumes on a dropped connection.
+
+        ``reconnect_s`` bounds how long a lost daemon is retried; ``deadline``
+        (monotonic) bounds the whole follow.
+        """
+        cursor = after
+        lost_since: float | None = None
+        while True:
+            try:
+                timeout = httpx.Timeout(self.timeout, read=None)
+                with connect_sse(self._http, "GET", f"/v1/turns/{turn_id}/events",
+                                 headers={"last-event-id": str(cursor)}, timeout=timeout) as source:
+                    if source.response.status_code >= 400:
+                        source.response.read()
+                        _raise_for(source.response)
+                    lost_since = None
+                    for sse in source.iter_sse():
+                        if deadline is not None and time.monotonic() > deadline:
+                            raise TimeoutError(f"turn {turn_id} did not end in time")
+                        if sse.event == "shutdown":
+                            break  # the daemon is stopping; come back with our cursor
+                        if not sse.id:
+                            continue
+                        seq = int(sse.id)
+                        if seq <= cursor:
+                            continue  # never a duplicate, even from a confused server
+                        cursor = seq
+                        data = sse.data.encode()
+                        yield seq, data
+                        if _is_terminal(data):
+                            return
+                    else:  # closed without a terminal event: was it already sent before `after`?
+                        info = self.status(turn_id)
+                        if info.ended and cursor >= info.last_seq:
+                            return
+            except (httpx.TransportError, FileNotFoundError) as exc:
+                now = time.monotonic()
+                lost_since = lost_since or now
+                if now - lost_since > reconnect_s:
+                    raise _unavailable(self.where, exc) from None
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"turn {turn_id} did not end in time")
+            time.sleep(0.05 if lost_since is None else 0.2)  # back off before reconnecting
+
+    def events(self, turn_id: str, *, after: int = 0, reconnect_s: float = 30.0,
+               deadline: float | None = None) -> Iterator[tuple[int, ev.Event]]:
+        for seq, data in self.raw_events(turn_id, after=after, reconnect_s=reconnect_s, deadline=deadline):
+            yield seq, ev.decode_event(data)
+
+
+def _is_terminal(data: bytes) -> bool:
+    head = data[:80]
+    return any(b'"type":"%s"' % t.encode() in head for t in _TERMINAL)
+
+
+class AsyncClient(_Base):
+    """asyncio client with the same verbs."""
+
+    def __init__(self, *, socket: str | None = None, url: str | None = None,
+                 token: str | None = None, timeout: float = 30.0) -> None:
+        super().__init__(socket=socket, url=url, token=token, timeout=timeout)
+        transport = httpx.AsyncHTTPTransport(uds=self.socket) if self.socket else None
+        self._http = httpx.AsyncClient(base_url=self.base_url, transport=transport,
+                                       headers=self.headers, timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as exc:
+            raise _unavailable(self.where, exc) from None
+        _raise_for(response)
+        return response
+
+    async def start_turn(self, agent: str, input: Any = None, *, session_id: str | None = None,
+                         timeout_s: float | None = None) -> TurnInfo:
+        body = {"agent": agent, "input": input, "session_id": session_id, "timeout_s": timeout_s}
+        r = await self._request("POST", "/v1/turns", content=msgspec.json.encode(body),
+                                headers={"content-type": "application/json"})
+        return msgspec.json.decode(r.content, type=TurnInfo)
+
+    async def status(self, turn_id: str) -> TurnInfo:
+        r = await self._request("GET", f"/v1/turns/{turn_id}")
+        return msgspec.json.decode(r.content, type=TurnInfo)
+
+    async def list_turns(self, *, status: str | None = None, session_id: str | None = None,
+                         limit: int | None = None) -> list[TurnInfo]:
+        params = {k: v for k, v in (("status", status), ("session_id", session_id), ("limit", limit))
+                  if v is not None}
+        r = await self._request("GET", "/v1/turns", params=params)
+        return msgspec.json.decode(r.content, type=dict[str, list[TurnInfo]])["turns"]
+
+    async def cancel(self, turn_id: str, *, reason: str | None = None) -> TurnInfo:
+        r = await self._request("POST", f"/v1/turns/{turn_id}/cancel",
+                                content=msgspec.json.encode({"reason": reason}),
+                                headers={"content-type": "application/json"})
+        return msgspec.json.decode(r.content, type=TurnInfo)
+
+    async def export(self, turn_id: str, *, limit: int = 200, after: int | None = None) -> ExportResult:
+        params: dict[str, int] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        r = await self._request("GET", f"/v1/turns/{turn_id}/export", params=params)
+        return msgspec.json.decode(r.content, type=ExportResult)
+
+    async def agents(self) -> list[str]:
+        r = await self._request("GET", "/v1/agents")
+        return [a["name"] for a in msgspec.json.decode(r.content)["agents"]]
+
+    async def events(self, turn_id: str, *, after: int = 0,
+                     reconnect_s: float = 30.0) -> AsyncIterator[tuple[int, ev.Event]]:
+        import asyncio
+
+        cursor = after
+        lost_since: float | None = None
+        while True:
+            try:
+                timeout = httpx.Timeout(self.timeout, read=None)
+                async with aconnect_sse(self._http, "GET", f"/v1/turns/{turn_id}/events",
+                                        headers={"last-event-id": str(cursor)}, timeout=timeout) as source:
+                    if source.response.status_code >= 400:
+                        await source.response.aread()
+                        _raise_for(source.response)
+                    lost_since = None
+                    async for sse in source.aiter_sse():
+                        if sse.event == "shutdown":
+                            break
+                        if not sse.id or int(sse.id) <= cursor:
+                            continue
+                        cursor = int(sse.id)
+                        data = sse.data.encode()
+                        yield cursor, ev.decode_event(data)
+                        if _is_terminal(data):
+                            return
+                    else:
+                        info = await self.status(turn_id)
+                        if info.ended and cursor >= info.last_seq:
+                            return
+            except (httpx.TransportError, FileNotFoundError) as exc:
+                now = time.monotonic()
+                lost_since = lost_since or now
+                if now - lost_since > reconnect_s:
+                    raise _unavailable(self.where, exc) from None
+            await asyncio.sleep(0.05 if lost_since is None else 0.2)
