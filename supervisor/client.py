@@ -19,6 +19,7 @@ from httpx_sse import aconnect_sse, connect_sse
 from ipc import events as ev
 from supervisor import errors
 from supervisor.config import default_socket_path
+from supervisor.ids import validate_turn_id
 from supervisor.turns import TurnInfo
 
 _ERRORS: dict[str, type[errors.RunnerdError]] = {
@@ -136,7 +137,7 @@ class Client(_Base):
         return msgspec.json.decode(r.content, type=TurnInfo)
 
     def status(self, turn_id: str) -> TurnInfo:
-        return msgspec.json.decode(self._request("GET", f"/v1/turns/{turn_id}").content, type=TurnInfo)
+        return msgspec.json.decode(self._request("GET", f"/v1/turns/{validate_turn_id(turn_id)}").content, type=TurnInfo)
 
     def list_turns(self, *, status: str | None = None, session_id: str | None = None,
                    limit: int | None = None) -> list[TurnInfo]:
@@ -146,7 +147,7 @@ class Client(_Base):
         return msgspec.json.decode(r.content, type=dict[str, list[TurnInfo]])["turns"]
 
     def cancel(self, turn_id: str, *, reason: str | None = None) -> TurnInfo:
-        r = self._request("POST", f"/v1/turns/{turn_id}/cancel", content=msgspec.json.encode({"reason": reason}),
+        r = self._request("POST", f"/v1/turns/{validate_turn_id(turn_id)}/cancel", content=msgspec.json.encode({"reason": reason}),
                           headers={"content-type": "application/json"})
         return msgspec.json.decode(r.content, type=TurnInfo)
 
@@ -154,7 +155,7 @@ class Client(_Base):
         params: dict[str, int] = {"limit": limit}
         if after is not None:
             params["after"] = after
-        r = self._request("GET", f"/v1/turns/{turn_id}/export", params=params)
+        r = self._request("GET", f"/v1/turns/{validate_turn_id(turn_id)}/export", params=params)
         return msgspec.json.decode(r.content, type=ExportResult)
 
     def agents(self) -> list[str]:
@@ -183,7 +184,7 @@ class Client(_Base):
         while True:
             try:
                 timeout = httpx.Timeout(self.timeout, read=None)
-                with connect_sse(self._http, "GET", f"/v1/turns/{turn_id}/events",
+                with connect_sse(self._http, "GET", f"/v1/turns/{validate_turn_id(turn_id)}/events",
                                  headers={"last-event-id": str(cursor)}, timeout=timeout) as source:
                     if source.response.status_code >= 400:
                         source.response.read()
@@ -208,7 +209,8 @@ class Client(_Base):
                         info = self.status(turn_id)
                         if info.ended and cursor >= info.last_seq:
                             return
-            except (httpx.TransportError, FileNotFoundError) as exc:
+            except (httpx.TransportError, FileNotFoundError, errors.SupervisorClosed) as exc:
+                # Gone or shutting down (503): a restarted daemon will have the rest.
                 now = time.monotonic()
                 lost_since = lost_since or now
                 if now - lost_since > reconnect_s:
@@ -263,7 +265,7 @@ class AsyncClient(_Base):
         return msgspec.json.decode(r.content, type=TurnInfo)
 
     async def status(self, turn_id: str) -> TurnInfo:
-        r = await self._request("GET", f"/v1/turns/{turn_id}")
+        r = await self._request("GET", f"/v1/turns/{validate_turn_id(turn_id)}")
         return msgspec.json.decode(r.content, type=TurnInfo)
 
     async def list_turns(self, *, status: str | None = None, session_id: str | None = None,
@@ -274,7 +276,7 @@ class AsyncClient(_Base):
         return msgspec.json.decode(r.content, type=dict[str, list[TurnInfo]])["turns"]
 
     async def cancel(self, turn_id: str, *, reason: str | None = None) -> TurnInfo:
-        r = await self._request("POST", f"/v1/turns/{turn_id}/cancel",
+        r = await self._request("POST", f"/v1/turns/{validate_turn_id(turn_id)}/cancel",
                                 content=msgspec.json.encode({"reason": reason}),
                                 headers={"content-type": "application/json"})
         return msgspec.json.decode(r.content, type=TurnInfo)
@@ -283,7 +285,7 @@ class AsyncClient(_Base):
         params: dict[str, int] = {"limit": limit}
         if after is not None:
             params["after"] = after
-        r = await self._request("GET", f"/v1/turns/{turn_id}/export", params=params)
+        r = await self._request("GET", f"/v1/turns/{validate_turn_id(turn_id)}/export", params=params)
         return msgspec.json.decode(r.content, type=ExportResult)
 
     async def agents(self) -> list[str]:
@@ -299,7 +301,7 @@ class AsyncClient(_Base):
         while True:
             try:
                 timeout = httpx.Timeout(self.timeout, read=None)
-                async with aconnect_sse(self._http, "GET", f"/v1/turns/{turn_id}/events",
+                async with aconnect_sse(self._http, "GET", f"/v1/turns/{validate_turn_id(turn_id)}/events",
                                         headers={"last-event-id": str(cursor)}, timeout=timeout) as source:
                     if source.response.status_code >= 400:
                         await source.response.aread()
@@ -319,7 +321,7 @@ class AsyncClient(_Base):
                         info = await self.status(turn_id)
                         if info.ended and cursor >= info.last_seq:
                             return
-            except (httpx.TransportError, FileNotFoundError) as exc:
+            except (httpx.TransportError, FileNotFoundError, errors.SupervisorClosed) as exc:
                 now = time.monotonic()
                 lost_since = lost_since or now
                 if now - lost_since > reconnect_s:

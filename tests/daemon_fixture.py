@@ -1,0 +1,95 @@
+"""A real ``runnerd`` subprocess on a temp socket, for the end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from conftest import TEST_AGENTS, wait_for
+
+BIN = Path(sys.executable).parent
+TESTS = Path(__file__).parent
+
+
+def write_config(tmp: Path, **server: object) -> Path:
+    agents = dict(TEST_AGENTS, demo="supervisor.demo_agents:chat", sleep="supervisor.demo_agents:sleeper")
+    lines = [f'state_dir = "{tmp / "state"}"', "cancel_grace_s = 0.3", "kill_grace_s = 0.3", "", "[agents]"]
+    lines += [f'{name} = "{target}"' for name, target in agents.items()]
+    lines += ["", "[server]", f'socket = "{tmp / "run" / "runnerd.sock"}"']
+    for key, value in server.items():
+        lines.append(f"{key} = {value!r}".replace("'", '"'))
+    path = tmp / "runnerd.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    socket: str
+    config: Path
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def http(self, timeout: float = 10.0) -> httpx.Client:
+        return httpx.Client(base_url="http://runnerd", transport=httpx.HTTPTransport(uds=self.socket),
+                            timeout=timeout)
+
+    def ctl(self, *args: str, input: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "runnerctl"), "--socket", self.socket, *args], input=input,
+                              capture_output=True, text=True, timeout=timeout, env=self.env)
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+def start_daemon(tmp: Path, *, extra_env: dict[str, str] | None = None, **server: object) -> Daemon:
+    config = write_config(tmp, **server)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    env.pop("NOTIFY_SOCKET", None)
+    env.update(extra_env or {})
+    log = tmp / "runnerd.log"
+    with open(log, "ab") as logf:
+        proc = subprocess.Popen([str(BIN / "runnerd"), "--config", str(config)], stdout=logf, stderr=logf,
+                                env=env)
+    d = Daemon(proc, str(tmp / "run" / "runnerd.sock"), config, log, env)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"runnerd exited {proc.returncode}:\n{log.read_text()}")
+        try:
+            with d.http(2) as c:
+                return c.get("/v1/health").status_code == 200
+        except (httpx.TransportError, FileNotFoundError):
+            return False
+
+    wait_for(ready, 20, 0.02)
+    return d
+
+
+def stopped(d: Daemon) -> Iterator[Daemon]:
+    try:
+        yield d
+    finally:
+        if d.proc.poll() is None:
+            d.proc.send_signal(signal.SIGTERM)
+            try:
+                d.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                d.proc.kill()
+                d.proc.wait(5)
+
+
+def elapsed_ms(start: float) -> float:
+    return (time.monotonic() - start) * 1000

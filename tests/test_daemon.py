@@ -1,0 +1,300 @@
+"""runnerd end to end over its Unix socket: HTTP API, SSE, bad input, shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from conftest import turn_processes, wait_for
+from daemon_fixture import Daemon, start_daemon, stopped
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    yield from stopped(start_daemon(tmp_path))
+
+
+def _sse_events(text: str) -> list[tuple[int, dict[str, object]]]:
+    out = []
+    for frame in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in frame.splitlines() if line and not line.startswith(":"))
+        if "id" in fields:
+            out.append((int(fields["id"]), json.loads(fields["data"])))
+    return out
+
+
+def _start(c: httpx.Client, agent: str, input: object = None, **kw: object) -> dict[str, object]:
+    r = c.post("/v1/turns", json={"agent": agent, "input": input, **kw})
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+@pytest.mark.timeout(30)
+def test_socket_is_0660_and_health_answers(daemon: Daemon) -> None:
+    assert stat.S_IMODE(os.stat(daemon.socket).st_mode) == 0o660
+    with daemon.http() as c:
+        assert c.get("/v1/health").json() == {"status": "ok", "running": 0, "open_streams": 0}
+        assert {"name": "demo"} in c.get("/v1/agents").json()["agents"]
+
+
+@pytest.mark.timeout(30)
+def test_sse_streams_a_turn_and_closes_after_the_terminal_event(daemon: Daemon) -> None:
+    with daemon.http() as c:
+        turn = _start(c, "count", {"n": 200})
+        r = c.get(f"/v1/turns/{turn['turn_id']}/events")
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = _sse_events(r.text)
+        assert [s for s, _ in events] == list(range(1, 203))
+        assert all(e["seq"] == s for s, e in events)
+        assert events[-1][1]["type"] == "RUN_FINISHED"
+        info = c.get(f"/v1/turns/{turn['turn_id']}").json()
+        assert info["status"] == "succeeded" and info["last_seq"] == 202
+
+
+@pytest.mark.timeout(30)
+def test_sse_resumed_mid_stream_with_last_event_id_gets_exactly_the_rest(daemon: Daemon) -> None:
+    with daemon.http() as c:
+        turn = _start(c, "paced", {"n": 300, "interval": 0.002})
+        url = f"/v1/turns/{turn['turn_id']}/events"
+        seen: list[int] = []
+        with c.stream("GET", url) as r:  # drop the connection after 100 events
+            buf = ""
+            for chunk in r.iter_text():
+                buf += chunk
+                *frames, buf = buf.split("\n\n")
+                seen += [s for s, _ in _sse_events("\n\n".join(frames))]
+                if len(seen) >= 100:
+                    break
+        rest = _sse_events(c.get(url, headers={"Last-Event-ID": str(seen[-1])}).text)
+        assert seen + [s for s, _ in rest] == list(range(1, 303))
+        again = _sse_events(c.get(url + "?after=250").text)  # ?after= is the same cursor
+        assert [s for s, _ in again] == list(range(251, 303))
+
+
+@pytest.mark.timeout(60)
+def test_export_answers_at_once_while_50_streams_are_open(daemon: Daemon) -> None:
+    with daemon.http() as c:
+        turn = _start(c, "paced", {"n": 4000, "interval": 0.002})
+        url = f"/v1/turns/{turn['turn_id']}/events"
+        opened = threading.Barrier(51)
+        stop = threading.Event()
+
+        def reader() -> None:
+            with daemon.http(30) as rc, rc.stream("GET", url) as r:
+                opened.wait(10)
+                for _ in r.iter_bytes():
+                    if stop.is_set():
+                        return
+
+        threads = [threading.Thread(target=reader) for _ in range(50)]
+        for t in threads:
+            t.start()
+        opened.wait(20)
+        wait_for(lambda: c.get("/v1/health").json()["open_streams"] == 50)
+        timings = []
+        for _ in range(10):
+            started = time.monotonic()
+            page = c.get(f"/v1/turns/{turn['turn_id']}/export", params={"limit": 50}).json()
+            timings.append(time.monotonic() - started)
+            assert page["returned"] == 50 and page["turn"]["status"] == "running"
+        assert max(timings) < 1.0, timings  # bounded: the export never waits on the streams
+        stop.set()
+        c.post(f"/v1/turns/{turn['turn_id']}/cancel", json={})
+        for t in threads:
+            t.join(20)
+        wait_for(lambda: c.get("/v1/health").json()["open_streams"] == 0)
+
+
+@pytest.mark.timeout(30)
+def test_a_client_disconnecting_mid_stream_leaves_the_daemon_serving(daemon: Daemon) -> None:
+    with daemon.http() as c:
+        turn = _start(c, "sleep", {"seconds": 30})
+        for _ in range(5):
+            with c.stream("GET", f"/v1/turns/{turn['turn_id']}/events") as r:
+                next(r.iter_bytes())
+        wait_for(lambda: c.get("/v1/health").json()["open_streams"] == 0)
+        assert c.post(f"/v1/turns/{turn['turn_id']}/cancel", json={"reason": "done"}).status_code == 202
+        r = c.get(f"/v1/turns/{turn['turn_id']}/events")
+        assert _sse_events(r.text)[-1][1]["outcome"] == {"type": "cancelled"}
+
+
+@pytest.mark.timeout(30)
+def test_metrics(daemon: Daemon) -> None:
+    with daemon.http() as c:
+        turn = _start(c, "count", {"n": 10})
+        c.get(f"/v1/turns/{turn['turn_id']}/events")
+        text = c.get("/metrics").text
+        assert 'runnerd_turns{status="succeeded"} 1' in text
+        assert "runnerd_events_relayed_total 12" in text
+        assert "runnerd_open_streams 0" in text
+        assert "runnerd_relay_lag_seconds" in text
+
+
+# -- bad input ------------------------------------------------------------------
+
+@pytest.mark.timeout(30)
+def test_bad_requests_get_the_right_status_and_a_json_error(daemon: Daemon) -> None:
+    with daemon.http() as c:
+        done = _start(c, "count", {"n": 1})
+        tid = done["turn_id"]
+        c.get(f"/v1/turns/{tid}/events")
+        unknown = "01M80G34PMMFJ1N1BN5GV52C57"
+        cases = [
+            (c.post("/v1/turns", content=b'{"agent": '), 400, "invalid_request"),
+            (c.post("/v1/turns", json={"agent": 5}), 400, "invalid_request"),
+            (c.post("/v1/turns", json={"agent": "count", "extra": 1}), 400, "invalid_request"),
+            (c.post("/v1/turns", json={"agent": "count", "timeout_s": "x"}), 400, "invalid_request"),
+            (c.post("/v1/turns", json={"agent": "count", "timeout_s": -1}), 400, "invalid_request"),
+            (c.post("/v1/turns", content=b"x" * (2 << 20)), 413, "body_too_large"),
+            (c.post("/v1/turns", json={"agent": "nope"}), 404, "unknown_agent"),
+            (c.post("/v1/turns", json={"agent": "os.path:join"}), 404, "unknown_agent"),
+            (c.get("/v1/turns/not-an-id"), 400, "invalid_turn_id"),
+            (c.get(f"/v1/turns/{'A' * 300}/export"), 400, "invalid_turn_id"),
+            (c.get(f"/v1/turns/{unknown}"), 404, "unknown_turn"),
+            (c.get(f"/v1/turns/{unknown}/events"), 404, "unknown_turn"),
+            (c.post(f"/v1/turns/{unknown}/cancel", json={}), 404, "unknown_turn"),
+            (c.get(f"/v1/turns/{tid}/events", headers={"Last-Event-ID": "abc"}), 400, "invalid_request"),
+            (c.get(f"/v1/turns/{tid}/events", headers={"Last-Event-ID": "4"}), 400, "invalid_cursor"),
+            (c.get(f"/v1/turns/{tid}/export", params={"limit": "-1"}), 400, "invalid_request"),
+            (c.get(f"/v1/turns/{tid}/export", params={"after": "9"}), 400, "invalid_cursor"),
+            (c.get("/v1/turns", params={"status": "bogus"}), 400, "invalid_request"),
+            (c.get("/v1/nope"), 404, "not_found"),
+            (c.delete("/v1/turns"), 405, "method_not_allowed"),
+        ]
+        for response, status, code in cases:
+            assert response.status_code == status, (response.request.url, response.text)
+            assert response.json()["error"]["code"] == code, response.text
+            assert response.json()["error"]["message"]
+        assert [t["turn_id"] for t in c.get("/v1/turns").json()["turns"]] == [tid]  # nothing else changed
+        r = c.post(f"/v1/turns/{tid}/cancel", json={})  # a finished turn: no-op, its final status
+        assert r.status_code == 202 and r.json()["status"] == "succeeded"
+        assert c.get("/v1/health").status_code == 200
+
+
+@pytest.mark.timeout(30)
+def test_session_busy_is_409_naming_the_active_turn(daemon: Daemon) -> None:
+    with daemon.http() as c:
+        first = _start(c, "sleep", {"seconds": 30}, session_id="chat-7")
+        r = c.post("/v1/turns", json={"agent": "count", "input": {"n": 1}, "session_id": "chat-7"})
+        assert r.status_code == 409
+        assert r.json()["error"]["code"] == "session_busy"
+        assert r.json()["error"]["active_turn_id"] == first["turn_id"]
+        c.post(f"/v1/turns/{first['turn_id']}/cancel", json={})
+
+
+# -- shutdown and systemd ----------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_sigterm_ends_open_streams_with_a_shutdown_frame_and_exits_0(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path, shutdown_timeout_s=8.0)
+    with d.http() as c:
+        turns = [_start(c, "ignore_sigterm") for _ in range(3)]
+    bodies: list[bytes] = [b""] * 6
+
+    def reader(i: int) -> None:
+        with d.http(30) as rc, rc.stream("GET", f"/v1/turns/{turns[i % 3]['turn_id']}/events") as r:
+            for chunk in r.iter_bytes():
+                bodies[i] += chunk
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    with d.http() as c:
+        wait_for(lambda: c.get("/v1/health").json()["open_streams"] == 6)
+    started = time.monotonic()
+    assert d.stop(timeout=15) == 0
+    assert time.monotonic() - started < 8.0
+    for t in threads:
+        t.join(10)
+    for body in bodies:
+        assert body.endswith(b'event: shutdown\ndata: {"reason":"runnerd is shutting down"}\n\n'), body[-200:]
+    assert not os.path.exists(d.socket)
+    assert turn_processes() == []
+    # The turns were cancelled (escalated to SIGKILL) and say so after a restart.
+    d2 = start_daemon(tmp_path)
+    try:
+        with d2.http() as c:
+            for turn in turns:
+                assert c.get(f"/v1/turns/{turn['turn_id']}").json()["status"] == "cancelled"
+    finally:
+        assert d2.stop() == 0
+
+
+@pytest.mark.timeout(30)
+def test_sd_notify_ready_status_watchdog_stopping(tmp_path: Path) -> None:
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    d = start_daemon(tmp_path, extra_env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
+    messages: list[str] = []
+
+    def until(prefix: str) -> None:
+        while not any(m.startswith(prefix) or f"\n{prefix}" in m for m in messages):
+            messages.append(sock.recv(4096).decode())
+
+    try:
+        until("READY=1")
+        until("WATCHDOG=1")
+        assert any("STATUS=" in m for m in messages)
+        assert d.stop() == 0
+        until("STOPPING=1")
+    finally:
+        sock.close()
+        if d.proc.poll() is None:
+            d.proc.kill()
+    ready = next(m for m in messages if "READY=1" in m)
+    assert "STATUS=serving on" in ready
+
+
+@pytest.mark.timeout(30)
+def test_a_second_daemon_on_the_same_socket_refuses_to_start(daemon: Daemon, tmp_path: Path) -> None:
+    import subprocess
+    from daemon_fixture import BIN
+    r = subprocess.run([str(BIN / "runnerd"), "--config", str(daemon.config)], capture_output=True,
+                       text=True, timeout=20, env=daemon.env)
+    assert r.returncode == 2
+    assert "another runnerd is already listening" in r.stderr
+    with daemon.http() as c:
+        assert c.get("/v1/health").status_code == 200
+
+
+@pytest.mark.timeout(30)
+def test_tcp_off_loopback_needs_a_token(tmp_path: Path) -> None:
+    import subprocess
+    from daemon_fixture import BIN, write_config
+    config = write_config(tmp_path, tcp="0.0.0.0:0")
+    r = subprocess.run([str(BIN / "runnerd"), "--config", str(config)], capture_output=True, text=True,
+                       timeout=20)
+    assert r.returncode == 2 and "without server.token_file" in r.stderr
+
+
+@pytest.mark.timeout(30)
+def test_tcp_with_a_token_requires_the_bearer(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = tmp_path / "token"
+    token.write_text("s3cret-token-0123456789\n")
+    d = start_daemon(tmp_path, tcp=f"127.0.0.1:{port}", token_file=str(token))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(base + "/v1/health").status_code == 401
+        assert httpx.get(base + "/v1/health", headers={"authorization": "Bearer wrong"}).status_code == 401
+        ok = httpx.get(base + "/v1/health", headers={"authorization": "Bearer s3cret-token-0123456789"})
+        assert ok.status_code == 200
+        with d.http() as c:  # the unix socket is guarded by its file mode instead
+            assert c.get("/v1/health").status_code == 200
+    finally:
+        assert d.stop() == 0
+    assert not any(p.pid == d.proc.pid for p in psutil.process_iter())
