@@ -25,6 +25,7 @@ from supervisor.errors import (
 from supervisor.eventlog import FileEventLog, line_seq
 from supervisor.ids import new_turn_id, validate_session_id, validate_turn_id
 from supervisor.killer import Escalation, TurnTree
+from supervisor.logs import configure_logging
 from supervisor.recovery import recover_lost
 from supervisor.registry import StreamRegistry
 from supervisor.relay import REAP_TIMEOUT_S, Live, Relay
@@ -86,6 +87,10 @@ class Supervisor:
     def start(self) -> Supervisor:
         if self._started:
             return self
+        if not structlog.is_configured():
+            # structlog's unconfigured default prints to stdout; a library must
+            # not write into its host's stdout. A host's own configuration wins.
+            configure_logging(self.config.log_level)
         if self._subreaper:
             become_subreaper()
         for info in recover_lost(self.eventlog):
