@@ -161,3 +161,27 @@ def signal_name(sig: int) -> str:
         return signal.Signals(sig).name
     except ValueError:
         return str(sig)
+
+
+def kill_marked(turn_ids: set[str]) -> int:
+    """SIGKILL every process on the machine marked as one of ``turn_ids``.
+
+    For start-up recovery: the dead daemon's turns were re-parented elsewhere,
+    so they are found by their marks (process name or environment), not by
+    ancestry. Returns how many were signalled.
+    """
+    if not turn_ids:
+        return 0
+    comms = {turn_comm(t): t for t in turn_ids}
+    killed = 0
+    me = os.getpid()
+    for p in psutil.process_iter():
+        if p.pid == me:
+            continue
+        try:
+            if _comm(p.pid) in comms or p.environ().get(TURN_ENV) in turn_ids:
+                p.kill()
+                killed += 1
+        except (OSError, psutil.Error):
+            continue  # gone, or not ours to read or signal
+    return killed

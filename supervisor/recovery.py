@@ -13,7 +13,7 @@ import structlog
 
 from ipc import events as ev
 from supervisor.eventlog import FileEventLog
-from supervisor.killer import TurnTree
+from supervisor.killer import TurnTree, kill_marked
 from supervisor.turns import TurnError, TurnInfo, TurnStatus
 
 log = structlog.get_logger("runnerd.recovery")
@@ -22,6 +22,7 @@ log = structlog.get_logger("runnerd.recovery")
 def recover_lost(eventlog: FileEventLog) -> list[TurnInfo]:
     """Load every turn's metadata; close the ones a dead daemon left open."""
     infos = eventlog.list_meta()
+    lost = {i.turn_id for i in infos if not i.ended}
     for info in infos:
         if info.ended:
             continue
@@ -47,4 +48,7 @@ def recover_lost(eventlog: FileEventLog) -> list[TurnInfo]:
         info.ended_at = time.time()
         eventlog.write_meta(info)
         log.warning("turn_lost", turn_id=info.turn_id, last_seq=last)
+    if lost:  # descendants that double-forked away from the root are found by their marks
+        killed = kill_marked(lost)
+        log.info("lost_turn_processes_killed", count=killed)
     return infos
