@@ -164,7 +164,7 @@ def _follow(ctx: Ctx, turn_id: str, after: int) -> int:
         for _, data in stream:
             click.echo(data.decode())
     else:
-        render(((seq, ev.decode_event(data)) for seq, data in stream), click.get_text_stream("stdout"))
+        render(((seq, ev.decode_event(data)) for seq, data in stream), sys.stdout)
     info = ctx.client.status(turn_id)
     return 0 if info.status is TurnStatus.SUCCEEDED else EXIT_TURN_FAILED
 
@@ -262,7 +262,7 @@ def export(ctx: Ctx, turn_id: str, limit: int, after: int | None, fmt: str | Non
         for raw in page.events:
             click.echo(bytes(raw).decode())
     else:
-        render(iter(page.items()), click.get_text_stream("stdout"))
+        render(iter(page.items()), sys.stdout)
         more = f", more after seq {page.next_after}" if page.truncated and after is not None else ""
         click.echo(f"\n{page.returned} of {page.total} events (turn {page.turn.status.value}){more}")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import msgspec
 
@@ -178,7 +178,7 @@ class FileEventLog:
             return found
 
     @staticmethod
-    def _complete_end(f) -> int:  # type: ignore[no-untyped-def]
+    def _complete_end(f: BinaryIO) -> int:
         """Offset just past the last newline: a torn final write is left out."""
         pos = f.seek(0, os.SEEK_END)
         while pos > 0:
@@ -190,7 +190,7 @@ class FileEventLog:
             pos -= size
         return 0
 
-    def _open(self, turn_id: str):  # type: ignore[no-untyped-def]
+    def _open(self, turn_id: str) -> BinaryIO:
         try:
             return open(self._log_path(turn_id), "rb")
         except FileNotFoundError:
@@ -198,7 +198,7 @@ class FileEventLog:
             raise UnknownTurn(f"no event log for turn {turn_id}") from None
 
     @staticmethod
-    def _find(f, after: int) -> int:  # type: ignore[no-untyped-def]
+    def _find(f: BinaryIO, after: int) -> int:
         """Byte offset of a line at or before the first line with ``seq > after``."""
         if after <= 0:
             return 0

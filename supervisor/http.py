@@ -224,7 +224,7 @@ def create_app(sup: Supervisor, *, max_body_bytes: int = 1 << 20, keepalive_s: f
     )
     app.state.streams = streams
     app.state.supervisor = sup
-    app.add_middleware(Guard, token=token, streams=streams)  # type: ignore[arg-type]
+    app.add_middleware(Guard, token=token, streams=streams)
     return app
 
 

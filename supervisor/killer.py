@@ -51,11 +51,11 @@ class TurnTree:
             for p in _children(root):
                 found[p.pid] = p
         for pid, ctime in list(self.known.items()):
-            p = _same(pid, ctime)
-            if p is None:
+            same = _same(pid, ctime)
+            if same is None:
                 del self.known[pid]
             else:
-                found.setdefault(pid, p)
+                found.setdefault(pid, same)
         for p in _ours(self.turn_id, self.root_pid):
             found.setdefault(p.pid, p)
         for pid, p in found.items():

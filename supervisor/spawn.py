@@ -58,7 +58,7 @@ def become_subreaper() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
 
 
 class Spawner:
@@ -77,7 +77,7 @@ class Spawner:
         with _start_lock:
             if self._warm:
                 return
-            self.ctx.set_forkserver_preload(["ipc.boot", "worker.main", "worker.preload"])  # type: ignore[attr-defined]
+            multiprocessing.forkserver.set_forkserver_preload(["ipc.boot", "worker.main", "worker.preload"])
             saved = os.environ.get(PRELOAD_ENV)
             os.environ[PRELOAD_ENV] = ",".join(self._preload)
             try:
