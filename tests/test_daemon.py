@@ -298,3 +298,56 @@ def test_tcp_with_a_token_requires_the_bearer(tmp_path: Path) -> None:
     finally:
         assert d.stop() == 0
     assert not any(p.pid == d.proc.pid for p in psutil.process_iter())
+
+
+@pytest.mark.timeout(30)
+def test_keepalive_comments_on_an_idle_stream(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path, keepalive_s=0.1)
+    try:
+        with d.http() as c:
+            turn = _start(c, "sleep", {"seconds": 30})
+            body = b""
+            with c.stream("GET", f"/v1/turns/{turn['turn_id']}/events?after=2") as r:
+                for chunk in r.iter_bytes():
+                    body += chunk
+                    if body.count(b": keep-alive\n\n") >= 2:
+                        break
+            c.post(f"/v1/turns/{turn['turn_id']}/cancel", json={})
+    finally:
+        assert d.stop() == 0
+
+
+@pytest.mark.timeout(30)
+def test_socket_activation_serves_on_the_inherited_socket(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    from daemon_fixture import BIN, TESTS, write_config
+    path = str(tmp_path / "activated.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    config = write_config(tmp_path)
+    # systemd hands the socket over as fd 3 with LISTEN_PID set to the daemon's own pid.
+    launcher = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ['LISTEN_PID'] = str(os.getpid());"
+                "os.environ['LISTEN_FDS'] = '1'; os.execv(sys.argv[2], sys.argv[2:])")
+    env = dict(os.environ, PYTHONPATH=str(TESTS))
+    proc = subprocess.Popen([sys.executable, "-c", launcher, str(listener.fileno()), str(BIN / "runnerd"),
+                             "--config", str(config)], pass_fds=[listener.fileno()], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    listener.close()
+    try:
+        client = httpx.Client(transport=httpx.HTTPTransport(uds=path), base_url="http://runnerd")
+
+        def healthy() -> bool:
+            try:
+                return client.get("/v1/health").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(healthy, 20)
+        assert not os.path.exists(tmp_path / "run" / "runnerd.sock")  # it bound nothing itself
+        client.close()
+    finally:
+        proc.send_signal(15)
+        assert proc.wait(20) == 0
+    assert os.path.exists(path)  # an inherited socket is systemd's to remove
