@@ -113,12 +113,23 @@ def flood(ctx: TurnContext, input: Any) -> None:
 
 
 def paced(ctx: TurnContext, input: Any) -> None:
-    """Emits CUSTOM "lat" events at ``rate``/s for ``seconds``, stamped with monotonic_ns."""
+    """Emits CUSTOM "lat" events at ``rate``/s for ``seconds``, stamped with monotonic_ns.
+
+    Ends with CUSTOM "emit_stats": how long ``emit`` itself took in this process
+    (stamp -> back from the pipe write), the child's share of the latency.
+    """
     n = int(float(input["rate"]) * float(input["seconds"]))
+    inside: list[int] = []
     with Pacer(float(input["rate"]), bool(input.get("busy"))) as pacer:
         for i in range(n):
             pacer.wait_slot(i)
-            ctx.custom("lat", {"t": time.monotonic_ns(), "i": i, "pad": LAT_PAD})
+            t = time.monotonic_ns()
+            ctx.custom("lat", {"t": t, "i": i, "pad": LAT_PAD})
+            inside.append(time.monotonic_ns() - t)
+    inside.sort()
+    ctx.custom("emit_stats", {"p50_ns": inside[len(inside) // 2],
+                              "p99_ns": inside[max(0, -(-99 * len(inside) // 100) - 1)],
+                              "max_ns": inside[-1]})
 
 
 def cooperative(ctx: TurnContext, input: Any) -> None:

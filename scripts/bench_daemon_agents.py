@@ -26,20 +26,23 @@ def noop(ctx: TurnContext, input: Any) -> None:
 
 
 def flood(ctx: TurnContext, input: Any) -> None:
-    """``n`` TEXT_MESSAGE_CONTENT events as fast as the agent can emit them.
+    """One text message of ``n`` TEXT_MESSAGE_CONTENT events, as fast as the agent can emit them.
 
     ``batch`` = 1: one ``ctx.emit`` per event (the usual token loop);
     ``batch`` > 1: ``ctx.emit_many`` of that many (the agent batches itself).
+    The turn's events: RUN_STARTED, TEXT_MESSAGE_START, n contents, TEXT_MESSAGE_END, RUN_FINISHED.
     """
     n = int(input["n"])
     batch = int(input.get("batch", 1))
+    ctx.emit(ev.TextMessageStart(message_id=MESSAGE_ID))
     if batch <= 1:
         for _ in range(n):
             ctx.emit(ev.TextMessageContent(message_id=MESSAGE_ID, delta=TEXT_DELTA))
-        return
-    for start in range(0, n, batch):
-        ctx.emit_many([ev.TextMessageContent(message_id=MESSAGE_ID, delta=TEXT_DELTA)
-                       for _ in range(min(batch, n - start))])
+    else:
+        for start in range(0, n, batch):
+            ctx.emit_many([ev.TextMessageContent(message_id=MESSAGE_ID, delta=TEXT_DELTA)
+                           for _ in range(min(batch, n - start))])
+    ctx.emit(ev.TextMessageEnd(message_id=MESSAGE_ID))
 
 
 def wait_go(path: str) -> bool:

@@ -250,11 +250,14 @@ def list_(ctx: Ctx, status_: str | None, session: str | None, limit: int) -> Non
 @click.option("--after", type=int, help="Events after this seq (default: the tail).")
 @click.option("--format", "fmt", type=click.Choice(["json", "jsonl", "text"]), default=None,
               help="json: the whole page; jsonl: one event per line; text: rendered.")
+@click.option("--compact", is_flag=True, help="A finished turn's snapshot form.")
 @click.pass_obj
 @_guard
-def export(ctx: Ctx, turn_id: str, limit: int, after: int | None, fmt: str | None) -> None:
+def export(ctx: Ctx, turn_id: str, limit: int, after: int | None, fmt: str | None, compact: bool) -> None:
     """Print a turn's history as plain JSON; never waits, even while the turn runs."""
-    page = ctx.client.export(turn_id, limit=limit, after=after)
+    page = ctx.client.export(turn_id, limit=limit, after=after, compact=compact)
+    if page.gap is not None and not ctx.json:
+        click.echo(f"gap: {page.gap['reason']}", err=True)
     fmt = fmt or ("json" if ctx.json else "text")
     if fmt == "json":
         _out_json(page)
@@ -265,6 +268,23 @@ def export(ctx: Ctx, turn_id: str, limit: int, after: int | None, fmt: str | Non
         render(iter(page.items()), sys.stdout)
         more = f", more after seq {page.next_after}" if page.truncated and after is not None else ""
         click.echo(f"\n{page.returned} of {page.total} events (turn {page.turn.status.value}){more}")
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.pass_obj
+@_guard
+def prune(ctx: Ctx, dry_run: bool) -> None:
+    """Apply the retention limits now: remove the oldest finished turns first."""
+    report = ctx.client.prune(dry_run=dry_run)
+    if ctx.json:
+        _out_json(report)
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {len(report['removed'])} turns and {len(report['raw_removed'])} full logs "
+               f"({report['bytes_freed']} bytes)")
+    for turn_id in report["removed"]:
+        click.echo(f"  {turn_id}")
 
 
 @main.command()

@@ -24,7 +24,8 @@ from supervisor.turns import TurnInfo
 
 _ERRORS: dict[str, type[errors.RunnerdError]] = {
     cls.code: cls for cls in (errors.InvalidTurnId, errors.UnknownTurn, errors.UnknownAgent,
-                              errors.InvalidRequest, errors.InvalidCursor, errors.SupervisorClosed)
+                              errors.InvalidRequest, errors.InvalidCursor, errors.SupervisorClosed,
+                              errors.HistoryGap)
 }
 _TERMINAL = ("RUN_FINISHED", "RUN_ERROR")
 
@@ -50,6 +51,8 @@ class ExportResult(msgspec.Struct):
     returned: int
     truncated: bool
     next_after: int
+    compacted: bool = False
+    gap: dict[str, Any] | None = None
 
     def items(self) -> list[tuple[int, ev.Event]]:
         out = []
@@ -151,12 +154,16 @@ class Client(_Base):
                           headers={"content-type": "application/json"})
         return msgspec.json.decode(r.content, type=TurnInfo)
 
-    def export(self, turn_id: str, *, limit: int = 200, after: int | None = None) -> ExportResult:
-        params: dict[str, int] = {"limit": limit}
-        if after is not None:
-            params["after"] = after
-        r = self._request("GET", f"/v1/turns/{validate_turn_id(turn_id)}/export", params=params)
+    def export(self, turn_id: str, *, limit: int = 200, after: int | None = None,
+               compact: bool = False) -> ExportResult:
+        r = self._request("GET", f"/v1/turns/{validate_turn_id(turn_id)}/export",
+                          params=_export_params(limit, after, compact))
         return msgspec.json.decode(r.content, type=ExportResult)
+
+    def prune(self, *, dry_run: bool = False) -> dict[str, Any]:
+        r = self._request("POST", "/v1/prune", content=msgspec.json.encode({"dry_run": dry_run}),
+                          headers={"content-type": "application/json"})
+        return msgspec.json.decode(r.content)  # type: ignore[no-any-return]
 
     def agents(self) -> list[str]:
         r = self._request("GET", "/v1/agents")
@@ -225,6 +232,15 @@ class Client(_Base):
             yield seq, ev.decode_event(data)
 
 
+def _export_params(limit: int, after: int | None, compact: bool) -> dict[str, Any]:
+    params: dict[str, Any] = {"limit": limit}
+    if after is not None:
+        params["after"] = after
+    if compact:
+        params["compact"] = "true"
+    return params
+
+
 def _is_terminal(data: bytes) -> bool:
     head = data[:80]
     return any(b'"type":"%s"' % t.encode() in head for t in _TERMINAL)
@@ -281,12 +297,16 @@ class AsyncClient(_Base):
                                 headers={"content-type": "application/json"})
         return msgspec.json.decode(r.content, type=TurnInfo)
 
-    async def export(self, turn_id: str, *, limit: int = 200, after: int | None = None) -> ExportResult:
-        params: dict[str, int] = {"limit": limit}
-        if after is not None:
-            params["after"] = after
-        r = await self._request("GET", f"/v1/turns/{validate_turn_id(turn_id)}/export", params=params)
+    async def export(self, turn_id: str, *, limit: int = 200, after: int | None = None,
+                     compact: bool = False) -> ExportResult:
+        r = await self._request("GET", f"/v1/turns/{validate_turn_id(turn_id)}/export",
+                                params=_export_params(limit, after, compact))
         return msgspec.json.decode(r.content, type=ExportResult)
+
+    async def prune(self, *, dry_run: bool = False) -> dict[str, Any]:
+        r = await self._request("POST", "/v1/prune", content=msgspec.json.encode({"dry_run": dry_run}),
+                                headers={"content-type": "application/json"})
+        return msgspec.json.decode(r.content)  # type: ignore[no-any-return]
 
     async def agents(self) -> list[str]:
         r = await self._request("GET", "/v1/agents")

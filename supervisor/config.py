@@ -57,6 +57,24 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("server.max_body_bytes must be at least 1024")
 
 
+class RetentionConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Limits on finished turns (``[retention]``); the oldest go first. None: no limit."""
+
+    max_age_s: float | None = None
+    max_turns: int | None = None
+    max_bytes: int | None = None
+    keep_raw_s: float | None = None  # drop a compacted turn's full log after this long
+    interval_s: float = 60.0  # how often the background pass runs
+
+    def __post_init__(self) -> None:
+        for name in ("max_age_s", "max_turns", "max_bytes", "keep_raw_s"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"retention.{name} must be >= 0")
+        if self.interval_s <= 0:
+            raise ValueError("retention.interval_s must be > 0")
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Every knob, with defaults that run a fresh install as it is."""
 
@@ -70,6 +88,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_event_bytes: int = 1 << 20
     buffer_bytes: int = 4 << 20  # per turn, recent events kept in memory
     log_level: str = "info"
+    compact_finished: bool = True  # fold finished turns into their snapshot form
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
 
     def __post_init__(self) -> None:

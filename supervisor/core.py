@@ -20,14 +20,16 @@ from ipc.protocol import TurnSpec
 from ipc.wire import FrameReader
 from supervisor.config import Config
 from supervisor.errors import (
-    InvalidCursor, InvalidRequest, SessionBusy, SupervisorClosed, UnknownAgent, UnknownTurn,
+    HistoryGap, InvalidCursor, InvalidRequest, SessionBusy, SupervisorClosed, UnknownAgent, UnknownTurn,
 )
 from supervisor.eventlog import FileEventLog, line_seq
 from supervisor.ids import new_turn_id, validate_session_id, validate_turn_id
+from supervisor.keeper import HistoryKeeper
 from supervisor.killer import Escalation, TurnTree
 from supervisor.logs import configure_logging
 from supervisor.recovery import recover_lost
 from supervisor.registry import StreamRegistry
+from supervisor.retention import PruneReport
 from supervisor.relay import REAP_TIMEOUT_S, Live, Relay
 from supervisor.spawn import Spawner, become_subreaper
 from supervisor.turns import Intent, TurnInfo, TurnStatus, info_copy
@@ -36,6 +38,21 @@ log = structlog.get_logger("runnerd.supervisor")
 
 MAX_EXPORT_LIMIT = 10_000
 _READ_CHUNK = 1000
+
+
+class SeqRange(msgspec.Struct):
+    from_: int = msgspec.field(name="from")
+    to: int
+
+
+class Gap(msgspec.Struct):
+    """The cursor points before what is retained: said out loud, never skipped silently."""
+
+    after: int
+    missing: SeqRange
+    available: SeqRange | None
+    form: str  # what follows instead: "compacted"
+    reason: str
 
 
 class ExportPage(msgspec.Struct):
@@ -47,6 +64,8 @@ class ExportPage(msgspec.Struct):
     returned: int
     truncated: bool
     next_after: int
+    compacted: bool = False  # events are the snapshot form (see supervisor.compaction)
+    gap: Gap | msgspec.UnsetType = msgspec.UNSET
 
     def items(self) -> list[tuple[int, ev.Event]]:
         return [(line_seq(bytes(r)), ev.decode_event(bytes(r))) for r in self.events]
@@ -77,6 +96,9 @@ class Supervisor:
             max_event_bytes=self.config.max_event_bytes,
             on_ended=self._on_ended,
         )
+        self.keeper = HistoryKeeper(eventlog=self.eventlog, relay=self.relay, registry=self.registry,
+                                    retention=self.config.retention,
+                                    compact_finished=self.config.compact_finished)
         self._lock = threading.Lock()  # session table and start/close ordering
         self._active_by_session: dict[str, str] = {}
         self._started = False
@@ -93,10 +115,12 @@ class Supervisor:
             configure_logging(self.config.log_level)
         if self._subreaper:
             become_subreaper()
-        for info in recover_lost(self.eventlog):
+        past = recover_lost(self.eventlog)
+        for info in past:
             self.relay.past[info.turn_id] = info
         self.spawner.warm_up()
         self.relay.start()
+        self.keeper.start(past)
         self._started = True
         log.info("supervisor_started", state_dir=self.config.state_dir,
                  start_method=self.config.start_method, agents=sorted(self.config.agents))
@@ -121,6 +145,7 @@ class Supervisor:
         for live in lives:
             live.ended.wait(max(0.0, deadline - time.monotonic()))
         self.relay.stop(max(0.1, deadline - time.monotonic()))
+        self.keeper.stop(max(0.1, deadline - time.monotonic()))
         log.info("supervisor_stopped")
 
     def __enter__(self) -> Supervisor:
@@ -233,38 +258,95 @@ class Supervisor:
 
     # -- reading ---------------------------------------------------------------
 
-    def export(self, turn_id: str, *, limit: int = 200, after: int | None = None) -> ExportPage:
-        """A page of history; never waits. ``after=None`` gives the tail."""
+    def export(self, turn_id: str, *, limit: int = 200, after: int | None = None,
+               compact: bool = False) -> ExportPage:
+        """A page of history; never waits. ``after=None`` gives the tail.
+
+        ``compact=True`` gives a finished turn's snapshot form (when compacted).
+        """
         if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_EXPORT_LIMIT:
             raise InvalidRequest(f"limit must be an integer in [0, {MAX_EXPORT_LIMIT}]")
         info = self.status(turn_id)
-        self._ensure_stream(turn_id)
-        if after is None:
-            lines, total = self._tail(turn_id, limit)
-            truncated = bool(lines) and line_seq(lines[0]) > 1 or (not lines and total > 0)
-        else:
+        if after is not None:
             self._check_cursor(after, info.last_seq)
-            lines, total, _ = self._read(turn_id, after, limit)
-            truncated = (line_seq(lines[-1]) if lines else after) < total
+        gap, snapshot = self.replay_plan(turn_id, after=after or 0, compact=compact, info=info)
+        if snapshot is not None:
+            lines = [x for x in snapshot if after is None or line_seq(x) > after]
+            lines = lines[:limit] if after is not None else lines[-limit:] if limit else []
+            total = info.last_seq
+            truncated = (line_seq(lines[-1]) < line_seq(snapshot[-1])) if lines and after is not None \
+                else len(lines) < len([x for x in snapshot if after is None or line_seq(x) > after])
+        else:
+            self._ensure_stream(turn_id)
+            if after is None:
+                lines, total = self._tail(turn_id, limit)
+                truncated = bool(lines) and line_seq(lines[0]) > 1 or (not lines and total > 0)
+            else:
+                lines, total, _ = self._read(turn_id, after, limit)
+                truncated = (line_seq(lines[-1]) if lines else after) < total
         next_after = line_seq(lines[-1]) if lines else (after or 0) if after is not None else total
         info.last_seq = max(info.last_seq, total)
-        return ExportPage(turn=info, events=[msgspec.Raw(line) for line in lines], total=total,
-                          returned=len(lines), truncated=truncated, next_after=next_after)
+        page = ExportPage(turn=info, events=[msgspec.Raw(line) for line in lines], total=total,
+                          returned=len(lines), truncated=truncated, next_after=next_after,
+                          compacted=snapshot is not None)
+        if gap is not None:
+            page.gap = gap
+        return page
+
+    def replay_plan(self, turn_id: str, *, after: int, compact: bool,
+                    info: TurnInfo | None = None) -> tuple[Gap | None, list[bytes] | None]:
+        """For a finished turn: serve the snapshot form instead of raw events?
+
+        Returns ``(gap, lines)``: ``lines`` is the compacted form when it is
+        asked for (from cursor 0) or when the full log is gone; ``gap`` says
+        which raw events are missing in the latter case. ``(None, None)``: read raw.
+        """
+        info = info or self.status(turn_id)
+        if not info.ended:
+            return None, None
+        if info.raw_removed:
+            lines = self.keeper.compacted(info) or []
+            available = SeqRange(line_seq(lines[0]), line_seq(lines[-1])) if lines else None
+            if after >= info.last_seq:
+                return None, []
+            return Gap(after=after, missing=SeqRange(after + 1, info.last_seq), available=available,
+                       form="compacted",
+                       reason="retention removed this turn's full log; its compacted form follows"), lines
+        if compact and after == 0:
+            snapshot = self.keeper.compacted(info)
+            if snapshot is not None:
+                return None, snapshot
+        return None, None
+
+    def prune(self, *, dry_run: bool = False) -> PruneReport:
+        """Apply the retention limits now (the background pass does it periodically)."""
+        return self.keeper.prune(dry_run=dry_run)
 
     def events(self, turn_id: str, *, after: int = 0, follow: bool = True,
-               timeout: float | None = None) -> Iterator[tuple[int, ev.Event]]:
+               timeout: float | None = None, compact: bool = False) -> Iterator[tuple[int, ev.Event]]:
         """``(seq, event)`` from ``after + 1`` on; with ``follow`` until the terminal event.
 
         ``timeout`` bounds each wait for a new event (``TimeoutError``).
+        ``compact`` replays a finished turn from 0 in its snapshot form.
+        Raises ``HistoryGap`` when retention removed the raw events asked for.
         """
-        for lines in self.event_batches(turn_id, after=after, follow=follow, timeout=timeout):
+        for lines in self.event_batches(turn_id, after=after, follow=follow, timeout=timeout,
+                                        compact=compact):
             for line in lines:
                 yield line_seq(line), ev.decode_event(line)
 
     def event_batches(self, turn_id: str, *, after: int = 0, follow: bool = True,
-                      timeout: float | None = None) -> Iterator[list[bytes]]:
+                      timeout: float | None = None, compact: bool = False) -> Iterator[list[bytes]]:
         """Like ``events`` but yields the stored bytes, in batches (what SSE writes)."""
-        self._check_cursor(after, self.status(turn_id).last_seq)
+        info = self.status(turn_id)
+        self._check_cursor(after, info.last_seq)
+        gap, snapshot = self.replay_plan(turn_id, after=after, compact=compact, info=info)
+        if gap is not None and not compact:
+            raise HistoryGap(gap.reason + f" (events {gap.missing.from_}-{gap.missing.to} are gone)")
+        if snapshot is not None:
+            if snapshot:
+                yield snapshot
+            return
         self._ensure_stream(turn_id)
         cursor = after
         while True:
@@ -279,7 +361,17 @@ class Supervisor:
                 raise TimeoutError(f"no event after seq {cursor} within {timeout} s")
 
     async def aevents(self, turn_id: str, *, after: int = 0, follow: bool = True,
-                      timeout: float | None = None) -> AsyncIterator[tuple[int, ev.Event]]:
+                      timeout: float | None = None, compact: bool = False) -> AsyncIterator[tuple[int, ev.Event]]:
+        info = self.status(turn_id)
+        self._check_cursor(after, info.last_seq)
+        gap, snapshot = await asyncio.to_thread(self.replay_plan, turn_id, after=after, compact=compact,
+                                                info=info)
+        if gap is not None and not compact:
+            raise HistoryGap(gap.reason + f" (events {gap.missing.from_}-{gap.missing.to} are gone)")
+        if snapshot is not None:
+            for line in snapshot:
+                yield line_seq(line), ev.decode_event(line)
+            return
         async for lines in self.aevent_batches(turn_id, after=after, follow=follow, timeout=timeout):
             for line in lines:
                 yield line_seq(line), ev.decode_event(line)
@@ -336,6 +428,7 @@ class Supervisor:
         return self.eventlog.tail(turn_id, limit, s.last_seq), s.last_seq
 
     def _on_ended(self, info: TurnInfo) -> None:
+        self.keeper.submit(info.turn_id)
         if info.session_id is not None:
             with self._lock:
                 if self._active_by_session.get(info.session_id) == info.turn_id:

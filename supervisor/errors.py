@@ -55,3 +55,10 @@ class SessionBusy(RunnerdError, RuntimeError):
 class InvalidCursor(InvalidRequest):
     code = "invalid_cursor"
     status = 400
+
+
+class HistoryGap(RunnerdError, LookupError):
+    """The raw events asked for are no longer retained (only the compacted form)."""
+
+    code = "history_gap"
+    status = 410

@@ -13,10 +13,14 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 import msgspec
+import structlog
 
-from supervisor.errors import StateDirError
+from ipc.events import RunError, RunFinished, decode_event
+from supervisor.errors import InvalidTurnId, StateDirError
 from supervisor.ids import validate_turn_id
-from supervisor.turns import TurnInfo
+from supervisor.turns import TurnError, TurnInfo, TurnStatus
+
+log = structlog.get_logger("runnerd.eventlog")
 
 _BLOCK = 64 * 1024
 _SEQ_PREFIX = b'{"seq":'
@@ -25,6 +29,16 @@ _SEQ_PREFIX = b'{"seq":'
 def line_seq(line: bytes) -> int:
     """The seq of one stored line (written first, so no JSON decode is needed)."""
     return int(line[7:line.index(b",", 7)])
+
+
+def _seq_or_none(line: bytes) -> int | None:
+    """A corrupt line (not written by the relay, or damaged on disk) has no seq."""
+    if not line.startswith(_SEQ_PREFIX):
+        return None
+    try:
+        return line_seq(line)
+    except ValueError:
+        return None
 
 
 class EventLog(Protocol):
@@ -109,6 +123,49 @@ class FileEventLog:
             os.close(fd)
         os.replace(tmp, path)
 
+    def _compact_path(self, turn_id: str) -> Path:
+        return self.dir / f"{validate_turn_id(turn_id)}.compact.jsonl"
+
+    def write_compact(self, turn_id: str, lines: list[bytes]) -> None:
+        """The compacted form, written whole and atomically (temp, fsync, rename)."""
+        path = self._compact_path(turn_id)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(b"".join(line + b"\n" for line in lines))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def read_compact(self, turn_id: str) -> list[bytes] | None:
+        try:
+            data = self._compact_path(turn_id).read_bytes()
+        except FileNotFoundError:
+            return None
+        if data and not data.endswith(b"\n"):
+            return None  # not written by write_compact: ignore it
+        return data.splitlines()
+
+    def has_raw(self, turn_id: str) -> bool:
+        return self._log_path(turn_id).exists()
+
+    def remove_raw(self, turn_id: str) -> int:
+        """Delete the full log (the compacted form stays); return the bytes freed."""
+        return _unlink(self._log_path(turn_id))
+
+    def remove(self, turn_id: str) -> int:
+        """Delete everything of a turn; return the bytes freed."""
+        freed = _unlink(self._log_path(turn_id)) + _unlink(self._compact_path(turn_id))
+        return freed + _unlink(self._meta_path(turn_id))
+
+    def size(self, turn_id: str) -> int:
+        total = 0
+        for path in (self._log_path(turn_id), self._compact_path(turn_id), self._meta_path(turn_id)):
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
     # -- reading (any thread) -----------------------------------------------
 
     def read_meta(self, turn_id: str) -> TurnInfo | None:
@@ -116,17 +173,49 @@ class FileEventLog:
             return _meta_decoder.decode(self._meta_path(turn_id).read_bytes())
         except FileNotFoundError:
             return None
-        except msgspec.DecodeError:
+        except msgspec.DecodeError as exc:
+            log.warning("turn_metadata_corrupt", turn_id=turn_id, error=str(exc))
             return None
 
     def list_meta(self) -> list[TurnInfo]:
+        """Every turn on disk; a missing or corrupt metadata file is rebuilt from the log."""
+        ids = {p.name.split(".", 1)[0] for p in self.dir.iterdir()
+               if p.name.endswith((".meta.json", ".jsonl")) and not p.name.startswith(".")}
         out = []
-        for path in sorted(self.dir.glob("*.meta.json")):
+        for turn_id in sorted(ids):
             try:
-                out.append(_meta_decoder.decode(path.read_bytes()))
-            except (OSError, msgspec.DecodeError):
-                continue  # a half-written or foreign file is not a turn
+                validate_turn_id(turn_id)
+            except InvalidTurnId:
+                continue  # not ours
+            info = self.read_meta(turn_id)
+            if info is None:
+                info = self._rebuild_meta(turn_id)
+                if info is None:
+                    continue
+                log.warning("turn_metadata_rebuilt", turn_id=turn_id, status=info.status.value)
+            out.append(info)
         return out
+
+    def _rebuild_meta(self, turn_id: str) -> TurnInfo | None:
+        """From the log alone: last seq, and the ending if the terminal event is there."""
+        if not self.has_raw(turn_id):
+            return None
+        info = TurnInfo(turn_id=turn_id, agent="unknown", status=TurnStatus.STARTING)
+        last = self.tail(turn_id, 1, 1 << 62)
+        if not last:
+            return info
+        info.last_seq = line_seq(last[0])
+        try:
+            event = decode_event(last[0])
+        except msgspec.DecodeError:
+            return info
+        if isinstance(event, RunFinished):
+            info.status = TurnStatus.CANCELLED if event.outcome.type == "cancelled" else TurnStatus.SUCCEEDED
+        elif isinstance(event, RunError):
+            info.status = {"timeout": TurnStatus.TIMED_OUT, "lost": TurnStatus.LOST}.get(
+                event.code, TurnStatus.FAILED)
+            info.error = TurnError(event.code, event.message)
+        return info
 
     def read_after(self, turn_id: str, after: int, limit: int, upto: int) -> list[bytes]:
         """Lines with ``after < seq <= upto``, at most ``limit`` of them."""
@@ -144,8 +233,8 @@ class FileEventLog:
                 lines = (rest + block).split(b"\n")
                 rest = lines.pop()  # incomplete (or empty after a final newline)
                 for line in lines:
-                    seq = line_seq(line)
-                    if seq <= after:
+                    seq = _seq_or_none(line)
+                    if seq is None or seq <= after:
                         continue
                     if seq > upto:
                         return out
@@ -170,7 +259,8 @@ class FileEventLog:
                 lines = (f.read(size) + carry).split(b"\n")
                 carry = lines.pop(0) if pos > 0 else b""  # may continue in the block before
                 for line in reversed(lines):
-                    if line and line_seq(line) <= upto:
+                    seq = _seq_or_none(line)
+                    if seq is not None and seq <= upto:
                         found.append(line)
                         if len(found) >= limit:
                             break
@@ -209,8 +299,18 @@ class FileEventLog:
             f.readline()  # skip to the next line start
             start = f.tell()
             line = f.readline()
-            if not line.endswith(b"\n") or line_seq(line) > after:
+            seq = _seq_or_none(line)
+            if not line.endswith(b"\n") or seq is None or seq > after:
                 hi = mid
             else:
                 lo = start
         return lo
+
+
+def _unlink(path: Path) -> int:
+    try:
+        size = path.stat().st_size
+        path.unlink()
+        return size
+    except FileNotFoundError:
+        return 0

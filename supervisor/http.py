@@ -41,6 +41,10 @@ class CancelRequest(msgspec.Struct, forbid_unknown_fields=True):
     reason: str | None = None
 
 
+class PruneRequest(msgspec.Struct, forbid_unknown_fields=True):
+    dry_run: bool = False
+
+
 class BodyTooLarge(RunnerdError):
     code = "body_too_large"
     status = 413
@@ -119,7 +123,9 @@ class Api:
         q = request.query_params
         limit = _int_param(q.get("limit"), "limit", default=200, lo=0, hi=MAX_EXPORT_LIMIT)
         after = _int_param(q.get("after"), "after", default=None, lo=0, hi=1 << 62)
-        page = await run_in_threadpool(lambda: self.sup.export(turn_id, limit=limit, after=after))
+        compact = _bool_param(q.get("compact"), "compact")
+        page = await run_in_threadpool(lambda: self.sup.export(turn_id, limit=limit, after=after,
+                                                               compact=compact))
         return json_response(page)
 
     async def events(self, request: Request) -> Response | EventStream:
@@ -132,8 +138,14 @@ class Api:
         info = self.sup.status(turn_id)
         if after > info.last_seq:
             raise InvalidCursor(f"cursor {after} is beyond the last seq {info.last_seq}")
+        compact = _bool_param(request.query_params.get("compact"), "compact")
         return EventStream(self.sup, turn_id, after=after, keepalive_s=self.keepalive_s,
-                           streams=self.streams)
+                           streams=self.streams, compact=compact)
+
+    async def prune(self, request: Request) -> Response:
+        body: PruneRequest = await self._body(request, PruneRequest)
+        report = await run_in_threadpool(lambda: self.sup.prune(dry_run=body.dry_run))
+        return json_response(report)
 
     async def agents(self, request: Request) -> Response:
         return json_response({"agents": [{"name": n} for n in sorted(self.sup.agents)]})
@@ -147,6 +159,14 @@ class Api:
 
     async def metrics(self, request: Request) -> Response:
         return Response(render_metrics(self.sup, self.streams), media_type="text/plain; version=0.0.4")
+
+
+def _bool_param(raw: str | None, name: str) -> bool:
+    if raw is None or raw in ("", "0", "false"):
+        return False
+    if raw in ("1", "true"):
+        return True
+    raise InvalidRequest(f"{name} must be true or false, got {raw[:32]!r}")
 
 
 def _int_param(raw: str | None, name: str, *, default: int | None, lo: int, hi: int) -> Any:
@@ -213,6 +233,7 @@ def create_app(sup: Supervisor, *, max_body_bytes: int = 1 << 20, keepalive_s: f
         Route("/v1/turns/{turn_id}/events", api.events, methods=["GET"]),
         Route("/v1/turns/{turn_id}/export", api.export, methods=["GET"]),
         Route("/v1/turns/{turn_id}/cancel", api.cancel, methods=["POST"]),
+        Route("/v1/prune", api.prune, methods=["POST"]),
         Route("/v1/agents", api.agents, methods=["GET"]),
         Route("/v1/health", api.health, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),

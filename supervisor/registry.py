@@ -136,6 +136,21 @@ class StreamRegistry:
             with self._lock:
                 s.async_waiters.discard(key)
 
+    def forget(self, turn_id: str) -> None:
+        """Drop a removed turn entirely; its waiters wake and then find it unknown."""
+        with self._lock:
+            s = self._streams.pop(turn_id, None)
+            if s is None:
+                return
+            s.ended = True
+            waiters = list(s.async_waiters)
+            self._cond.notify_all()
+        for loop, event in waiters:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:
+                pass
+
     def evict_ended(self, older_than_s: float) -> list[str]:
         """Drop the memory of turns that ended a while ago; readers use the log."""
         now = time.monotonic()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import msgspec
+
 from starlette.types import Receive, Scope, Send
 
 from supervisor.core import Supervisor
@@ -63,14 +65,23 @@ class EventStream:
     """An ASGI response streaming one turn from ``after`` on."""
 
     def __init__(self, sup: Supervisor, turn_id: str, *, after: int, keepalive_s: float,
-                 streams: StreamSet) -> None:
+                 streams: StreamSet, compact: bool = False) -> None:
         self.sup = sup
         self.turn_id = turn_id
         self.after = after
+        self.compact = compact
         self.keepalive_s = keepalive_s
         self.streams = streams
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gap, snapshot = await asyncio.to_thread(self.sup.replay_plan, self.turn_id, after=self.after,
+                                                compact=self.compact)
+        if snapshot is not None:  # a finished turn in its snapshot form, then close
+            await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+            body = b"event: gap\ndata: %s\n\n" % msgspec.json.encode(gap) if gap is not None else b""
+            body += encode_frames(snapshot)
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return
         stop = self.streams.register()
         batches: AsyncIterator[list[bytes]] = self.sup.aevent_batches(self.turn_id, after=self.after)
         pending: asyncio.Task[list[bytes]] | None = None

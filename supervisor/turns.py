@@ -60,6 +60,9 @@ class TurnInfo(msgspec.Struct, kw_only=True):
     error: TurnError | None = None
     cancel_requested: bool = False
     cancel_reason: str | None = None
+    compaction: str | None = None  # "done" or "failed" once tried (finished turns only)
+    compaction_error: str | None = None
+    raw_removed: bool = False  # retention dropped the full log; the compacted form remains
 
     @property
     def ended(self) -> bool:

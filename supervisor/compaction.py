@@ -1,0 +1,138 @@
+"""Compaction of a finished turn into its snapshot form (AG-UI serialization guidance).
+
+``TEXT_MESSAGE_*`` and ``TOOL_CALL_*`` (with results) fold into one
+``MESSAGES_SNAPSHOT``; ``STATE_SNAPSHOT``/``STATE_DELTA`` (RFC 6902) fold into
+one final ``STATE_SNAPSHOT``; ``RUN_*``, ``STEP_*``, ``RAW`` and ``CUSTOM`` are
+kept as they were.
+
+Seq: a kept event keeps its seq; each snapshot carries the seq of the last
+event it folds and sits at that position. So the compacted form is still in
+seq order, and a reader resuming at any N reads N+1 … from the full log while
+that exists (the compacted form is for replay from the start).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+import jsonpatch
+import jsonpointer
+import msgspec
+
+from ipc import events as ev
+
+_KEPT = frozenset({"RUN_STARTED", "RUN_FINISHED", "RUN_ERROR", "STEP_STARTED", "STEP_FINISHED", "RAW", "CUSTOM"})
+_MESSAGE_TYPES = frozenset({"TEXT_MESSAGE_START", "TEXT_MESSAGE_CONTENT", "TEXT_MESSAGE_END",
+                            "TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END", "TOOL_CALL_RESULT",
+                            "MESSAGES_SNAPSHOT"})
+_STATE_TYPES = frozenset({"STATE_SNAPSHOT", "STATE_DELTA"})
+
+
+class CompactionError(ValueError):
+    """The history cannot be folded (an unterminated message, a bad patch …)."""
+
+
+class _Head(msgspec.Struct):
+    seq: int
+    type: str
+
+
+_head = msgspec.json.Decoder(_Head)
+_any = msgspec.json.Decoder()
+
+
+def compact(lines: Iterable[bytes]) -> list[bytes]:
+    """Fold a turn's stored lines (``{"seq":N,"type":…}``) into the compacted form."""
+    kept: list[tuple[int, bytes]] = []
+    messages: list[dict[str, Any]] = []
+    by_id: dict[str, dict[str, Any]] = {}
+    open_messages: set[str] = set()
+    calls: dict[str, dict[str, Any]] = {}
+    open_calls: set[str] = set()
+    state: Any = None
+    state_seen = False
+    last_message_seq = last_state_seq = 0
+    previous = 0
+    for line in lines:
+        try:
+            head = _head.decode(line)
+        except msgspec.DecodeError as exc:
+            raise CompactionError(f"unreadable line after seq {previous}: {exc}") from None
+        if head.seq != previous + 1:
+            raise CompactionError(f"seq {head.seq} follows {previous}: the log has a hole")
+        previous = head.seq
+        kind = head.type
+        if kind in _KEPT:
+            kept.append((head.seq, line))
+            continue
+        e = _any.decode(line)
+        if kind in _STATE_TYPES:
+            last_state_seq = head.seq
+            if kind == "STATE_SNAPSHOT":
+                state = copy.deepcopy(e["snapshot"])
+                state_seen = True
+            else:
+                try:
+                    state = jsonpatch.apply_patch(state, e["delta"])
+                except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError) as exc:
+                    raise CompactionError(f"STATE_DELTA at seq {head.seq} does not apply: {exc}") from None
+                state_seen = True
+            continue
+        if kind not in _MESSAGE_TYPES:
+            raise CompactionError(f"unknown event type {kind} at seq {head.seq}")
+        last_message_seq = head.seq
+        if kind == "TEXT_MESSAGE_START":
+            if e["messageId"] not in by_id:
+                started = {"id": e["messageId"], "role": e.get("role", "assistant"), "content": ""}
+                by_id[started["id"]] = started
+                messages.append(started)
+            open_messages.add(e["messageId"])
+        elif kind == "TEXT_MESSAGE_CONTENT":
+            if e["messageId"] not in open_messages:
+                raise CompactionError(f"content for message {e['messageId']} outside START/END at seq {head.seq}")
+            target = by_id[e["messageId"]]
+            target["content"] = (target.get("content") or "") + e["delta"]
+        elif kind == "TEXT_MESSAGE_END":
+            open_messages.discard(e["messageId"])
+        elif kind == "TOOL_CALL_START":
+            parent_id = e.get("parentMessageId") or f"msg-{e['toolCallId']}"
+            found = by_id.get(parent_id)
+            if found is None:
+                found = {"id": parent_id, "role": "assistant"}
+                by_id[parent_id] = found
+                messages.append(found)
+            parent = found
+            new_call = {"id": e["toolCallId"], "type": "function",
+                        "function": {"name": e["toolCallName"], "arguments": ""}}
+            parent.setdefault("toolCalls", []).append(new_call)
+            calls[e["toolCallId"]] = new_call
+            open_calls.add(e["toolCallId"])
+        elif kind == "TOOL_CALL_ARGS":
+            if e["toolCallId"] not in open_calls:
+                raise CompactionError(f"args for tool call {e['toolCallId']} outside START/END at seq {head.seq}")
+            calls[e["toolCallId"]]["function"]["arguments"] += e["delta"]
+        elif kind == "TOOL_CALL_END":
+            open_calls.discard(e["toolCallId"])
+        elif kind == "TOOL_CALL_RESULT":
+            result = {"id": e["messageId"], "role": "tool", "content": e["content"],
+                      "toolCallId": e["toolCallId"]}
+            by_id[e["messageId"]] = result
+            messages.append(result)
+        elif kind == "MESSAGES_SNAPSHOT":  # the agent's own snapshot replaces what came before
+            messages = [dict(m) for m in e["messages"]]
+            by_id = {m["id"]: m for m in messages if isinstance(m, dict) and "id" in m}
+    if open_messages:
+        raise CompactionError(f"message {sorted(open_messages)[0]} was never ended")
+    if open_calls:
+        raise CompactionError(f"tool call {sorted(open_calls)[0]} was never ended")
+    out = list(kept)
+    if last_message_seq:
+        snap = ev.MessagesSnapshot(messages=messages)
+        out.append((last_message_seq, b'{"seq":%d,' % last_message_seq + ev.encode_event(snap)[1:]))
+    if state_seen:
+        snap_state = ev.StateSnapshot(snapshot=state)
+        out.append((last_state_seq, b'{"seq":%d,' % last_state_seq + ev.encode_event(snap_state)[1:]))
+    out.sort(key=lambda item: item[0])
+    return [line for _, line in out]

@@ -1,0 +1,167 @@
+"""The history keeper: one background thread that compacts finished turns and prunes.
+
+One turn at a time (so compaction never competes with the relay for more than
+one core), after the turn's terminal event is durable. Retention runs on the
+same thread every ``retention.interval_s`` and on demand (``prune``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import msgspec
+import structlog
+
+from supervisor.compaction import CompactionError, compact
+from supervisor.config import RetentionConfig
+from supervisor.eventlog import FileEventLog, line_seq
+from supervisor.registry import StreamRegistry
+from supervisor.relay import Relay
+from supervisor.retention import Candidate, PruneReport, plan
+from supervisor.turns import TurnInfo, info_copy
+
+log = structlog.get_logger("runnerd.history")
+_CHUNK = 10_000
+
+
+class HistoryKeeper:
+    def __init__(self, *, eventlog: FileEventLog, relay: Relay, registry: StreamRegistry,
+                 retention: RetentionConfig, compact_finished: bool) -> None:
+        self.eventlog = eventlog
+        self.relay = relay
+        self.registry = registry
+        self.retention = retention
+        self.compact_finished = compact_finished
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._prune_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="runnerd-history", daemon=True)
+        self.idle = threading.Event()  # set whenever the queue has been worked off
+
+    def start(self, backlog: list[TurnInfo]) -> None:
+        for info in backlog:  # finished before a restart and never compacted
+            if info.ended and info.compaction is None and not info.raw_removed:
+                self.submit(info.turn_id)
+        self._thread.start()
+
+    def submit(self, turn_id: str) -> None:
+        if self.compact_finished:
+            self.idle.clear()
+            self._queue.put(turn_id)
+
+    def stop(self, timeout: float | None = None) -> None:
+        self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        next_prune = time.monotonic() + self.retention.interval_s
+        while True:
+            try:
+                turn_id = self._queue.get(timeout=max(0.0, next_prune - time.monotonic()))
+            except queue.Empty:
+                turn_id = ""
+            if turn_id is None:
+                return
+            if turn_id:
+                self.compact_one(turn_id)
+            if self._queue.empty():
+                self.idle.set()
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + self.retention.interval_s
+                try:
+                    self.prune()
+                except OSError as exc:
+                    log.error("retention_pass_failed", error=str(exc))
+
+    # -- compaction -------------------------------------------------------------
+
+    def compact_one(self, turn_id: str) -> None:
+        info = self._past(turn_id)
+        if info is None or info.raw_removed:
+            return
+        try:
+            lines = self._all_lines(turn_id, info.last_seq)
+            self.eventlog.write_compact(turn_id, compact(lines))
+        except CompactionError as exc:
+            log.warning("compaction_failed", turn_id=turn_id, error=str(exc))
+            self._update(turn_id, compaction="failed", compaction_error=str(exc))
+            return
+        except OSError as exc:
+            log.error("compaction_write_failed", turn_id=turn_id, error=str(exc))
+            self._update(turn_id, compaction="failed", compaction_error=f"cannot write: {exc.strerror}")
+            return
+        self._update(turn_id, compaction="done", compaction_error=None)
+        log.info("turn_compacted", turn_id=turn_id, events=len(lines))
+
+    def _all_lines(self, turn_id: str, last_seq: int) -> list[bytes]:
+        lines: list[bytes] = []
+        while len(lines) < last_seq:
+            chunk = self.eventlog.read_after(turn_id, len(lines), _CHUNK, last_seq)
+            if not chunk:
+                break
+            lines += chunk
+        if len(lines) != last_seq or (lines and line_seq(lines[-1]) != last_seq):
+            raise CompactionError(f"the log holds {len(lines)} readable events, status says {last_seq}")
+        return lines
+
+    def compacted(self, info: TurnInfo) -> list[bytes] | None:
+        """The compacted form, if present and consistent with the turn's status."""
+        if info.compaction != "done":
+            return None
+        lines = self.eventlog.read_compact(info.turn_id)
+        if not lines or line_seq(lines[-1]) != info.last_seq or not lines[-1].startswith(
+                b'{"seq":%d,"type":"RUN_' % info.last_seq):
+            log.warning("compacted_file_disagrees", turn_id=info.turn_id)
+            if not info.raw_removed:
+                self._update(info.turn_id, compaction=None)
+                self.submit(info.turn_id)  # the full log is still there: fold again
+            return None
+        return lines
+
+    # -- retention --------------------------------------------------------------
+
+    def prune(self, *, dry_run: bool = False, now: float | None = None) -> PruneReport:
+        with self._prune_lock:
+            with self.relay.lock:
+                past = [info_copy(i) for i in self.relay.past.values()]
+            candidates = [Candidate(i, self.eventlog.size(i.turn_id)) for i in past]
+            chosen = plan(candidates, self.retention, time.time() if now is None else now)
+            sizes = {c.info.turn_id: c.size for c in candidates}
+            report = PruneReport(removed=chosen.remove, raw_removed=chosen.remove_raw, dry_run=dry_run)
+            if dry_run:
+                report.bytes_freed = sum(sizes[t] for t in chosen.remove)
+                return report
+            for turn_id in chosen.remove:
+                with self.relay.lock:
+                    self.relay.past.pop(turn_id, None)
+                self.registry.forget(turn_id)
+                report.bytes_freed += self.eventlog.remove(turn_id)
+            for turn_id in chosen.remove_raw:
+                report.bytes_freed += self.eventlog.remove_raw(turn_id)
+                self._update(turn_id, raw_removed=True)
+            if chosen.remove or chosen.remove_raw:
+                log.info("pruned", turns=len(chosen.remove), raw_logs=len(chosen.remove_raw),
+                         bytes_freed=report.bytes_freed)
+            return report
+
+    # -- the past table ---------------------------------------------------------
+
+    def _past(self, turn_id: str) -> TurnInfo | None:
+        with self.relay.lock:
+            info = self.relay.past.get(turn_id)
+            return info_copy(info) if info else None
+
+    def _update(self, turn_id: str, **changes: object) -> None:
+        with self.relay.lock:
+            info = self.relay.past.get(turn_id)
+            if info is None:
+                return
+            for key, value in changes.items():
+                setattr(info, key, value)
+            snapshot = msgspec.structs.replace(info)
+        try:
+            self.eventlog.write_meta(snapshot)
+        except OSError as exc:
+            log.error("metadata_write_failed", turn_id=turn_id, error=str(exc))
