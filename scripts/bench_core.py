@@ -6,8 +6,9 @@
 
 Measures (events are ~100 bytes of JSON):
 1. throughput: (a) the raw limit, a child writing batched frames to a Pipe;
-   (b) runnerd's relay, agent -> pipe -> relay -> log -> registry -> reader;
+   (b) runnerd, agent -> pipe -> relay -> log -> registry -> reader;
    (c) the naive pattern, one pickled dict per ``multiprocessing.Queue.put``;
+   plus the per-event CPU cost of each stage, to say where the time goes;
 2. emit -> reader latency at a paced 10k events/s, idle and CPU-busy child,
    runnerd against the naive Queue pattern;
 3. ``start_turn`` -> ``RUN_STARTED`` visible, forkserver and spawn, with a
@@ -34,9 +35,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +50,18 @@ import psutil  # noqa: E402
 
 import bench_agents  # noqa: E402
 from ipc import events as ev  # noqa: E402
+from ipc.wire import FrameWriter  # noqa: E402
 from supervisor.config import Config  # noqa: E402
 from supervisor.core import Supervisor  # noqa: E402
 from supervisor.eventlog import line_seq  # noqa: E402
 from supervisor.logs import configure_logging  # noqa: E402
-from supervisor.spawn import _main_hidden  # noqa: E402  (the supervisor's own guard, for the reference starts)
+from supervisor.spawn import _main_hidden  # noqa: E402  (the supervisor's own guard, for reference starts)
+from worker.context import TurnContext  # noqa: E402
 
 AGENTS = {name: f"bench_agents:{name}"
           for name in ("noop", "preload_probe", "flood", "paced", "cooperative", "stubborn")}
 RATE = 10_000.0  # events/s for the latency runs
-PER_FRAME = 100  # events per frame in the raw-pipe baseline
+PER_FRAME = 100  # events per frame in the raw-pipe baseline, per emit_many in (b')
 WAIT_S = 60.0  # bound on any single wait, so a broken run fails instead of hanging
 
 # A stand-in for the `runnerd` console script: the daemon stack is imported at the
@@ -80,6 +84,7 @@ class Sizes:
     relay_events: int
     queue_events: int
     repeats: int  # throughput runs per variant (median reported)
+    cost_events: int  # per-stage CPU cost loops
     latency_s: float  # per latency run, at RATE
     startup_turns: int
     startup_baseline: int  # plain multiprocessing starts per variant
@@ -88,9 +93,11 @@ class Sizes:
 
 
 FULL = Sizes(raw_events=1_000_000, relay_events=200_000, queue_events=200_000, repeats=3,
-             latency_s=3.0, startup_turns=50, startup_baseline=8, cancel_turns=30, kill_turns=5)
+             cost_events=100_000, latency_s=3.0, startup_turns=50, startup_baseline=8,
+             cancel_turns=30, kill_turns=5)
 QUICK = Sizes(raw_events=200_000, relay_events=50_000, queue_events=50_000, repeats=1,
-              latency_s=1.0, startup_turns=15, startup_baseline=3, cancel_turns=10, kill_turns=2)
+              cost_events=20_000, latency_s=1.0, startup_turns=15, startup_baseline=3,
+              cancel_turns=10, kill_turns=2)
 
 
 # -- statistics and the report ------------------------------------------------------
@@ -106,6 +113,19 @@ def median(values: Sequence[float]) -> float:
     return pct(values, 50)
 
 
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f} ms"
+
+
+def dist(values_s: Sequence[float]) -> str:
+    return (f"p50 {ms(pct(values_s, 50))}  p99 {ms(pct(values_s, 99))}  "
+            f"max {ms(max(values_s))}  (n={len(values_s)})")
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 @dataclass
 class Report:
     sections: list[tuple[str, list[str]]] = field(default_factory=list)
@@ -119,12 +139,12 @@ class Report:
         self.sections[-1][1].append(text)
         progress("   " + text)
 
-    def target(self, what: str, value: float, op: str, bound: float, fmt: str) -> str:
+    def target(self, what: str, value: float, op: str, bound: float, unit: str) -> str:
+        """Judge ``value`` against a target; remember a miss for the summary."""
         ok = value >= bound if op == ">=" else value <= bound
-        verdict = "met" if ok else "MISSED"
         if not ok:
-            self.missed.append(f"{what}: {value:{fmt}} (target {op} {bound:{fmt}})")
-        return f"target {op} {bound:{fmt}}: {verdict}"
+            self.missed.append(f"{what}: {value:.2f}{unit} (target {op} {bound:g}{unit})")
+        return f"target {op} {bound:g}{unit}: {'met' if ok else 'MISSED'}"
 
     def render(self) -> str:
         out = []
@@ -136,20 +156,20 @@ class Report:
         return "\n".join(out)
 
 
-def progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.2f} ms"
-
-
-def dist(values_s: Sequence[float]) -> str:
-    return (f"p50 {ms(pct(values_s, 50))}  p99 {ms(pct(values_s, 99))}  "
-            f"max {ms(max(values_s))}  (n={len(values_s)})")
-
-
 # -- helpers around a Supervisor -------------------------------------------------------
+
+
+@contextmanager
+def supervisor(state_dir: str, start_method: str = "forkserver", **overrides: Any) -> Iterator[Supervisor]:
+    options: dict[str, Any] = dict(agents=AGENTS, state_dir=state_dir, start_method=start_method,
+                                   log_level="warning")
+    # Compaction of finished turns is background work in this same process; off,
+    # so one run's 200k-event turn being folded does not slow the next run down.
+    if "compact_finished" in Config.__struct_fields__:
+        options["compact_finished"] = False
+    options.update(overrides)
+    with Supervisor(Config(**options)) as sup:
+        yield sup
 
 
 def wait_custom(sup: Supervisor, turn_id: str, name: str) -> tuple[int, Any]:
@@ -157,7 +177,7 @@ def wait_custom(sup: Supervisor, turn_id: str, name: str) -> tuple[int, Any]:
     for seq, event in sup.events(turn_id, timeout=WAIT_S):
         if isinstance(event, ev.Custom) and event.name == name:
             return seq, event.value
-        if type(event).__name__ in ("RunFinished", "RunError"):
+        if isinstance(event, (ev.RunFinished, ev.RunError)):
             raise RuntimeError(f"turn {turn_id} ended before {name!r}: {event}")
     raise RuntimeError(f"turn {turn_id} ended before {name!r}")
 
@@ -174,12 +194,49 @@ def is_cancelled(event: ev.Event) -> bool:
     return isinstance(event, ev.RunFinished) and event.outcome.type == "cancelled"
 
 
-@contextmanager
-def supervisor(state_dir: str, start_method: str = "forkserver", **overrides: Any) -> Iterator[Supervisor]:
-    config = Config(agents=AGENTS, state_dir=state_dir, start_method=start_method,
-                    log_level="warning", **overrides)
-    with Supervisor(config) as sup:
-        yield sup
+# -- the naive pattern -------------------------------------------------------------------
+
+
+class NaiveRelay:
+    """One thread per turn: ``Queue.get``, append to a list, wake readers (a Condition)."""
+
+    def __init__(self, target: Callable[..., None], *args: Any) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.queue: Any = ctx.Queue()
+        self.items: list[dict[str, Any]] = []
+        self.ended = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="bench-naive-relay")
+        self._proc = ctx.Process(target=target, args=(self.queue, *args))
+
+    def __enter__(self) -> NaiveRelay:
+        self._thread.start()
+        self._proc.start()
+        return self
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get(timeout=WAIT_S)
+            with self._cond:
+                if item is None:
+                    self.ended = True
+                else:
+                    self.items.append(item)
+                self._cond.notify_all()
+            if item is None:
+                return
+
+    def read(self, after: int) -> tuple[list[dict[str, Any]], bool]:
+        """Items after index ``after``, waiting for at least one or the end."""
+        with self._cond:
+            while len(self.items) <= after and not self.ended:
+                if not self._cond.wait(WAIT_S):
+                    raise TimeoutError("naive relay: nothing within the wait bound")
+            return self.items[after:], self.ended
+
+    def __exit__(self, *exc: object) -> None:
+        self._thread.join(WAIT_S)
+        self._proc.join(WAIT_S)
 
 
 # -- 1. throughput ---------------------------------------------------------------------
@@ -212,7 +269,7 @@ def raw_pipe_rate(n: int) -> float:
 
 
 def relay_rate(sup: Supervisor, n: int, batch: int) -> float:
-    """(b) Agent events through runnerd, timed from the first agent event to the terminal one."""
+    """(b) Agent events through runnerd, from the first agent event to the terminal one."""
     turn_id = sup.start_turn("flood", {"n": n, "batch": batch}).turn_id
     first_t, first_seq, last_t = 0.0, 0, 0.0
     last_line = b""
@@ -223,41 +280,68 @@ def relay_rate(sup: Supervisor, n: int, batch: int) -> float:
         last_line = lines[-1]
     terminal = ev.decode_event(last_line)
     if line_seq(last_line) != n + 2 or not isinstance(terminal, ev.RunFinished):
-        raise RuntimeError(f"relay: turn ended with seq {line_seq(last_line)} {terminal}")
+        raise RuntimeError(f"relay: turn ended at seq {line_seq(last_line)} with {terminal}")
     return (n - (first_seq - 1)) / (last_t - first_t)
 
 
 def queue_rate(n: int) -> float:
-    """(c) One pickled dict per Queue.put; a relay thread per turn gets and appends."""
-    ctx = multiprocessing.get_context("spawn")
-    q: Any = ctx.Queue()
-    received: list[dict[str, Any]] = []
-    times: list[float] = []
-
-    def relay() -> None:
+    """(c) One pickled dict per put; timed like (b), by a reader of the relay's list."""
+    with NaiveRelay(bench_agents.queue_writer, n) as naive:
+        cursor, first_t, first_count = 0, 0.0, 0
         while True:
-            item = q.get(timeout=WAIT_S)
-            if not times:
-                times.append(time.perf_counter())
-            if item is None:
-                times.append(time.perf_counter())
-                return
-            received.append(item)
+            items, ended = naive.read(cursor)
+            now = time.perf_counter()
+            if items and not first_count:
+                first_t, first_count = now, len(items)
+            cursor += len(items)
+            if ended:
+                break
+    if cursor != n:
+        raise RuntimeError(f"queue: got {cursor} of {n} events")
+    return (n - first_count) / (now - first_t)
 
-    thread = threading.Thread(target=relay, name="bench-queue-relay")
-    thread.start()
-    proc = ctx.Process(target=bench_agents.queue_writer, args=(q, n))
-    proc.start()
-    thread.join(WAIT_S * 2)
-    proc.join(WAIT_S)
-    if len(received) != n:
-        raise RuntimeError(f"queue: got {len(received)} of {n} events")
-    return (n - 1) / (times[1] - times[0])
+
+def per_event_us(fn: Callable[[int], None], n: int) -> float:
+    t0 = time.perf_counter()
+    fn(n)
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def stage_costs(n: int) -> dict[str, float]:
+    """CPU microseconds per event of each stage, one thread, no contention."""
+    devnull = Connection(os.open(os.devnull, os.O_WRONLY))
+    token = multiprocessing.get_context("spawn").Event()
+    ctx = TurnContext(turn_id="0" * 26, thread_id="t", writer=FrameWriter(devnull),
+                      token=token, max_event_bytes=1 << 20)
+    delta, mid = bench_agents.TEXT_DELTA, "msg-bench-1"
+    line = b'{"seq":12345,' + bench_agents.RAW_EVENT[1:]
+
+    def emit(k: int) -> None:
+        for _ in range(k):
+            ctx.emit(ev.TextMessageContent(message_id=mid, delta=delta))
+
+    def emit_many(k: int) -> None:
+        for _ in range(k // PER_FRAME):
+            ctx.emit_many([ev.TextMessageContent(message_id=mid, delta=delta) for _ in range(PER_FRAME)])
+
+    def encode(k: int) -> None:
+        for _ in range(k):
+            ev.encode_event(ev.TextMessageContent(message_id=mid, delta=delta, timestamp=1))
+
+    def decode(k: int) -> None:
+        for _ in range(k):
+            ev.decode_event(line)
+
+    try:
+        return {"emit": per_event_us(emit, n), "emit_many": per_event_us(emit_many, n),
+                "encode": per_event_us(encode, n), "decode": per_event_us(decode, n)}
+    finally:
+        devnull.close()
 
 
 def bench_throughput(report: Report, sizes: Sizes, state_dir: str) -> None:
-    report.section("1. Throughput, events/s (~100-byte events; median of "
-                   f"{sizes.repeats} run{'s' if sizes.repeats > 1 else ''})")
+    runs = f"median of {sizes.repeats} runs" if sizes.repeats > 1 else "1 run"
+    report.section(f"1. Throughput, events/s (~100-byte events; {runs})")
     raw: list[float] = []
     per_event: list[float] = []
     batched: list[float] = []
@@ -269,75 +353,104 @@ def bench_throughput(report: Report, sizes: Sizes, state_dir: str) -> None:
             batched.append(relay_rate(sup, sizes.relay_events, batch=PER_FRAME))
             naive.append(queue_rate(sizes.queue_events))
     a, b, b2, c = median(raw), median(per_event), median(batched), median(naive)
-    report.line(f"(a)  raw Pipe, {PER_FRAME} pre-encoded events/frame       {a:>11,.0f}/s")
+    report.line(f"(a)  raw Pipe, {PER_FRAME} pre-encoded events per frame    {a:>11,.0f}/s")
     report.line(f"(b)  runnerd, one ctx.emit per event              {b:>11,.0f}/s")
-    report.line(f"(b') runnerd, ctx.emit_many of {PER_FRAME} per call        {b2:>11,.0f}/s")
+    report.line(f"(b') runnerd, ctx.emit_many of {PER_FRAME} events          {b2:>11,.0f}/s")
     report.line(f"(c)  naive mp.Queue, one dict per put             {c:>11,.0f}/s")
-    report.line(f"(b)/(a)  = {b / a:5.2f}x   " + report.target("throughput (b)/(a)", b / a, ">=", 0.6, ".2f"))
-    report.line(f"(b)/(c)  = {b / c:5.2f}x   " + report.target("throughput (b)/(c)", b / c, ">=", 5.0, ".2f"))
+    report.line(f"(b)/(a)  = {b / a:5.2f}x   " + report.target("throughput (b)/(a)", b / a, ">=", 0.6, "x"))
+    report.line(f"(b)/(c)  = {b / c:5.2f}x   " + report.target("throughput (b)/(c)", b / c, ">=", 5.0, "x"))
     report.line(f"(b')/(a) = {b2 / a:5.2f}x   (b')/(c) = {b2 / c:5.2f}x")
+    costs = stage_costs(sizes.cost_events)
+    report.line("CPU per event, one thread (us): "
+                f"child ctx.emit {costs['emit']:.2f} (encode alone {costs['encode']:.2f}), "
+                f"ctx.emit_many {costs['emit_many']:.2f}; "
+                f"typed decode {costs['decode']:.2f} (relay validation; again in sup.events())")
 
 
 # -- 2. latency ------------------------------------------------------------------------
 
 
-def runnerd_latencies(sup: Supervisor, seconds: float, busy: bool) -> list[float]:
-    """Seconds from the agent's ``monotonic_ns`` stamp to a reader thread's ``sup.events()``."""
+def runnerd_latencies(sup: Supervisor, seconds: float, busy: bool) -> tuple[list[float], dict[str, int]]:
+    """Seconds from the agent's ``monotonic_ns`` stamp to a reader thread's ``sup.events()``.
+
+    Also returns the agent's own account of time spent inside ``emit``.
+    """
     turn_id = sup.start_turn("paced", {"rate": RATE, "seconds": seconds, "busy": busy}).turn_id
     lat: list[float] = []
+    stats: dict[str, int] = {}
 
     def reader() -> None:
         for _seq, event in sup.events(turn_id, timeout=WAIT_S):
             now = time.monotonic_ns()
-            if isinstance(event, ev.Custom) and event.name == "lat":
-                lat.append((now - event.value["t"]) / 1e9)
+            if isinstance(event, ev.Custom):
+                if event.name == "lat":
+                    lat.append((now - event.value["t"]) / 1e9)
+                elif event.name == "emit_stats":
+                    stats.update(event.value)
 
     thread = threading.Thread(target=reader, name="bench-reader")
     thread.start()
     thread.join(seconds + WAIT_S)
-    return lat
+    return lat, stats
 
 
 def queue_latencies(seconds: float, busy: bool) -> list[float]:
-    """The same payload and pacing through the naive Queue pattern, timed at ``get``."""
-    ctx = multiprocessing.get_context("spawn")
-    q: Any = ctx.Queue()
+    """The same payload and pacing through the naive pattern, timed by a reader thread."""
     lat: list[float] = []
+    with NaiveRelay(bench_agents.queue_paced, RATE, seconds, busy) as naive:
 
-    def relay() -> None:
-        while True:
-            item = q.get(timeout=WAIT_S)
-            now = time.monotonic_ns()
-            if item is None:
-                return
-            lat.append((now - item["value"]["t"]) / 1e9)
+        def reader() -> None:
+            cursor = 0
+            while True:
+                items, ended = naive.read(cursor)
+                for item in items:
+                    lat.append((time.monotonic_ns() - item["value"]["t"]) / 1e9)
+                cursor += len(items)
+                if ended:
+                    return
 
-    thread = threading.Thread(target=relay, name="bench-queue-relay")
-    thread.start()
-    proc = ctx.Process(target=bench_agents.queue_paced, args=(q, RATE, seconds, busy))
-    proc.start()
-    thread.join(seconds + WAIT_S)
-    proc.join(WAIT_S)
+        thread = threading.Thread(target=reader, name="bench-naive-reader")
+        thread.start()
+        thread.join(seconds + WAIT_S)
     return lat
 
 
 def bench_latency(report: Report, sizes: Sizes, state_dir: str) -> None:
-    report.section(f"2. emit -> reader latency at {RATE:,.0f} events/s for {sizes.latency_s:g} s")
+    report.section(f"2. emit -> reader latency at {RATE:,.0f} events/s for {sizes.latency_s:g} s "
+                   "(reader thread in the parent)")
     with supervisor(state_dir) as sup:
         for busy in (False, True):
-            label = "CPU-busy child" if busy else "idle child    "
-            ours = runnerd_latencies(sup, sizes.latency_s, busy)
+            label = "CPU-busy child" if busy else "idle child"
+            ours, inside = runnerd_latencies(sup, sizes.latency_s, busy)
             naive = queue_latencies(sizes.latency_s, busy)
             p99 = pct(ours, 99)
-            report.line(f"runnerd,  {label}  {dist(ours)}")
-            report.line(f"mp.Queue, {label}  {dist(naive)}")
-            report.line(f"   runnerd p99 {ms(p99)} vs Queue {ms(pct(naive, 99))} "
-                        f"({pct(naive, 99) / p99:.1f}x lower); "
-                        + report.target(f"latency p99, {label.strip()}", p99 * 1e3, "<=", 0.5, ".2f")
-                        .replace(": ", " ms: ", 1))
+            report.line(f"runnerd,  {label:<14}  {dist(ours)}")
+            report.line(f"   of which inside emit() in the child: p50 {inside['p50_ns'] / 1e6:.2f} ms  "
+                        f"p99 {inside['p99_ns'] / 1e6:.2f} ms  max {inside['max_ns'] / 1e6:.2f} ms")
+            report.line(f"mp.Queue, {label:<14}  {dist(naive)}")
+            report.line(f"   Queue p99 / runnerd p99 = {pct(naive, 99) / p99:.1f}x;  "
+                        + report.target(f"latency p99, {label}", p99 * 1e3, "<=", 0.5, " ms"))
 
 
 # -- 3. start-up (run from a daemon-like __main__ in a subprocess) -------------------------
+
+
+def plain_start(ctx: Any, hide_main: bool) -> float:
+    """Seconds from ``Process.start`` of a trivial target to hearing from it."""
+    reader, writer = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=bench_agents.ping, args=(writer,))
+    t0 = time.perf_counter()
+    if hide_main:
+        with _main_hidden():
+            proc.start()
+    else:
+        proc.start()
+    writer.close()
+    reader.recv_bytes()
+    elapsed = time.perf_counter() - t0
+    reader.close()
+    proc.join(WAIT_S)
+    return elapsed
 
 
 def startup_main(argv: list[str]) -> int:
@@ -349,7 +462,7 @@ def startup_main(argv: list[str]) -> int:
     parser.add_argument("--state-dir", required=True)
     args = parser.parse_args(argv)
     configure_logging("warning")
-    out: dict[str, Any] = {"start_turn": [], "run_started": []}
+    out: dict[str, Any] = {"start_turn": [], "run_started": [], "plain_hidden": [], "plain_unguarded": []}
     with supervisor(args.state_dir, args.method) as sup:
         _seq, out["preloaded"] = wait_custom(sup, sup.start_turn("preload_probe").turn_id, "preloaded")
         sup.wait(sup.start_turn("noop").turn_id, WAIT_S)  # warm caches, as a running daemon has
@@ -365,23 +478,10 @@ def startup_main(argv: list[str]) -> int:
         # Plain multiprocessing starts of a trivial target, same context (and, for
         # forkserver, the same server): with the parent's __main__ hidden as the
         # supervisor does, and without, where the child re-runs the heavy main.
-        out["plain_hidden"], out["plain_unprotected"] = [], []
         ctx = multiprocessing.get_context(args.method)
         for _ in range(args.baseline):
-            for key, hide in (("plain_hidden", True), ("plain_unprotected", False)):
-                reader, writer = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=bench_agents.ping, args=(writer,))  # type: ignore[attr-defined]
-                t0 = time.perf_counter()
-                if hide:
-                    with _main_hidden():
-                        proc.start()
-                else:
-                    proc.start()
-                writer.close()
-                reader.recv_bytes()
-                out[key].append(time.perf_counter() - t0)
-                reader.close()
-                proc.join(WAIT_S)
+            out["plain_hidden"].append(plain_start(ctx, hide_main=True))
+            out["plain_unguarded"].append(plain_start(ctx, hide_main=False))
     print(json.dumps(out))
     return 0
 
@@ -400,21 +500,20 @@ def run_startup(method: str, sizes: Sizes, tmp: str) -> dict[str, Any]:
 
 
 def bench_startup(report: Report, sizes: Sizes, tmp: str) -> None:
-    report.section("3. start_turn -> RUN_STARTED visible to a reader (parent __main__ imports "
-                   "supervisor.core, starlette, uvicorn, httpx, click)")
+    report.section("3. start_turn -> RUN_STARTED visible to a reader, one turn at a time "
+                   "(parent __main__ imports supervisor.core, starlette, uvicorn, httpx, click)")
     for method in ("forkserver", "spawn"):
         r = run_startup(method, sizes, tmp)
         started = r["run_started"]
-        report.line(f"{method:<10} RUN_STARTED visible                  {dist(started)}")
-        report.line(f"{method:<10} start_turn() returns                 {dist(r['start_turn'])}")
-        report.line(f"{method:<10} plain Process, __main__ hidden       {dist(r['plain_hidden'])}")
-        report.line(f"{method:<10} plain Process, __main__ re-run       {dist(r['plain_unprotected'])}")
-        line = (f"{method:<10} unguarded plain start / runnerd RUN_STARTED, p50: "
-                f"{median(r['plain_unprotected']) / median(started):.1f}x")
+        report.line(f"{method:<10} RUN_STARTED visible             {dist(started)}")
+        report.line(f"{method:<10} start_turn() returned           {dist(r['start_turn'])}")
+        report.line(f"{method:<10} plain Process, __main__ hidden  {dist(r['plain_hidden'])}")
+        report.line(f"{method:<10} plain Process, __main__ re-run  {dist(r['plain_unguarded'])}")
+        line = (f"{method:<10} unguarded plain start / runnerd RUN_STARTED (p50): "
+                f"{median(r['plain_unguarded']) / median(started):.1f}x")
         if method == "forkserver":
-            line += "; " + report.target("forkserver start p50 (ms)", median(started) * 1e3,
-                                         "<=", 10.0, ".2f").replace(": ", " ms: ", 1)
-            line += f"; agents preloaded: {r['preloaded']}"
+            line += ("; " + report.target("forkserver start p50", median(started) * 1e3, "<=", 10.0, " ms")
+                     + f"; agent module preloaded in the forkserver: {r['preloaded']}")
         report.line(line)
 
 
@@ -436,8 +535,7 @@ def bench_cancel(report: Report, sizes: Sizes, state_dir: str) -> None:
                 raise RuntimeError(f"cancel: unexpected terminal event {terminal}")
             times.append(t1 - t0)
     report.line(dist(times))
-    report.line(report.target("cooperative cancel p99 (ms)", pct(times, 99) * 1e3, "<=", 20.0, ".2f")
-                .replace(": ", " ms: ", 1))
+    report.line(report.target("cooperative cancel p99", pct(times, 99) * 1e3, "<=", 20.0, " ms"))
 
 
 # -- 5. forced tree kill ------------------------------------------------------------------
@@ -445,12 +543,12 @@ def bench_cancel(report: Report, sizes: Sizes, state_dir: str) -> None:
 
 def survivors(procs: list[psutil.Process]) -> tuple[list[int], list[int]]:
     """(alive, zombie) pids among ``procs``; ``is_running`` checks the create time too."""
-    alive, zombies = [], []
+    alive: list[int] = []
+    zombies: list[int] = []
     for p in procs:
         try:
-            if not p.is_running():
-                continue
-            (zombies if p.status() == psutil.STATUS_ZOMBIE else alive).append(p.pid)
+            if p.is_running():
+                (zombies if p.status() == psutil.STATUS_ZOMBIE else alive).append(p.pid)
         except psutil.NoSuchProcess:
             continue
     return alive, zombies
@@ -459,36 +557,36 @@ def survivors(procs: list[psutil.Process]) -> tuple[list[int], list[int]]:
 def bench_tree_kill(report: Report, sizes: Sizes, state_dir: str) -> None:
     grace = 0.2
     report.section(f"5. Forced tree kill: SIGTERM ignored by the agent and 3 grandchildren "
-                   f"(one setsid + double fork); cancel_grace_s = kill_grace_s = {grace}")
+                   f"(one setsid + double fork); cancel_grace_s = kill_grace_s = {grace:g}")
     times: list[float] = []
     leaks: list[str] = []
-    pids_seen = 0
+    checked = 0
     with supervisor(state_dir, cancel_grace_s=grace, kill_grace_s=grace) as sup:
         for _ in range(sizes.kill_turns):
             turn_id = sup.start_turn("stubborn").turn_id
             seq, value = wait_custom(sup, turn_id, "pids")
             procs = [psutil.Process(pid) for pid in [value["agent"], *value["grandchildren"]]]
-            pids_seen += len(procs)
+            checked += len(procs)
             t0 = time.perf_counter()
             sup.cancel(turn_id)
             t1, terminal = wait_terminal(sup, turn_id, seq)
-            alive, zombies = survivors(procs)  # checked the moment the terminal event is visible
+            alive, zombies = survivors(procs)  # the moment the terminal event is visible
             if not is_cancelled(terminal):
                 raise RuntimeError(f"tree kill: unexpected terminal event {terminal}")
             times.append(t1 - t0)
             if alive or zombies:
                 leaks.append(f"turn {turn_id}: alive {alive}, zombie {zombies}")
-                for p in procs:  # do not leave them behind whatever the supervisor did
+                for p in procs:  # never leave them behind, whatever the supervisor did
                     try:
                         p.kill()
                     except psutil.NoSuchProcess:
                         pass
-    bound = 2 * grace + 0.020
+    bound_ms = (2 * grace + 0.020) * 1e3
     report.line(dist(times))
-    report.line(f"processes of the turn left when the terminal event was visible: "
-                f"{len(leaks) and leaks or 0} (of {pids_seen} checked)")
-    report.line(report.target("forced kill max (ms)", max(times) * 1e3, "<=", bound * 1e3, ".0f")
-                .replace(": ", " ms: ", 1) + f" (escalation {2 * grace:g} s + 20 ms)")
+    report.line(f"processes of the turn still there when the terminal event was visible: "
+                f"{'; '.join(leaks) if leaks else 0} (of {checked} checked)")
+    report.line(report.target("forced kill max", max(times) * 1e3, "<=", bound_ms, " ms")
+                + f" (escalation {2 * grace:g} s + 20 ms)")
     if leaks:
         report.missed.append("forced kill left processes: " + "; ".join(leaks))
 
@@ -502,8 +600,9 @@ def leftover_processes() -> list[str]:
     for p in psutil.Process().children(recursive=True):
         try:
             cmd = " ".join(p.cmdline())
-            if "multiprocessing.forkserver" in cmd or "multiprocessing.resource_tracker" in cmd:
-                continue
+            if p.ppid() == os.getpid() and ("multiprocessing.forkserver" in cmd
+                                            or "multiprocessing.resource_tracker" in cmd):
+                continue  # they exit when we do
             out.append(f"{p.pid} {p.status()} {cmd[:80]}")
         except psutil.NoSuchProcess:
             continue
@@ -511,18 +610,19 @@ def leftover_processes() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, ~20 s")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     configure_logging("warning")
-    # Python 3.11's forkserver ignores the sys.path it is given (forkserver.main
-    # drops sys_path), so without PYTHONPATH the agents would not be preloaded.
+    # Python 3.11's forkserver ignores the sys.path it is handed (forkserver.main
+    # takes sys_path and drops it), so the agents would not be preloaded without this.
     os.environ["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(SCRIPTS), os.environ.get("PYTHONPATH", "")]))
     tmp = tempfile.mkdtemp(prefix="runnerd-bench-")
     report = Report()
     started = time.perf_counter()
+    load = os.getloadavg()[0]
     try:
         bench_throughput(report, sizes, tempfile.mkdtemp(prefix="throughput-", dir=tmp))
         bench_latency(report, sizes, tempfile.mkdtemp(prefix="latency-", dir=tmp))
@@ -532,9 +632,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     leftovers = leftover_processes()
-    print(f"runnerd core benchmark ({'quick' if args.quick else 'default'} sizes), "
+    print(f"runnerd core benchmark, {'--quick' if args.quick else 'default'} sizes: "
           f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
-          f"{time.perf_counter() - started:.0f} s")
+          f"load average {load:.2f} at start, {time.perf_counter() - started:.0f} s")
     print(report.render())
     print(f"\nLeftover processes: {leftovers or 'none'}")
     return 1 if leftovers else 0

@@ -265,7 +265,12 @@ class Relay:
         try:
             self.eventlog.append(live.info.turn_id, lines)
         except OSError as exc:
+            # No durable history: this turn fails (its events stay in memory), others go on.
             live.log.error("event_log_write_failed", error=str(exc))
+            if live.intent in (Intent.NONE, Intent.CANCEL, Intent.TIMEOUT) and not end:
+                live.intent = Intent.STORAGE
+                live.intent_message = f"the event log could not be written: {exc.strerror or exc}"
+                self._signal(live, signal.SIGKILL)
         with self.lock:  # status may run ahead of memory, never behind: cursors validate against it
             live.info.last_seq = seq
         self.registry.append(live.info.turn_id, lines, end=end)

@@ -37,7 +37,7 @@ _ENDED = frozenset({TurnStatus.SUCCEEDED, TurnStatus.FAILED, TurnStatus.CANCELLE
 
 
 class TurnError(msgspec.Struct, frozen=True):
-    code: str  # agent_error | agent_unavailable | crashed | timeout | memory_limit | lost
+    code: str  # agent_error | agent_unavailable | crashed | timeout | memory_limit | lost | storage_error
     message: str
 
 
@@ -76,6 +76,7 @@ class Intent(str, enum.Enum):
     CANCEL = "cancel"
     TIMEOUT = "timeout"
     PROTOCOL = "protocol"  # the child broke the wire protocol
+    STORAGE = "storage"  # the event log could not be written
 
 
 class Ending(msgspec.Struct, frozen=True):
@@ -113,6 +114,8 @@ def classify(
         return error(TurnStatus.TIMED_OUT, "timeout", intent_message)
     if intent is Intent.PROTOCOL:
         return error(TurnStatus.FAILED, "crashed", intent_message)
+    if intent is Intent.STORAGE:
+        return error(TurnStatus.FAILED, "storage_error", intent_message)
     if done_outcome == "success" and exitcode == ExitCode.OK:
         finished = ev.RunFinished(thread_id=thread_id, run_id=turn_id,
                                   outcome=ev.Outcome("success"), timestamp=_now_ms())

@@ -19,10 +19,12 @@ BIN = Path(sys.executable).parent
 TESTS = Path(__file__).parent
 
 
-def write_config(tmp: Path, **server: object) -> Path:
+def write_config(tmp: Path, *, retention: dict[str, object] | None = None, **server: object) -> Path:
     agents = dict(TEST_AGENTS, demo="supervisor.demo_agents:chat", sleep="supervisor.demo_agents:sleeper")
     lines = [f'state_dir = "{tmp / "state"}"', "cancel_grace_s = 0.3", "kill_grace_s = 0.3", "", "[agents]"]
     lines += [f'{name} = "{target}"' for name, target in agents.items()]
+    if retention:
+        lines += ["", "[retention]"] + [f"{k} = {v!r}" for k, v in retention.items()]
     lines += ["", "[server]", f'socket = "{tmp / "run" / "runnerd.sock"}"']
     for key, value in server.items():
         lines.append(f"{key} = {value!r}".replace("'", '"'))
@@ -53,8 +55,9 @@ class Daemon:
         return self.proc.wait(timeout)
 
 
-def start_daemon(tmp: Path, *, extra_env: dict[str, str] | None = None, **server: object) -> Daemon:
-    config = write_config(tmp, **server)
+def start_daemon(tmp: Path, *, extra_env: dict[str, str] | None = None,
+                 retention: dict[str, object] | None = None, **server: object) -> Daemon:
+    config = write_config(tmp, retention=retention, **server)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
     env.pop("NOTIFY_SOCKET", None)

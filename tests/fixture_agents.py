@@ -152,3 +152,10 @@ def close_pipe(ctx: TurnContext, input: Any) -> None:
 
 def result_value(ctx: TurnContext, input: Any) -> Any:
     return {"echo": input}
+
+
+def big_event(ctx: TurnContext, input: Any) -> None:
+    """A near-cap event between small ones."""
+    ctx.custom("small", 1)
+    ctx.custom("big", "y" * int(input.get("size", 900_000)))
+    ctx.custom("small", 2)

@@ -90,3 +90,19 @@ def test_a_child_that_closes_its_pipe_early_is_a_crash(sup: Supervisor) -> None:
     events, end = _ending(sup, turn.turn_id)
     assert end.code == "crashed" and "without reporting a result" in end.message
     assert _customs(events) == [1]
+
+
+@pytest.mark.timeout(20)
+def test_a_failing_event_log_fails_that_turn_only(sup: Supervisor) -> None:
+    victim = sup.start_turn("paced", {"n": 2000, "interval": 0.002})
+    bystander = sup.start_turn("paced", {"n": 100, "interval": 0.002})
+    wait_for(lambda: sup.status(victim.turn_id).last_seq > 10)
+    # The log's fd now refuses writes (EBADF), as a failed disk would refuse them.
+    read_only = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(read_only, sup.eventlog._fds[victim.turn_id])
+    os.close(read_only)
+    _, end = _ending(sup, victim.turn_id)
+    assert end.code == "storage_error" and "could not be written" in end.message
+    assert sup.status(victim.turn_id).status is TurnStatus.FAILED
+    assert sup.wait(bystander.turn_id, 10).status is TurnStatus.SUCCEEDED
+    assert [s for s, _ in sup.events(bystander.turn_id)] == list(range(1, 103))

@@ -200,3 +200,19 @@ def test_bad_events_raise_in_the_agent_and_the_turn_goes_on(sup: Supervisor) -> 
     assert errors["too_large"].startswith("EventTooLarge: Custom is ") and "limit is 1048576" in errors["too_large"]
     assert "written by the supervisor" in errors["lifecycle"]
     assert [e.name for e in events if isinstance(e, ev.Custom)] == ["still_fine"]
+
+
+@pytest.mark.timeout(30)
+def test_one_large_event_never_breaks_persist_export_or_replay(tmp_path: Path) -> None:
+    with Supervisor(make_config(tmp_path, buffer_bytes=4096)) as sup:
+        turn = sup.start_turn("big_event", {"size": 1_000_000})
+        sup.wait(turn.turn_id, 10)
+        assert sup.status(turn.turn_id).status is TurnStatus.SUCCEEDED
+        sup.registry.evict_ended(older_than_s=-1)  # everything from disk
+        replay = list(sup.events(turn.turn_id))
+        assert [s for s, _ in replay] == [1, 2, 3, 4, 5]
+        assert len(replay[2][1].value) == 1_000_000  # type: ignore[union-attr]
+        assert [s for s, _ in sup.export(turn.turn_id, limit=2).items()] == [4, 5]
+        assert [s for s, _ in sup.export(turn.turn_id, after=2, limit=1).items()] == [3]
+        wait_for(lambda: sup.status(turn.turn_id).compaction == "done")
+        assert len(sup.export(turn.turn_id, compact=True).events) == 5
