@@ -87,6 +87,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     default_timeout_s: float | None = None
     max_event_bytes: int = 1 << 20
     buffer_bytes: int = 4 << 20  # per turn, recent events kept in memory
+    ended_memory_s: float = 30.0  # an ended turn's events leave memory after this long
     log_level: str = "info"
     compact_finished: bool = True  # fold finished turns into their snapshot form
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)

@@ -94,6 +94,7 @@ class Supervisor:
             registry=self.registry,
             escalation=Escalation(self.config.cancel_grace_s, self.config.kill_grace_s),
             max_event_bytes=self.config.max_event_bytes,
+            ended_memory_s=self.config.ended_memory_s,
             on_ended=self._on_ended,
         )
         self.keeper = HistoryKeeper(eventlog=self.eventlog, relay=self.relay, registry=self.registry,

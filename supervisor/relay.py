@@ -39,7 +39,6 @@ _SUPERVISOR_ONLY = (ev.RunStarted, ev.RunFinished, ev.RunError)
 _event_decoder: msgspec.json.Decoder[ev.Event] = msgspec.json.Decoder(ev.Event)
 REAP_TIMEOUT_S = 2.0  # after the root exits, how long leftovers may take to die
 REAP_POLL_S = 0.002
-EVICT_AFTER_S = 30.0  # ended turns keep their events in memory this long
 HOUSEKEEPING_S = 1.0
 
 
@@ -72,8 +71,10 @@ class Relay:
         registry: StreamRegistry,
         escalation: Escalation,
         max_event_bytes: int,
+        ended_memory_s: float = 30.0,
         on_ended: Callable[[TurnInfo], None] | None = None,
     ) -> None:
+        self.ended_memory_s = ended_memory_s
         self.eventlog = eventlog
         self.registry = registry
         self.escalation = escalation
@@ -158,7 +159,7 @@ class Relay:
             self._check_deadlines(live, now)
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + HOUSEKEEPING_S
-            self.registry.evict_ended(EVICT_AFTER_S)
+            self.registry.evict_ended(self.ended_memory_s)
 
     def _timeout(self, now: float) -> float:
         soonest = now + HOUSEKEEPING_S
