@@ -334,7 +334,8 @@ def start_daemon(tmp: Path) -> RunningDaemon:
 
 
 def stop_daemon(d: RunningDaemon) -> tuple[int | None, float, list[str]]:
-    """SIGTERM and wait; returns (exit code, seconds, leftover processes of its tree, killed)."""
+    """SIGTERM and wait; returns (exit code, seconds, processes of its tree still there 5 s later,
+    which are then killed)."""
     import psutil
     try:
         d.watch.add([psutil.Process(d.proc.pid), *psutil.Process(d.proc.pid).children(recursive=True)])
@@ -345,7 +346,7 @@ def stop_daemon(d: RunningDaemon) -> tuple[int | None, float, list[str]]:
     took = time.monotonic() - t0
     left: list[str] = []
     deadline = time.monotonic() + 5
-    while (alive := d.watch.survivors()) and time.monotonic() < deadline:
+    while d.watch.survivors() and time.monotonic() < deadline:
         time.sleep(0.05)
     for p in d.watch.survivors():
         try:
@@ -353,7 +354,6 @@ def stop_daemon(d: RunningDaemon) -> tuple[int | None, float, list[str]]:
             p.kill()
         except psutil.NoSuchProcess:
             pass
-    del alive
     return code, took, left
 
 
@@ -619,7 +619,7 @@ def bench_throughput(report: Report, sizes: Sizes, d: RunningDaemon, tmp: Path) 
 class Subscriber(asyncio.Protocol):
     """One raw HTTP/1.1 SSE client: de-chunks, splits frames, checks seqs, times ticks."""
 
-    def __init__(self, request: bytes, lat: array.array, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, request: bytes, lat: "array.array[int]", loop: asyncio.AbstractEventLoop) -> None:
         self.request = request
         self.lat = lat
         self.headers: bytes | None = None
@@ -712,7 +712,7 @@ class Subscriber(asyncio.Protocol):
 
 async def subscribe(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    lat: array.array = array.array("q")
+    lat: array.array[int] = array.array("q")
     request = sse_request(args.path)
     sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
     errors: Counter[str] = Counter()
@@ -1002,14 +1002,16 @@ def bench_fanout(report: Report, sizes: Sizes, d: RunningDaemon, tmp: Path) -> N
 # -- main ------------------------------------------------------------------------------------------
 
 
-def wait_quiet(max_wait_s: float = 60.0, busy_below: float = 15.0) -> tuple[float, float]:
-    """Wait (bounded) until the machine is idle: other work would skew every number."""
+def wait_quiet(max_wait_s: float = 90.0, busy_below: float = 10.0, quiet_s: int = 3) -> tuple[float, float]:
+    """Wait (bounded) for ``quiet_s`` idle seconds in a row: other work would skew every number."""
     import psutil
     t0 = time.monotonic()
+    run: list[float] = []
     while True:
         busy = psutil.cpu_percent(interval=1.0)
-        if busy < busy_below or time.monotonic() - t0 > max_wait_s:
-            return busy, time.monotonic() - t0
+        run = run + [busy] if busy < busy_below else []
+        if len(run) >= quiet_s or time.monotonic() - t0 > max_wait_s:
+            return max(run or [busy]), time.monotonic() - t0
 
 
 def cpu_seconds() -> tuple[float, float]:
@@ -1051,8 +1053,8 @@ def main(argv: list[str] | None = None) -> int:
     busy, waited = wait_quiet()
     tmp = Path(tempfile.mkdtemp(prefix="runnerd-bench-daemon-"))
     report = Report()
-    report.notes.append(f"machine before the run: {busy:.0f}% CPU busy over 1 s (waited {waited:.0f} s "
-                        f"for < 15%), load average {os.getloadavg()[0]:.2f}")
+    report.notes.append(f"machine before the run: at most {busy:.0f}% CPU busy in each of the last 3 s "
+                        f"(waited {waited:.0f} s for < 10%), load average {os.getloadavg()[0]:.2f}")
     cpu0 = cpu_seconds()
     started = time.perf_counter()
     d = start_daemon(tmp)

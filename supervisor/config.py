@@ -85,6 +85,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cancel_grace_s: float = 2.0  # cooperative cancel -> SIGTERM
     kill_grace_s: float = 2.0  # SIGTERM -> SIGKILL
     default_timeout_s: float | None = None
+    max_running_turns: int = 32  # beyond this, turns wait in a FIFO queue
+    max_queued: int = 1000  # beyond this, a start is refused (HTTP 429)
     max_event_bytes: int = 1 << 20
     buffer_bytes: int = 4 << 20  # per turn, recent events kept in memory
     ended_memory_s: float = 30.0  # an ended turn's events leave memory after this long
@@ -102,6 +104,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise ValueError(f"agent {name!r}: expected 'module:function', got {target!r}")
         if self.cancel_grace_s < 0 or self.kill_grace_s < 0:
             raise ValueError("cancel_grace_s and kill_grace_s must be >= 0")
+        if self.max_running_turns < 1 or self.max_queued < 0:
+            raise ValueError("max_running_turns must be >= 1 and max_queued >= 0")
         if self.max_event_bytes < 1024:
             raise ValueError("max_event_bytes must be at least 1024")
 

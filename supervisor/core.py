@@ -20,7 +20,7 @@ from ipc.protocol import TurnSpec
 from ipc.wire import FrameReader
 from supervisor.config import Config
 from supervisor.errors import (
-    HistoryGap, InvalidCursor, InvalidRequest, SessionBusy, SupervisorClosed, UnknownAgent, UnknownTurn,
+    HistoryGap, InvalidCursor, InvalidRequest, QueueFull, SessionBusy, SupervisorClosed, UnknownAgent, UnknownTurn,
 )
 from supervisor.eventlog import FileEventLog, line_seq
 from supervisor.ids import new_turn_id, validate_session_id, validate_turn_id
@@ -30,9 +30,10 @@ from supervisor.logs import configure_logging
 from supervisor.recovery import recover_lost
 from supervisor.registry import StreamRegistry
 from supervisor.retention import PruneReport
+from supervisor.scheduler import POLICIES, Pending, Scheduler
 from supervisor.relay import REAP_TIMEOUT_S, Live, Relay
 from supervisor.spawn import Spawner, become_subreaper
-from supervisor.turns import Intent, TurnInfo, TurnStatus, info_copy
+from supervisor.turns import Ending, Intent, TurnError, TurnInfo, TurnStatus, info_copy
 
 log = structlog.get_logger("runnerd.supervisor")
 
@@ -95,13 +96,17 @@ class Supervisor:
             escalation=Escalation(self.config.cancel_grace_s, self.config.kill_grace_s),
             max_event_bytes=self.config.max_event_bytes,
             ended_memory_s=self.config.ended_memory_s,
+            on_released=lambda turn_id: self.scheduler.ended(turn_id),
             on_ended=self._on_ended,
         )
         self.keeper = HistoryKeeper(eventlog=self.eventlog, relay=self.relay, registry=self.registry,
                                     retention=self.config.retention,
                                     compact_finished=self.config.compact_finished)
-        self._lock = threading.Lock()  # session table and start/close ordering
-        self._active_by_session: dict[str, str] = {}
+        self.scheduler = Scheduler(max_running=self.config.max_running_turns,
+                                   max_queued=self.config.max_queued, start=self._launch,
+                                   cancel_running=self._interrupt)
+        self._lock = threading.Lock()  # the queued table and start/close ordering
+        self._queued: dict[str, Pending] = {}
         self._started = False
         self._closed = False
 
@@ -121,6 +126,7 @@ class Supervisor:
             self.relay.past[info.turn_id] = info
         self.spawner.warm_up()
         self.relay.start()
+        self.scheduler.start()
         self.keeper.start(past)
         self._started = True
         log.info("supervisor_started", state_dir=self.config.state_dir,
@@ -136,6 +142,8 @@ class Supervisor:
             self._closed = True
         escalation = self.config.cancel_grace_s + self.config.kill_grace_s + REAP_TIMEOUT_S + 1.0
         deadline = time.monotonic() + (escalation if timeout is None else timeout)
+        for pending in self.scheduler.stop():  # queued turns will never start now
+            self._end_queued(pending, "supervisor shutdown")
         lives = list(self.relay.live.values())
         if drain:
             for live in lives:
@@ -163,12 +171,20 @@ class Supervisor:
     # -- verbs -----------------------------------------------------------------
 
     def start_turn(self, agent: str, input: Any = None, *, session_id: str | None = None,
-                   timeout_s: float | None = None) -> TurnInfo:
-        """Start ``agent`` (a configured name, never an import path) on ``input``."""
+                   timeout_s: float | None = None, multitask: str = "reject") -> TurnInfo:
+        """Start ``agent`` (a configured name, never an import path) on ``input``.
+
+        ``multitask`` decides when ``session_id`` already has an active turn:
+        ``reject`` (``SessionBusy``), ``enqueue`` (run after it) or
+        ``interrupt`` (cancel it, then run). Over ``max_running_turns`` the
+        turn is ``queued``; over ``max_queued`` it is refused (``QueueFull``).
+        """
         if not isinstance(agent, str) or agent not in self.config.agents:
             raise UnknownAgent(f"unknown agent {str(agent)[:64]!r}; configured: {', '.join(sorted(self.config.agents))}")
         if session_id is not None:
             validate_session_id(session_id)
+        if multitask not in POLICIES:
+            raise InvalidRequest(f"multitask must be one of {', '.join(POLICIES)}")
         if timeout_s is None:
             timeout_s = self.config.default_timeout_s
         elif isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s <= 7 * 86400:
@@ -177,29 +193,51 @@ class Supervisor:
             input_json = msgspec.json.encode(input)
         except (TypeError, msgspec.EncodeError) as exc:
             raise InvalidRequest(f"input is not JSON-serialisable: {exc}") from None
+        if self._closed or not self._started:
+            raise SupervisorClosed("the supervisor is not running")
         turn_id = new_turn_id()
-        with self._lock:
-            if self._closed or not self._started:
-                raise SupervisorClosed("the supervisor is not running")
-            if session_id is not None:
-                active = self._active_by_session.get(session_id)
-                if active is not None and not self.status(active).ended:
-                    raise SessionBusy(f"session {session_id} has an active turn {active}", active)
-                self._active_by_session[session_id] = turn_id
         info = TurnInfo(turn_id=turn_id, agent=agent, session_id=session_id,
-                        status=TurnStatus.STARTING, created_at=time.time(), timeout_s=timeout_s)
+                        status=TurnStatus.QUEUED, created_at=time.time(), timeout_s=timeout_s)
         spec = TurnSpec(turn_id=turn_id, thread_id=session_id or turn_id, agent_name=agent,
                         agent_target=self.config.agents[agent], input_json=input_json,
                         max_event_bytes=self.config.max_event_bytes, log_level=self.config.log_level)
         self.eventlog.create(info)
         self.registry.open(turn_id)
-        spawned = self.spawner.spawn(spec)
-        reader = FrameReader(spawned.reader, max_frame_bytes=self.config.max_event_bytes * 64 + 4096)
-        live = Live(info=info, spec=spec, spawned=spawned, reader=reader)
-        info.pid = spawned.process.pid
-        self.relay.add(live)
-        log.info("turn_started", turn_id=turn_id, agent=agent, session_id=session_id)
+        pending = Pending(turn_id, session_id, (info, spec))
+        with self._lock:
+            self._queued[turn_id] = pending
+        try:
+            now = self.scheduler.submit(pending, multitask)
+        except (SessionBusy, QueueFull):
+            with self._lock:
+                del self._queued[turn_id]
+            self.eventlog.close(turn_id)
+            self.eventlog.remove(turn_id)  # refused: leave nothing behind
+            self.registry.forget(turn_id)
+            raise
+        log.info("turn_submitted", turn_id=turn_id, agent=agent, session_id=session_id,
+                 queued=not now, multitask=multitask)
+        if now:
+            self._launch(pending)
         return self.status(turn_id)
+
+    def _launch(self, pending: Pending) -> None:
+        """Spawn a turn the scheduler let through (caller's or dispatcher's thread)."""
+        info, spec = pending.payload
+        with self._lock:
+            self._queued.pop(pending.turn_id, None)
+            info.status = TurnStatus.STARTING
+        try:
+            spawned = self.spawner.spawn(spec)
+        except (OSError, ValueError, RuntimeError) as exc:
+            log.error("spawn_failed", turn_id=info.turn_id, error=repr(exc))
+            message = f"could not start the turn's process: {exc}"
+            self.relay.end_unstarted(info, spec, Ending(
+                TurnStatus.FAILED, ev.RunError(message=message, code="crashed"), TurnError("crashed", message)))
+            return
+        reader = FrameReader(spawned.reader, max_frame_bytes=self.config.max_event_bytes * 64 + 4096)
+        info.pid = spawned.process.pid
+        self.relay.add(Live(info=info, spec=spec, spawned=spawned, reader=reader))
 
     def status(self, turn_id: str) -> TurnInfo:
         validate_turn_id(turn_id)
@@ -210,13 +248,20 @@ class Supervisor:
             past = self.relay.past.get(turn_id)
             if past is not None:
                 return info_copy(past)
+        with self._lock:
+            pending = self._queued.get(turn_id)
+            if pending is not None:
+                return info_copy(pending.payload[0], queue_position=self.scheduler.position(turn_id))
         raise UnknownTurn(f"unknown turn {turn_id}")
 
     def list_turns(self, *, status: str | None = None, session_id: str | None = None,
                    limit: int | None = None) -> list[TurnInfo]:
         """Newest first."""
+        with self._lock:
+            infos = [info_copy(p.payload[0], queue_position=self.scheduler.position(p.turn_id))
+                     for p in self._queued.values()]
         with self.relay.lock:
-            infos = [info_copy(live.info) for live in self.relay.live.values()]
+            infos += [info_copy(live.info) for live in self.relay.live.values()]
             infos += [info_copy(i) for i in self.relay.past.values()]
         if status is not None:
             infos = [i for i in infos if i.status.value == status]
@@ -228,6 +273,10 @@ class Supervisor:
     def cancel(self, turn_id: str, *, reason: str | None = None) -> TurnInfo:
         """Idempotent and immediate: escalation runs on the relay thread."""
         validate_turn_id(turn_id)
+        pending = self.scheduler.remove_queued(turn_id)
+        if pending is not None:  # never started: end it here, cancelled
+            self._end_queued(pending, reason)
+            return self.status(turn_id)
         with self.relay.lock:
             live = self.relay.live.get(turn_id)
             # Once the process has exited its outcome is decided: cancel is a no-op.
@@ -240,6 +289,19 @@ class Supervisor:
                 self.relay.post_escalate(turn_id)
                 log.info("turn_cancel_requested", turn_id=turn_id, reason=reason)
         return self.status(turn_id)
+
+    def _end_queued(self, pending: Pending, reason: str | None) -> None:
+        info, spec = pending.payload
+        with self._lock:
+            self._queued.pop(pending.turn_id, None)
+        info.cancel_requested = True
+        info.cancel_reason = reason
+        self.relay.end_unstarted(info, spec, Ending(TurnStatus.CANCELLED, ev.RunFinished(
+            thread_id=spec.thread_id, run_id=info.turn_id, outcome=ev.Outcome("cancelled"),
+            timestamp=time.time_ns() // 1_000_000), None))
+
+    def _interrupt(self, turn_id: str, reason: str) -> None:
+        self.cancel(turn_id, reason=reason)
 
     def wait(self, turn_id: str, timeout: float | None = None) -> TurnInfo:
         """Block until the turn has ended (or ``timeout``); return its status."""
@@ -430,10 +492,6 @@ class Supervisor:
 
     def _on_ended(self, info: TurnInfo) -> None:
         self.keeper.submit(info.turn_id)
-        if info.session_id is not None:
-            with self._lock:
-                if self._active_by_session.get(info.session_id) == info.turn_id:
-                    del self._active_by_session[info.session_id]
 
     def turn_tree(self, turn_id: str) -> TurnTree | None:
         """The live turn's process tree (for metrics and tests)."""

@@ -62,3 +62,8 @@ class HistoryGap(RunnerdError, LookupError):
 
     code = "history_gap"
     status = 410
+
+
+class QueueFull(RunnerdError, RuntimeError):
+    code = "queue_full"
+    status = 429

@@ -31,7 +31,7 @@ from supervisor.eventlog import EventLog
 from supervisor.killer import Escalation, TurnTree
 from supervisor.registry import StreamRegistry
 from supervisor.spawn import Spawned
-from supervisor.turns import Intent, TurnInfo, TurnStatus, classify
+from supervisor.turns import Ending, Intent, TurnInfo, TurnStatus, classify
 
 log = structlog.get_logger("runnerd.relay")
 
@@ -72,8 +72,12 @@ class Relay:
         escalation: Escalation,
         max_event_bytes: int,
         ended_memory_s: float = 30.0,
+        on_released: Callable[[str], None] | None = None,
         on_ended: Callable[[TurnInfo], None] | None = None,
     ) -> None:
+        # on_released: the turn's processes are gone (frees its slot), called
+        # before the terminal event is visible; on_ended: after it is durable.
+        self.on_released = on_released
         self.ended_memory_s = ended_memory_s
         self.eventlog = eventlog
         self.registry = registry
@@ -274,8 +278,8 @@ class Relay:
                 self._signal(live, signal.SIGKILL)
         with self.lock:  # status may run ahead of memory, never behind: cursors validate against it
             live.info.last_seq = seq
+        self.events_relayed += len(lines)  # counted before any reader can see them
         self.registry.append(live.info.turn_id, lines, end=end)
-        self.events_relayed += len(lines)
 
     def _on_exit(self, live: Live) -> None:
         live.exited = True
@@ -330,6 +334,38 @@ class Relay:
         if live.tree is not None:
             live.tree.signal(sig)
 
+    def end_unstarted(self, info: TurnInfo, spec: TurnSpec, ending: Ending) -> None:
+        """End a turn that never got a process (cancelled in the queue, failed to spawn).
+
+        Called from any thread: nobody else writes this turn's log.
+        """
+        started = ev.RunStarted(thread_id=spec.thread_id, run_id=info.turn_id,
+                                timestamp=time.time_ns() // 1_000_000)
+        lines = [b'{"seq":1,' + ev.encode_event(started)[1:],
+                 b'{"seq":2,' + ev.encode_event(ending.terminal)[1:]]
+        try:
+            self.eventlog.append(info.turn_id, lines)
+        except OSError as exc:
+            log.error("event_log_write_failed", turn_id=info.turn_id, error=str(exc))
+        with self.lock:
+            info.last_seq = 2
+            info.status = ending.status
+            info.error = ending.error
+            info.ended_at = time.time()
+            self.past[info.turn_id] = info
+        if self.on_released is not None:
+            self.on_released(info.turn_id)
+        self.registry.append(info.turn_id, lines, end=True)
+        try:
+            self.eventlog.close(info.turn_id)
+            self.eventlog.write_meta(info)
+        except OSError as exc:
+            log.error("event_log_close_failed", turn_id=info.turn_id, error=str(exc))
+        log.info("turn_ended", turn_id=info.turn_id, status=info.status.value,
+                 error=info.error.code if info.error else None, last_seq=2)
+        if self.on_ended is not None:
+            self.on_ended(info)
+
     def _finish(self, live: Live) -> None:
         """Write the one terminal event, persist, and move the turn to the past."""
         info = live.info
@@ -355,6 +391,8 @@ class Relay:
             info.status = ending.status
             info.error = ending.error
             info.ended_at = time.time()
+        if self.on_released is not None:
+            self.on_released(info.turn_id)  # whoever sees the terminal event may start the next
         self._commit(live, lines, seq, end=True)
         try:
             self.eventlog.close(info.turn_id)

@@ -63,6 +63,7 @@ class TurnInfo(msgspec.Struct, kw_only=True):
     compaction: str | None = None  # "done" or "failed" once tried (finished turns only)
     compaction_error: str | None = None
     raw_removed: bool = False  # retention dropped the full log; the compacted form remains
+    queue_position: int | None = None  # 1-based, while queued
 
     @property
     def ended(self) -> bool:
