@@ -130,13 +130,16 @@ def _parse_input(raw: str | None) -> Any:
 @click.option("--input", "input_", help="JSON input, @file, or - for stdin.")
 @click.option("--session", help="Session id (one active turn per session).")
 @click.option("--timeout", type=float, help="Wall timeout in seconds.")
+@click.option("--multitask", type=click.Choice(["reject", "enqueue", "interrupt"]), default="reject",
+              show_default=True, help="When the session already has an active turn.")
 @click.option("--follow", is_flag=True, help="Stream the turn's events until it ends.")
 @click.pass_obj
 @_guard
 def start(ctx: Ctx, agent: str, input_: str | None, session: str | None, timeout: float | None,
-          follow: bool) -> None:
+          multitask: str, follow: bool) -> None:
     """Start AGENT; print the turn (and follow it with --follow)."""
-    info = ctx.client.start_turn(agent, _parse_input(input_), session_id=session, timeout_s=timeout)
+    info = ctx.client.start_turn(agent, _parse_input(input_), session_id=session, timeout_s=timeout,
+                                 multitask=multitask)
     if not follow:
         if ctx.json:
             _out_json(info)

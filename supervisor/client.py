@@ -25,7 +25,7 @@ from supervisor.turns import TurnInfo
 _ERRORS: dict[str, type[errors.RunnerdError]] = {
     cls.code: cls for cls in (errors.InvalidTurnId, errors.UnknownTurn, errors.UnknownAgent,
                               errors.InvalidRequest, errors.InvalidCursor, errors.SupervisorClosed,
-                              errors.HistoryGap)
+                              errors.HistoryGap, errors.QueueFull)
 }
 _TERMINAL = ("RUN_FINISHED", "RUN_ERROR")
 
@@ -133,8 +133,9 @@ class Client(_Base):
         return response
 
     def start_turn(self, agent: str, input: Any = None, *, session_id: str | None = None,
-                   timeout_s: float | None = None) -> TurnInfo:
-        body = {"agent": agent, "input": input, "session_id": session_id, "timeout_s": timeout_s}
+                   timeout_s: float | None = None, multitask: str = "reject") -> TurnInfo:
+        body = {"agent": agent, "input": input, "session_id": session_id, "timeout_s": timeout_s,
+                "multitask": multitask}
         r = self._request("POST", "/v1/turns", content=msgspec.json.encode(body),
                           headers={"content-type": "application/json"})
         return msgspec.json.decode(r.content, type=TurnInfo)
@@ -274,8 +275,9 @@ class AsyncClient(_Base):
         return response
 
     async def start_turn(self, agent: str, input: Any = None, *, session_id: str | None = None,
-                         timeout_s: float | None = None) -> TurnInfo:
-        body = {"agent": agent, "input": input, "session_id": session_id, "timeout_s": timeout_s}
+                         timeout_s: float | None = None, multitask: str = "reject") -> TurnInfo:
+        body = {"agent": agent, "input": input, "session_id": session_id, "timeout_s": timeout_s,
+                "multitask": multitask}
         r = await self._request("POST", "/v1/turns", content=msgspec.json.encode(body),
                                 headers={"content-type": "application/json"})
         return msgspec.json.decode(r.content, type=TurnInfo)

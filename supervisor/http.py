@@ -35,6 +35,7 @@ class StartRequest(msgspec.Struct, forbid_unknown_fields=True):
     input: Any = None
     session_id: str | None = None
     timeout_s: float | None = None
+    multitask: str = "reject"
 
 
 class CancelRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -98,7 +99,7 @@ class Api:
         body: StartRequest = await self._body(request, StartRequest)
         info = await run_in_threadpool(
             lambda: self.sup.start_turn(body.agent, body.input, session_id=body.session_id,
-                                        timeout_s=body.timeout_s))
+                                        timeout_s=body.timeout_s, multitask=body.multitask))
         return json_response(info, 201)
 
     async def list_turns(self, request: Request) -> Response:

@@ -19,9 +19,12 @@ BIN = Path(sys.executable).parent
 TESTS = Path(__file__).parent
 
 
-def write_config(tmp: Path, *, retention: dict[str, object] | None = None, **server: object) -> Path:
+def write_config(tmp: Path, *, retention: dict[str, object] | None = None,
+                 top: dict[str, object] | None = None, **server: object) -> Path:
     agents = dict(TEST_AGENTS, demo="supervisor.demo_agents:chat", sleep="supervisor.demo_agents:sleeper")
-    lines = [f'state_dir = "{tmp / "state"}"', "cancel_grace_s = 0.3", "kill_grace_s = 0.3", "", "[agents]"]
+    lines = [f'state_dir = "{tmp / "state"}"', "cancel_grace_s = 0.3", "kill_grace_s = 0.3"]
+    lines += [f"{k} = {v!r}".replace("'", '"') for k, v in (top or {}).items()]
+    lines += ["", "[agents]"]
     lines += [f'{name} = "{target}"' for name, target in agents.items()]
     if retention:
         lines += ["", "[retention]"] + [f"{k} = {v!r}" for k, v in retention.items()]
@@ -56,8 +59,9 @@ class Daemon:
 
 
 def start_daemon(tmp: Path, *, extra_env: dict[str, str] | None = None,
-                 retention: dict[str, object] | None = None, **server: object) -> Daemon:
-    config = write_config(tmp, retention=retention, **server)
+                 retention: dict[str, object] | None = None, top: dict[str, object] | None = None,
+                 **server: object) -> Daemon:
+    config = write_config(tmp, retention=retention, top=top, **server)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
     env.pop("NOTIFY_SOCKET", None)

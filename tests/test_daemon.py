@@ -351,3 +351,22 @@ def test_socket_activation_serves_on_the_inherited_socket(tmp_path: Path) -> Non
         proc.send_signal(15)
         assert proc.wait(20) == 0
     assert os.path.exists(path)  # an inherited socket is systemd's to remove
+
+
+@pytest.mark.timeout(30)
+def test_queue_full_is_429_and_queued_turns_show_their_position(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path, top={"max_running_turns": 1, "max_queued": 1})
+    try:
+        with d.http() as c:
+            running = _start(c, "sleep", {"seconds": 30})
+            queued = _start(c, "count", {"n": 1})
+            assert queued["status"] == "queued" and queued["queue_position"] == 1
+            r = c.post("/v1/turns", json={"agent": "count", "input": {"n": 1}})
+            assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full"
+            r = c.post("/v1/turns", json={"agent": "count", "multitask": "sometimes"})
+            assert r.status_code == 400 and "multitask" in r.json()["error"]["message"]
+            c.post(f"/v1/turns/{running['turn_id']}/cancel", json={})
+            body = c.get(f"/v1/turns/{queued['turn_id']}/events").text
+            assert '"type":"RUN_FINISHED"' in body
+    finally:
+        assert d.stop() == 0
