@@ -30,3 +30,8 @@ class TurnSpec(msgspec.Struct, frozen=True):
     input_json: bytes  # the input, JSON-encoded ("null" when none)
     max_event_bytes: int
     log_level: str = "info"
+    env_allowlist: tuple[str, ...] | None = None  # None: inherit the whole environment
+    open_files: int | None = None  # RLIMIT_NOFILE
+    core_dumps: bool = False  # RLIMIT_CORE 0 unless True
+    uid: int | None = None  # drop to this user/group before loading the agent
+    gid: int | None = None

@@ -75,6 +75,34 @@ class RetentionConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("retention.interval_s must be > 0")
 
 
+DEFAULT_ENV_ALLOWLIST = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
+                         "PYTHONPATH", "PYTHONUNBUFFERED", "VIRTUAL_ENV")
+
+
+class LimitsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Per-turn limits (``[limits]``). None: no limit."""
+
+    memory_bytes: int | None = None  # RSS of the turn's whole process tree -> memory_limit
+    max_processes: int | None = None  # processes in the turn's tree -> limit_exceeded
+    max_events: int | None = None  # events per turn -> limit_exceeded
+    max_turn_bytes: int | None = None  # event bytes per turn -> limit_exceeded
+    open_files: int | None = 1024  # RLIMIT_NOFILE of the turn's process
+    core_dumps: bool = False
+    user: str | None = None  # drop to this user (and group) in the turn's process; needs root
+    group: str | None = None
+    env_allowlist: list[str] | None = msgspec.field(default_factory=lambda: list(DEFAULT_ENV_ALLOWLIST))
+    output_bytes: int = 10 << 20  # of a turn's stdout/stderr kept in <id>.output; the rest is counted
+    poll_s: float = 0.25  # how often memory and process count are checked
+
+    def __post_init__(self) -> None:
+        for name in ("memory_bytes", "max_processes", "max_events", "max_turn_bytes", "open_files"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"limits.{name} must be >= 1")
+        if self.poll_s <= 0 or self.output_bytes < 0:
+            raise ValueError("limits.poll_s must be > 0 and limits.output_bytes >= 0")
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Every knob, with defaults that run a fresh install as it is."""
 
@@ -93,6 +121,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_level: str = "info"
     compact_finished: bool = True  # fold finished turns into their snapshot form
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
 
     def __post_init__(self) -> None:

@@ -27,6 +27,7 @@ from supervisor.ids import new_turn_id, validate_session_id, validate_turn_id
 from supervisor.keeper import HistoryKeeper
 from supervisor.killer import Escalation, TurnTree
 from supervisor.logs import configure_logging
+from supervisor.output import OutputSink
 from supervisor.recovery import recover_lost
 from supervisor.registry import StreamRegistry
 from supervisor.retention import PruneReport
@@ -98,7 +99,9 @@ class Supervisor:
             ended_memory_s=self.config.ended_memory_s,
             on_released=lambda turn_id: self.scheduler.ended(turn_id),
             on_ended=self._on_ended,
+            limits=self.config.limits,
         )
+        self._uid, self._gid = _resolve_user(self.config.limits.user, self.config.limits.group)
         self.keeper = HistoryKeeper(eventlog=self.eventlog, relay=self.relay, registry=self.registry,
                                     retention=self.config.retention,
                                     compact_finished=self.config.compact_finished)
@@ -198,9 +201,13 @@ class Supervisor:
         turn_id = new_turn_id()
         info = TurnInfo(turn_id=turn_id, agent=agent, session_id=session_id,
                         status=TurnStatus.QUEUED, created_at=time.time(), timeout_s=timeout_s)
+        limits = self.config.limits
         spec = TurnSpec(turn_id=turn_id, thread_id=session_id or turn_id, agent_name=agent,
                         agent_target=self.config.agents[agent], input_json=input_json,
-                        max_event_bytes=self.config.max_event_bytes, log_level=self.config.log_level)
+                        max_event_bytes=self.config.max_event_bytes, log_level=self.config.log_level,
+                        env_allowlist=tuple(limits.env_allowlist) if limits.env_allowlist is not None else None,
+                        open_files=limits.open_files, core_dumps=limits.core_dumps,
+                        uid=self._uid, gid=self._gid)
         self.eventlog.create(info)
         self.registry.open(turn_id)
         pending = Pending(turn_id, session_id, (info, spec))
@@ -225,19 +232,24 @@ class Supervisor:
         """Spawn a turn the scheduler let through (caller's or dispatcher's thread)."""
         info, spec = pending.payload
         with self._lock:
-            self._queued.pop(pending.turn_id, None)
             info.status = TurnStatus.STARTING
         try:
-            spawned = self.spawner.spawn(spec)
-        except (OSError, ValueError, RuntimeError) as exc:
-            log.error("spawn_failed", turn_id=info.turn_id, error=repr(exc))
-            message = f"could not start the turn's process: {exc}"
-            self.relay.end_unstarted(info, spec, Ending(
-                TurnStatus.FAILED, ev.RunError(message=message, code="crashed"), TurnError("crashed", message)))
-            return
-        reader = FrameReader(spawned.reader, max_frame_bytes=self.config.max_event_bytes * 64 + 4096)
-        info.pid = spawned.process.pid
-        self.relay.add(Live(info=info, spec=spec, spawned=spawned, reader=reader))
+            try:
+                spawned = self.spawner.spawn(spec)
+            except (OSError, ValueError, RuntimeError) as exc:
+                log.error("spawn_failed", turn_id=info.turn_id, error=repr(exc))
+                message = f"could not start the turn's process: {exc}"
+                self.relay.end_unstarted(info, spec, Ending(
+                    TurnStatus.FAILED, ev.RunError(message=message, code="crashed"), TurnError("crashed", message)))
+                return
+            reader = FrameReader(spawned.reader, max_frame_bytes=self.config.max_event_bytes * 64 + 4096)
+            output = OutputSink(spawned.output, self.eventlog.dir / f"{info.turn_id}.output",
+                                self.config.limits.output_bytes)
+            info.pid = spawned.process.pid
+            self.relay.add(Live(info=info, spec=spec, spawned=spawned, reader=reader, output=output))
+        finally:
+            with self._lock:  # only now: the turn is always in one of the tables
+                self._queued.pop(pending.turn_id, None)
 
     def status(self, turn_id: str) -> TurnInfo:
         validate_turn_id(turn_id)
@@ -258,11 +270,12 @@ class Supervisor:
                    limit: int | None = None) -> list[TurnInfo]:
         """Newest first."""
         with self._lock:
-            infos = [info_copy(p.payload[0], queue_position=self.scheduler.position(p.turn_id))
-                     for p in self._queued.values()]
-        with self.relay.lock:
-            infos += [info_copy(live.info) for live in self.relay.live.values()]
-            infos += [info_copy(i) for i in self.relay.past.values()]
+            by_id = {p.turn_id: info_copy(p.payload[0], queue_position=self.scheduler.position(p.turn_id))
+                     for p in self._queued.values()}
+        with self.relay.lock:  # a turn being launched is in both tables for a moment
+            by_id.update((live.info.turn_id, info_copy(live.info)) for live in self.relay.live.values())
+            by_id.update((i.turn_id, info_copy(i)) for i in self.relay.past.values())
+        infos = list(by_id.values())
         if status is not None:
             infos = [i for i in infos if i.status.value == status]
         if session_id is not None:
@@ -498,3 +511,20 @@ class Supervisor:
         with self.relay.lock:
             live = self.relay.live.get(turn_id)
             return live.tree if live else None
+
+
+def _resolve_user(user: str | None, group: str | None) -> tuple[int | None, int | None]:
+    """Names from the config to ids, once, in the supervisor (a clear error at start-up)."""
+    import grp
+    import pwd
+
+    uid = gid = None
+    try:
+        if user is not None:
+            entry = pwd.getpwnam(user)
+            uid, gid = entry.pw_uid, entry.pw_gid
+        if group is not None:
+            gid = grp.getgrnam(group).gr_gid
+    except KeyError as exc:
+        raise InvalidRequest(f"limits.user/group: {exc.args[0]}") from None
+    return uid, gid

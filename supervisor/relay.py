@@ -27,8 +27,10 @@ import structlog
 from ipc import events as ev
 from ipc.protocol import TurnSpec
 from ipc.wire import Batch, Done, FrameReader, Ready
+from supervisor.config import LimitsConfig
 from supervisor.eventlog import EventLog
 from supervisor.killer import Escalation, TurnTree
+from supervisor.output import OutputSink
 from supervisor.registry import StreamRegistry
 from supervisor.spawn import Spawned
 from supervisor.turns import Ending, Intent, TurnInfo, TurnStatus, classify
@@ -61,6 +63,9 @@ class Live:
     exited: bool = False
     reap_until: float | None = None
     ended: threading.Event = field(default_factory=threading.Event)
+    output: OutputSink | None = None
+    event_bytes: int = 0
+    next_poll: float = 0.0
 
 
 class Relay:
@@ -74,7 +79,9 @@ class Relay:
         ended_memory_s: float = 30.0,
         on_released: Callable[[str], None] | None = None,
         on_ended: Callable[[TurnInfo], None] | None = None,
+        limits: LimitsConfig | None = None,
     ) -> None:
+        self.limits = limits or LimitsConfig()
         # on_released: the turn's processes are gone (frees its slot), called
         # before the terminal event is visible; on_ended: after it is durable.
         self.on_released = on_released
@@ -148,6 +155,8 @@ class Relay:
                 handles[live.reader.fd] = (live, "pipe")
             if not live.exited:
                 handles[live.spawned.process.sentinel] = (live, "exit")
+            if live.output is not None and not live.output.eof:
+                handles[live.output.fd] = (live, "output")
         ready = wait([self._wake_r, *handles], self._timeout(now))
         self._drain_commands()
         for obj in ready:
@@ -156,6 +165,9 @@ class Relay:
             live, kind = handles[obj]  # type: ignore[index]
             if kind == "pipe":
                 self._pump(live)
+            elif kind == "output":
+                assert live.output is not None
+                live.output.drain()
             else:
                 self._on_exit(live)
         now = time.monotonic()
@@ -170,10 +182,14 @@ class Relay:
         for live in self.live.values():
             if live.reap_until is not None:
                 return REAP_POLL_S
-            for t in (live.timeout_at, live.term_at, live.kill_at):
+            poll = live.next_poll if self._watched() and not live.exited else None
+            for t in (live.timeout_at, live.term_at, live.kill_at, poll):
                 if t is not None and t < soonest:
                     soonest = t
         return max(0.0, soonest - now)
+
+    def _watched(self) -> bool:
+        return self.limits.memory_bytes is not None or self.limits.max_processes is not None
 
     def _drain_commands(self) -> None:
         try:
@@ -221,10 +237,11 @@ class Relay:
         for frame in frames:
             if isinstance(frame, Batch):
                 for data in frame.events:
-                    problem = self._invalid(data)
+                    problem = self._invalid(data) or self._over_limit(live, seq, len(data))
                     if problem:
                         break
                     seq += 1
+                    live.event_bytes += len(data)
                     lines.append(b'{"seq":%d,' % seq + data[1:])
                 if problem:
                     live.reader.error = problem  # stop reading this child
@@ -237,10 +254,14 @@ class Relay:
                 live.done = frame
         if lines:
             self._commit(live, lines, seq)
-        if live.reader.error and live.intent in (Intent.NONE,):
-            live.intent = Intent.PROTOCOL
-            live.intent_message = f"protocol error from the turn's process: {live.reader.error}"
-            live.log.warning("protocol_error", error=live.reader.error)
+        if live.reader.error and live.intent is Intent.NONE:
+            if live.reader.error.startswith("limit:"):
+                live.intent = Intent.LIMIT
+                live.intent_message = live.reader.error[6:].strip()
+            else:
+                live.intent = Intent.PROTOCOL
+                live.intent_message = f"protocol error from the turn's process: {live.reader.error}"
+            live.log.warning("turn_stopped", reason=live.intent_message)
             self._signal(live, signal.SIGKILL)
 
     def _invalid(self, data: bytes) -> str | None:
@@ -257,6 +278,40 @@ class Relay:
         if isinstance(event.timestamp, int):
             self.lag_s = max(0.0, time.time() - event.timestamp / 1000)
         return None
+
+    def _over_limit(self, live: Live, seq: int, size: int) -> str | None:
+        """The prefix ``limit:`` tells _pump this is a limit, not a protocol error."""
+        lim = self.limits
+        if lim.max_events is not None and seq + 1 > lim.max_events:
+            return f"limit: the turn emitted more than {lim.max_events} events (limits.max_events)"
+        if lim.max_turn_bytes is not None and live.event_bytes + size > lim.max_turn_bytes:
+            return f"limit: the turn emitted more than {lim.max_turn_bytes} event bytes (limits.max_turn_bytes)"
+        return None
+
+    def _poll_tree(self, live: Live, now: float) -> None:
+        """Memory and process count of the whole tree (psutil), every ``limits.poll_s``."""
+        live.next_poll = now + self.limits.poll_s
+        if live.tree is None or live.intent is not Intent.NONE:
+            return
+        procs = [p for p in live.tree.processes() if _alive(p)]
+        lim = self.limits
+        if lim.max_processes is not None and len(procs) > lim.max_processes:
+            live.intent = Intent.LIMIT
+            live.intent_message = f"the turn ran {len(procs)} processes (limits.max_processes {lim.max_processes})"
+        elif lim.memory_bytes is not None:
+            rss = 0
+            for p in procs:
+                try:
+                    rss += p.memory_info().rss
+                except psutil.Error:
+                    continue
+            if rss > lim.memory_bytes:
+                live.intent = Intent.MEMORY
+                live.intent_message = (f"the turn's processes used {rss >> 20} MiB "
+                                       f"(limits.memory_bytes {lim.memory_bytes >> 20} MiB)")
+        if live.intent is not Intent.NONE:
+            live.log.warning("turn_stopped", reason=live.intent_message)
+            self._signal(live, signal.SIGKILL)
 
     def _started_line(self, live: Live, seq: int) -> bytes:
         live.info.status = TurnStatus.RUNNING
@@ -296,6 +351,8 @@ class Relay:
         self._signal(live, signal.SIGKILL)
 
     def _check_deadlines(self, live: Live, now: float) -> None:
+        if self._watched() and not live.exited and now >= live.next_poll:
+            self._poll_tree(live, now)
         if live.reap_until is not None:
             remaining = live.tree.reap() if live.tree else 0
             if remaining and now < live.reap_until:
@@ -380,6 +437,9 @@ class Relay:
             result_json=done.result if done else b"",
             exitcode=info.exit_code,
         )
+        if live.output is not None:
+            live.output.close()
+            info.output_bytes, info.output_dropped = live.output.kept, live.output.dropped
         lines = []
         seq = info.last_seq
         if info.status is TurnStatus.STARTING:  # died before Ready: still one RUN_STARTED first
@@ -409,3 +469,10 @@ class Relay:
                       error=info.error.code if info.error else None, last_seq=seq)
         if self.on_ended is not None:
             self.on_ended(info)
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return bool(p.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False

@@ -39,6 +39,7 @@ class Spawned:
     process: Any  # multiprocessing BaseProcess of the chosen context
     reader: Connection
     token: CancelToken
+    output: Connection  # the child's stdout and stderr
 
 
 @contextmanager
@@ -93,10 +94,11 @@ class Spawner:
     def spawn(self, spec: TurnSpec) -> Spawned:
         self.warm_up()
         reader, writer = self.ctx.Pipe(duplex=False)
+        out_reader, out_writer = self.ctx.Pipe(duplex=False)
         token = new_token(self.ctx)
         process = self.ctx.Process(  # type: ignore[attr-defined]
             target=boot,
-            args=(WORKER_ENTRY, spec, writer, token),
+            args=(WORKER_ENTRY, spec, writer, token, out_writer),
             name=f"runnerd-turn-{spec.turn_id}",
             daemon=False,
         )
@@ -104,8 +106,9 @@ class Spawner:
             with _start_lock, _main_hidden():
                 process.start()
         finally:
-            writer.close()  # the child holds the only write end: EOF means it is gone
-        return Spawned(process, reader, token)
+            writer.close()  # the child holds the only write ends: EOF means it is gone
+            out_writer.close()
+        return Spawned(process, reader, token, out_reader)
 
     def forkserver_pid(self) -> int | None:
         pid = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)

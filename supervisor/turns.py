@@ -64,6 +64,8 @@ class TurnInfo(msgspec.Struct, kw_only=True):
     compaction_error: str | None = None
     raw_removed: bool = False  # retention dropped the full log; the compacted form remains
     queue_position: int | None = None  # 1-based, while queued
+    output_bytes: int = 0  # the turn's stdout/stderr kept in <id>.output
+    output_dropped: int = 0  # beyond limits.output_bytes: counted, not kept
 
     @property
     def ended(self) -> bool:
@@ -78,6 +80,8 @@ class Intent(str, enum.Enum):
     TIMEOUT = "timeout"
     PROTOCOL = "protocol"  # the child broke the wire protocol
     STORAGE = "storage"  # the event log could not be written
+    MEMORY = "memory"  # the process tree went over limits.memory_bytes
+    LIMIT = "limit"  # another per-turn limit (events, bytes, processes)
 
 
 class Ending(msgspec.Struct, frozen=True):
@@ -117,6 +121,10 @@ def classify(
         return error(TurnStatus.FAILED, "crashed", intent_message)
     if intent is Intent.STORAGE:
         return error(TurnStatus.FAILED, "storage_error", intent_message)
+    if intent is Intent.MEMORY:
+        return error(TurnStatus.FAILED, "memory_limit", intent_message)
+    if intent is Intent.LIMIT:
+        return error(TurnStatus.FAILED, "limit_exceeded", intent_message)
     if done_outcome == "success" and exitcode == ExitCode.OK:
         finished = ev.RunFinished(thread_id=thread_id, run_id=turn_id,
                                   outcome=ev.Outcome("success"), timestamp=_now_ms())

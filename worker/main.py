@@ -12,6 +12,7 @@ import importlib
 import inspect
 import logging
 import os
+import resource
 import signal
 import sys
 import traceback
@@ -36,8 +37,14 @@ _PR_SET_NAME = 15
 TURN_ENV = "RUNNERD_TURN_ID"  # inherited by every descendant; found again at kill time
 
 
-def run(spec: TurnSpec, conn: Connection, token: CancelToken) -> None:
+def run(spec: TurnSpec, conn: Connection, token: CancelToken, output: Connection | None = None) -> None:
     """The process target (started by name through ``ipc.boot``)."""
+    if output is not None:  # stdout and stderr go to the supervisor, which caps what it keeps
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(output.fileno(), 1)
+        os.dup2(output.fileno(), 2)
+        output.close()
     _isolate(spec)
     writer = FrameWriter(conn)
     log = structlog.get_logger("runnerd.worker").bind(turn_id=spec.turn_id)
@@ -69,8 +76,21 @@ def _isolate(spec: TurnSpec) -> None:
     os.environ.pop("NOTIFY_SOCKET", None)  # only the daemon talks to systemd
     os.environ.pop("LISTEN_FDS", None)
     os.environ.pop("LISTEN_PID", None)
+    if spec.env_allowlist is not None:  # agents see only what the operator allowed
+        for name in list(os.environ):
+            if name not in spec.env_allowlist:
+                del os.environ[name]
     os.environ[TURN_ENV] = spec.turn_id  # marks exec'd descendants
     _set_comm(("rd-" + spec.turn_id[-11:]).encode())  # marks forked ones (see supervisor.killer)
+    if not spec.core_dumps:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if spec.open_files is not None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (spec.open_files, spec.open_files))
+    if spec.gid is not None:
+        os.setgroups([])
+        os.setgid(spec.gid)
+    if spec.uid is not None:
+        os.setuid(spec.uid)  # last: dropping the user first would forbid the rest
     level = getattr(logging, spec.log_level.upper(), logging.INFO)
     structlog.configure(
         processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"),
