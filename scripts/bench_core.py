@@ -634,7 +634,8 @@ def main(argv: list[str] | None = None) -> int:
     leftovers = leftover_processes()
     print(f"runnerd core benchmark, {'--quick' if args.quick else 'default'} sizes: "
           f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
-          f"load average {load:.2f} at start, {time.perf_counter() - started:.0f} s")
+          f"1-min load average {load:.2f} at start, {os.getloadavg()[0]:.2f} at end, "
+          f"{time.perf_counter() - started:.0f} s")
     print(report.render())
     print(f"\nLeftover processes: {leftovers or 'none'}")
     return 1 if leftovers else 0

@@ -506,7 +506,14 @@ def sse_request(path: str) -> bytes:
             "Connection: close\r\n\r\n").encode()
 
 
-FLOOD_EXTRA = 4  # RUN_STARTED, TEXT_MESSAGE_START, TEXT_MESSAGE_END, RUN_FINISHED
+PER_MESSAGE = 1000  # text-message length of the flood agent, in deltas
+
+
+def flood_frames(n: int) -> int:
+    """RUN_STARTED, per message START + contents + END, RUN_FINISHED."""
+    return n + 2 * math.ceil(n / PER_MESSAGE) + 2
+
+
 SETTLE_S: list[float] = []  # turn ended -> its compaction recorded, per flood turn
 
 
@@ -525,7 +532,8 @@ def settle(client: Any, turn_id: str) -> None:
 
 
 def daemon_rate(d: RunningDaemon, client: Any, n: int, batch: int) -> Count:
-    r = client.post("/v1/turns", json={"agent": "flood", "input": {"n": n, "batch": batch}})
+    r = client.post("/v1/turns", json={"agent": "flood", "input": {"n": n, "batch": batch,
+                                                                  "per_message": PER_MESSAGE}})
     if r.status_code != 201:
         raise RuntimeError(f"POST flood: {r.status_code} {r.text[:200]}")
     turn_id = r.json()["turn_id"]
@@ -535,8 +543,8 @@ def daemon_rate(d: RunningDaemon, client: Any, n: int, batch: int) -> Count:
         sock.connect(d.socket)
         sock.sendall(sse_request(f"/v1/turns/{turn_id}/events"))
         result = count_frames(sock, 2, time.monotonic() + 4 * WAIT_S)  # frame 2: the first agent event
-    if result.frames != n + FLOOD_EXTRA:
-        raise RuntimeError(f"flood: counted {result.frames} frames, expected {n + FLOOD_EXTRA}")
+    if result.frames != flood_frames(n):
+        raise RuntimeError(f"flood: counted {result.frames} frames, expected {flood_frames(n)}")
     settle(client, turn_id)
     return result
 
@@ -549,14 +557,15 @@ def replay_rate(d: RunningDaemon, turn_id: str, n: int) -> Count:
         sock.connect(d.socket)
         sock.sendall(sse_request(f"/v1/turns/{turn_id}/events"))
         result = count_frames(sock, 1, time.monotonic() + 4 * WAIT_S)
-    if result.frames != n + FLOOD_EXTRA:
-        raise RuntimeError(f"replay: counted {result.frames} frames, expected {n + FLOOD_EXTRA}")
+    if result.frames != flood_frames(n):
+        raise RuntimeError(f"replay: counted {result.frames} frames, expected {flood_frames(n)}")
     return result
 
 
 def relay_only_rate(client: Any, n: int) -> tuple[float, str]:
     """No reader at all: events/s from RUN_STARTED to the end (the daemon's started_at/ended_at)."""
-    r = client.post("/v1/turns", json={"agent": "flood", "input": {"n": n, "batch": 1}})
+    r = client.post("/v1/turns", json={"agent": "flood", "input": {"n": n, "batch": 1,
+                                                                  "per_message": PER_MESSAGE}})
     if r.status_code != 201:
         raise RuntimeError(f"POST flood: {r.status_code} {r.text[:200]}")
     turn_id = r.json()["turn_id"]
@@ -564,10 +573,10 @@ def relay_only_rate(client: Any, n: int) -> tuple[float, str]:
     while time.monotonic() < deadline:
         info = client.get(f"/v1/turns/{turn_id}").json()
         if info["ended_at"] is not None:
-            if info["status"] != "succeeded" or info["last_seq"] != n + FLOOD_EXTRA:
+            if info["status"] != "succeeded" or info["last_seq"] != flood_frames(n):
                 raise RuntimeError(f"flood ended {info['status']} at seq {info['last_seq']}")
             settle(client, turn_id)
-            return n / (info["ended_at"] - info["started_at"]), str(turn_id)
+            return flood_frames(n) / (info["ended_at"] - info["started_at"]), str(turn_id)
         time.sleep(0.02)
     raise TimeoutError("flood turn did not end")
 
@@ -595,8 +604,9 @@ def bench_throughput(report: Report, sizes: Sizes, d: RunningDaemon, tmp: Path) 
         return sorted(counts, key=lambda c: c.rate)[len(counts) // 2]
 
     a, b, c, e = med(raw), med(one), med(many), med(replay)
-    report.line(sec, f"{n:,} events per run, median of {sizes.repeats}; client: one plain unix socket "
-                     "(recv 256 KiB, counts '\\nid: '), timed from the first agent event to EOF")
+    report.line(sec, f"{n:,} TEXT_MESSAGE_CONTENT events per run (in text messages of {PER_MESSAGE:,}), "
+                     f"median of {sizes.repeats}; client: one plain unix socket (recv 256 KiB, counts "
+                     "'\\nid: '), timed from the first agent event to EOF")
     for label, x in (("(a) raw: pre-formatted SSE bytes, unix socket", a),
                      ("(b) runnerd live, agent ctx.emit per event", b),
                      ("(c) runnerd live, agent ctx.emit_many of 100", c),
@@ -1014,6 +1024,20 @@ def wait_quiet(max_wait_s: float = 90.0, busy_below: float = 10.0, quiet_s: int 
             return max(run or [busy]), time.monotonic() - t0
 
 
+def orphaned_cpu(d: RunningDaemon) -> float:
+    """CPU s of the daemon's children (forkserver and the turns it reaped): they outlive the
+    daemon by a moment, nobody waits for them, so our RUSAGE_CHILDREN never sees them."""
+    import psutil
+    total = 0.0
+    try:
+        for c in psutil.Process(d.proc.pid).children():
+            t = c.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+    except psutil.NoSuchProcess:
+        pass
+    return total
+
+
 def cpu_seconds() -> tuple[float, float]:
     """(whole machine busy CPU s, CPU s of this process and its waited-for descendants)."""
     import psutil
@@ -1065,16 +1089,18 @@ def main(argv: list[str] | None = None) -> int:
         bench_fanout(report, sizes, d, tmp)  # before the floods, on a daemon that has only run small turns
         bench_throughput(report, sizes, d, tmp)
     finally:
+        orphans = orphaned_cpu(d)
         code, took, leftovers = stop_daemon(d)
         report.notes.append(f"runnerd stopped by SIGTERM: exit code {code} after {took:.2f} s")
         log_tail = d.log.read_text(errors="replace").strip().splitlines()[-5:]
         shutil.rmtree(tmp, ignore_errors=True)
     cpu1 = cpu_seconds()
     wall = time.perf_counter() - started
-    other = max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1]))
-    report.notes.append(f"CPU during the run: machine {cpu1[0] - cpu0[0]:.0f} core-s of {2 * wall:.0f} "
-                        f"available; this benchmark's processes {cpu1[1] - cpu0[1]:.0f} core-s; the rest "
-                        f"(other processes, and descendants not reaped through us) {other:.0f} core-s; "
+    ours = cpu1[1] - cpu0[1] + orphans
+    other = max(0.0, (cpu1[0] - cpu0[0]) - ours)
+    report.notes.append(f"CPU during the run: machine {cpu1[0] - cpu0[0]:.0f} core-s of "
+                        f"{(os.cpu_count() or 1) * wall:.0f} available; this benchmark's processes "
+                        f"(daemon and turns included) {ours:.0f} core-s; other processes {other:.0f} core-s; "
                         f"load average at the end {os.getloadavg()[0]:.2f}")
     import psutil
     mine = [f"{p.pid} {' '.join(p.cmdline())[:70]}" for p in psutil.Process().children(recursive=True)]

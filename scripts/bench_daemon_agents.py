@@ -26,23 +26,28 @@ def noop(ctx: TurnContext, input: Any) -> None:
 
 
 def flood(ctx: TurnContext, input: Any) -> None:
-    """One text message of ``n`` TEXT_MESSAGE_CONTENT events, as fast as the agent can emit them.
+    """``n`` TEXT_MESSAGE_CONTENT events as fast as the agent can emit them, as text messages
+    of ``per_message`` deltas each (TEXT_MESSAGE_START ... TEXT_MESSAGE_END).
 
     ``batch`` = 1: one ``ctx.emit`` per event (the usual token loop);
-    ``batch`` > 1: ``ctx.emit_many`` of that many (the agent batches itself).
-    The turn's events: RUN_STARTED, TEXT_MESSAGE_START, n contents, TEXT_MESSAGE_END, RUN_FINISHED.
+    ``batch`` > 1: ``ctx.emit_many`` of that many contents (the agent batches itself).
+    The turn has n + 2 * ceil(n / per_message) + 2 events (with RUN_STARTED and RUN_FINISHED).
     """
     n = int(input["n"])
     batch = int(input.get("batch", 1))
-    ctx.emit(ev.TextMessageStart(message_id=MESSAGE_ID))
-    if batch <= 1:
-        for _ in range(n):
-            ctx.emit(ev.TextMessageContent(message_id=MESSAGE_ID, delta=TEXT_DELTA))
-    else:
-        for start in range(0, n, batch):
-            ctx.emit_many([ev.TextMessageContent(message_id=MESSAGE_ID, delta=TEXT_DELTA)
-                           for _ in range(min(batch, n - start))])
-    ctx.emit(ev.TextMessageEnd(message_id=MESSAGE_ID))
+    per_message = int(input.get("per_message", 1000))
+    for first in range(0, n, per_message):
+        message_id = f"{MESSAGE_ID[:-1]}{first // per_message % 10}"  # same length for every message
+        size = min(per_message, n - first)
+        ctx.emit(ev.TextMessageStart(message_id=message_id))
+        if batch <= 1:
+            for _ in range(size):
+                ctx.emit(ev.TextMessageContent(message_id=message_id, delta=TEXT_DELTA))
+        else:
+            for start in range(0, size, batch):
+                ctx.emit_many([ev.TextMessageContent(message_id=message_id, delta=TEXT_DELTA)
+                               for _ in range(min(batch, size - start))])
+        ctx.emit(ev.TextMessageEnd(message_id=message_id))
 
 
 def wait_go(path: str) -> bool:

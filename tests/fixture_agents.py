@@ -159,3 +159,56 @@ def big_event(ctx: TurnContext, input: Any) -> None:
     ctx.custom("small", 1)
     ctx.custom("big", "y" * int(input.get("size", 900_000)))
     ctx.custom("small", 2)
+
+
+def fork_bomb(ctx: TurnContext, input: Any) -> None:
+    """Forks without end; every child forks too."""
+    ctx.custom("ready", os.getpid())
+    while True:
+        try:
+            if os.fork() == 0:
+                time.sleep(0.001)
+                continue  # the child forks again
+        except OSError:
+            time.sleep(0.001)
+
+
+def memory_hog(ctx: TurnContext, input: Any) -> None:
+    ctx.custom("ready", os.getpid())
+    hoard = []
+    while True:
+        hoard.append(bytearray(32 << 20))  # touched pages: real RSS
+        for block in hoard[-1:]:
+            block[::4096] = b"x" * len(block[::4096])
+        time.sleep(0.01)
+
+
+def busy_loop(ctx: TurnContext, input: Any) -> None:
+    ctx.custom("ready", os.getpid())
+    n = 0
+    while True:
+        n += 1
+
+
+def chatty(ctx: TurnContext, input: Any) -> dict[str, int]:
+    """Writes megabytes to stdout and stderr, then finishes normally."""
+    line = "x" * 1023 + "\n"
+    for _ in range(int(input.get("mib", 4)) * 1024):
+        sys.stdout.write(line)
+        sys.stderr.write(line)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    ctx.custom("done", True)
+    return {"written": int(input.get("mib", 4)) * 2 << 20}
+
+
+def introspect(ctx: TurnContext, input: Any) -> dict[str, Any]:
+    import resource
+    return {"env": sorted(os.environ), "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+            "core": resource.getrlimit(resource.RLIMIT_CORE)[1], "pgid_is_pid": os.getpgid(0) == os.getpid(),
+            "sid_is_pid": os.getsid(0) == os.getpid()}
+
+
+def many_events(ctx: TurnContext, input: Any) -> None:
+    for i in range(int(input["n"])):
+        ctx.custom("i", i)
