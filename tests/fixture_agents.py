@@ -162,15 +162,14 @@ def big_event(ctx: TurnContext, input: Any) -> None:
 
 
 def fork_bomb(ctx: TurnContext, input: Any) -> None:
-    """Forks without end; every child forks too."""
+    """Forks without end (linearly: an exponential bomb would swamp a 2-core CI box
+    before any poll could see it; see docs/SECURITY.md on what contains that)."""
     ctx.custom("ready", os.getpid())
     while True:
-        try:
-            if os.fork() == 0:
-                time.sleep(0.001)
-                continue  # the child forks again
-        except OSError:
-            time.sleep(0.001)
+        if os.fork() == 0:
+            while True:
+                time.sleep(1)
+        time.sleep(0.002)
 
 
 def memory_hog(ctx: TurnContext, input: Any) -> None:
