@@ -41,6 +41,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     token_file: str | None = None
     max_body_bytes: int = 1 << 20
     keepalive_s: float = 15.0
+    send_timeout_s: float = 30.0  # an SSE subscriber that takes no write this long is dropped
     shutdown_timeout_s: float = 10.0
     shutdown_mode: str = "cancel"  # or "drain": let running turns finish first
 

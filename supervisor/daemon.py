@@ -119,6 +119,13 @@ def bind_tcp(spec: str, token_file: str | None) -> tuple[socket.socket, str | No
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Inherited by accepted connections: a half-open peer is found by keepalive
+    # probes, and unacknowledged data times the connection out.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 60_000)
     try:
         sock.bind((host, int(port)))
     except OSError as exc:
@@ -169,7 +176,8 @@ class Daemon:
             self._remove_socket()
             raise StartupError(f"cannot start the supervisor: {exc}") from None
         app = create_app(self.sup, max_body_bytes=server_cfg.max_body_bytes,
-                         keepalive_s=server_cfg.keepalive_s, token=token, streams=self.streams)
+                         keepalive_s=server_cfg.keepalive_s, token=token, streams=self.streams,
+                         send_timeout_s=server_cfg.send_timeout_s)
         uv_config = uvicorn.Config(
             app, lifespan="off", log_config=None, access_log=False, server_header=False,
             timeout_graceful_shutdown=max(1, int(server_cfg.shutdown_timeout_s / 2)),

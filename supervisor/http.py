@@ -68,7 +68,8 @@ class Api:
     """Route handlers bound to one Supervisor; owns nothing but its limits."""
 
     def __init__(self, sup: Supervisor, *, max_body_bytes: int, keepalive_s: float,
-                 streams: StreamSet) -> None:
+                 streams: StreamSet, send_timeout_s: float = 30.0) -> None:
+        self.send_timeout_s = send_timeout_s
         self.sup = sup
         self.max_body_bytes = max_body_bytes
         self.keepalive_s = keepalive_s
@@ -141,7 +142,7 @@ class Api:
             raise InvalidCursor(f"cursor {after} is beyond the last seq {info.last_seq}")
         compact = _bool_param(request.query_params.get("compact"), "compact")
         return EventStream(self.sup, turn_id, after=after, keepalive_s=self.keepalive_s,
-                           streams=self.streams, compact=compact)
+                           streams=self.streams, compact=compact, send_timeout_s=self.send_timeout_s)
 
     async def prune(self, request: Request) -> Response:
         body: PruneRequest = await self._body(request, PruneRequest)
@@ -223,10 +224,12 @@ class Guard:
 
 
 def create_app(sup: Supervisor, *, max_body_bytes: int = 1 << 20, keepalive_s: float = 15.0,
-               token: str | None = None, streams: StreamSet | None = None) -> Starlette:
+               token: str | None = None, streams: StreamSet | None = None,
+               send_timeout_s: float = 30.0) -> Starlette:
     """The ASGI app. ``streams`` lets the daemon close every open SSE stream at shutdown."""
     streams = streams or StreamSet()
-    api = Api(sup, max_body_bytes=max_body_bytes, keepalive_s=keepalive_s, streams=streams)
+    api = Api(sup, max_body_bytes=max_body_bytes, keepalive_s=keepalive_s, streams=streams,
+              send_timeout_s=send_timeout_s)
     routes = [
         Route("/v1/turns", api.start_turn, methods=["POST"]),
         Route("/v1/turns", api.list_turns, methods=["GET"]),

@@ -32,6 +32,13 @@ def encode_frames(lines: list[bytes]) -> bytes:
     return b"".join([b"id: %d\ndata: %s\n\n" % (line_seq(line), line) for line in lines])
 
 
+MAX_WRITE_BYTES = 256 * 1024  # one send; with the transport's own buffer, a subscriber's bound
+
+
+class SlowConsumer(Exception):
+    """A subscriber did not take a write within ``send_timeout_s``."""
+
+
 class StreamSet:
     """The open streams, so shutdown can end each one with a final frame."""
 
@@ -39,6 +46,7 @@ class StreamSet:
         self.closing = False
         self.count = 0
         self.opened_total = 0
+        self.slow_dropped = 0
         self._events: set[asyncio.Event] = set()
 
     def register(self) -> asyncio.Event:
@@ -65,7 +73,8 @@ class EventStream:
     """An ASGI response streaming one turn from ``after`` on."""
 
     def __init__(self, sup: Supervisor, turn_id: str, *, after: int, keepalive_s: float,
-                 streams: StreamSet, compact: bool = False) -> None:
+                 streams: StreamSet, compact: bool = False, send_timeout_s: float = 30.0) -> None:
+        self.send_timeout_s = send_timeout_s
         self.sup = sup
         self.turn_id = turn_id
         self.after = after
@@ -104,13 +113,15 @@ class EventStream:
                         await send({"type": "http.response.body", "body": b"", "more_body": False})
                         return
                     pending = None
-                    await send({"type": "http.response.body", "body": encode_frames(lines),
-                                "more_body": True})
+                    await self._write(send, encode_frames(lines))
                     continue
                 if stopping in done:
                     await send({"type": "http.response.body", "body": SHUTDOWN_FRAME, "more_body": False})
                     return
-                await send({"type": "http.response.body", "body": KEEPALIVE_FRAME, "more_body": True})
+                await self._write(send, KEEPALIVE_FRAME)
+        except SlowConsumer:
+            self.streams.slow_dropped += 1  # it can come back with its cursor
+            return
         except OSError:
             return  # the client went away mid-write; it can resume with its cursor
         finally:
@@ -121,6 +132,18 @@ class EventStream:
             # Let a cancelled __anext__ unwind before closing its generator.
             await asyncio.gather(*tasks, return_exceptions=True)
             await batches.aclose()  # type: ignore[attr-defined]
+
+
+    async def _write(self, send: Send, body: bytes) -> None:
+        """Bounded in bytes per send and in time per send: a subscriber that does not
+        read (or a half-open connection) is dropped, and never slows anyone else."""
+        for start in range(0, len(body), MAX_WRITE_BYTES):
+            message = {"type": "http.response.body", "body": body[start:start + MAX_WRITE_BYTES],
+                       "more_body": True}
+            try:
+                await asyncio.wait_for(send(message), self.send_timeout_s)
+            except asyncio.TimeoutError:
+                raise SlowConsumer() from None
 
 
 async def _wait_disconnect(receive: Receive) -> None:

@@ -370,3 +370,27 @@ def test_queue_full_is_429_and_queued_turns_show_their_position(tmp_path: Path) 
             assert '"type":"RUN_FINISHED"' in body
     finally:
         assert d.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_subscriber_that_stops_reading_is_dropped_without_slowing_others(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path, send_timeout_s=0.5)
+    try:
+        with d.http() as c:
+            turn = _start(c, "count", {"n": 20000, "pad": 500})  # ~11 MB of events
+            tid = turn["turn_id"]
+            stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stalled.connect(d.socket)
+            stalled.sendall(f"GET /v1/turns/{tid}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            # ...and never reads. A well-behaved reader gets everything meanwhile:
+            events = _sse_events(c.get(f"/v1/turns/{tid}/events", timeout=30).text)
+            assert [s for s, _ in events] == list(range(1, 20003))
+            wait_for(lambda: "runnerd_slow_consumers_dropped_total 1" in c.get("/metrics").text, 20)
+            wait_for(lambda: c.get("/v1/health").json()["open_streams"] == 0)
+            stalled.close()
+            # It can come back with its cursor.
+            rest = _sse_events(c.get(f"/v1/turns/{tid}/events", headers={"Last-Event-ID": "19990"}).text)
+            assert [s for s, _ in rest] == list(range(19991, 20003))
+    finally:
+        assert d.stop() == 0
