@@ -1102,6 +1102,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"{(os.cpu_count() or 1) * wall:.0f} available; this benchmark's processes "
                         f"(daemon and turns included) {ours:.0f} core-s; other processes {other:.0f} core-s; "
                         f"load average at the end {os.getloadavg()[0]:.2f}")
+    if other > 0.05 * (os.cpu_count() or 1) * wall:
+        report.notes.append("WARNING: other processes used more than 5% of the machine during the run; "
+                            "these numbers are skewed by them")
     import psutil
     mine = [f"{p.pid} {' '.join(p.cmdline())[:70]}" for p in psutil.Process().children(recursive=True)]
     print(f"runnerd daemon/SSE benchmark ({'quick' if args.quick else 'default'} sizes), "

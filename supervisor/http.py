@@ -24,26 +24,11 @@ from supervisor.core import MAX_EXPORT_LIMIT, Supervisor
 from supervisor.errors import InvalidCursor, InvalidRequest, RunnerdError, SessionBusy, SupervisorClosed
 from supervisor.ids import validate_turn_id
 from supervisor.metrics import render_metrics
+from supervisor.openapi import CancelBody, PruneBody, StartBody, build
 from supervisor.sse import EventStream, StreamSet
 from supervisor.turns import TurnStatus
 
 _json = msgspec.json.Encoder()
-
-
-class StartRequest(msgspec.Struct, forbid_unknown_fields=True):
-    agent: str
-    input: Any = None
-    session_id: str | None = None
-    timeout_s: float | None = None
-    multitask: str = "reject"
-
-
-class CancelRequest(msgspec.Struct, forbid_unknown_fields=True):
-    reason: str | None = None
-
-
-class PruneRequest(msgspec.Struct, forbid_unknown_fields=True):
-    dry_run: bool = False
 
 
 class BodyTooLarge(RunnerdError):
@@ -70,6 +55,7 @@ class Api:
     def __init__(self, sup: Supervisor, *, max_body_bytes: int, keepalive_s: float,
                  streams: StreamSet, send_timeout_s: float = 30.0) -> None:
         self.send_timeout_s = send_timeout_s
+        self._openapi = build()
         self.sup = sup
         self.max_body_bytes = max_body_bytes
         self.keepalive_s = keepalive_s
@@ -97,7 +83,7 @@ class Api:
             raise InvalidRequest(f"malformed JSON: {exc}") from None
 
     async def start_turn(self, request: Request) -> Response:
-        body: StartRequest = await self._body(request, StartRequest)
+        body: StartBody = await self._body(request, StartBody)
         info = await run_in_threadpool(
             lambda: self.sup.start_turn(body.agent, body.input, session_id=body.session_id,
                                         timeout_s=body.timeout_s, multitask=body.multitask))
@@ -117,7 +103,7 @@ class Api:
 
     async def cancel(self, request: Request) -> Response:
         turn_id = validate_turn_id(request.path_params["turn_id"])
-        body: CancelRequest = await self._body(request, CancelRequest)
+        body: CancelBody = await self._body(request, CancelBody)
         return json_response(self.sup.cancel(turn_id, reason=body.reason), 202)
 
     async def export(self, request: Request) -> Response:
@@ -145,7 +131,7 @@ class Api:
                            streams=self.streams, compact=compact, send_timeout_s=self.send_timeout_s)
 
     async def prune(self, request: Request) -> Response:
-        body: PruneRequest = await self._body(request, PruneRequest)
+        body: PruneBody = await self._body(request, PruneBody)
         report = await run_in_threadpool(lambda: self.sup.prune(dry_run=body.dry_run))
         return json_response(report)
 
@@ -158,6 +144,9 @@ class Api:
         body = {"status": "ok" if healthy else "unavailable", "running": running,
                 "open_streams": self.streams.count}
         return json_response(body, 200 if healthy else 503)
+
+    async def openapi(self, request: Request) -> Response:
+        return json_response(self._openapi)
 
     async def metrics(self, request: Request) -> Response:
         return Response(render_metrics(self.sup, self.streams), media_type="text/plain; version=0.0.4")
@@ -240,6 +229,7 @@ def create_app(sup: Supervisor, *, max_body_bytes: int = 1 << 20, keepalive_s: f
         Route("/v1/prune", api.prune, methods=["POST"]),
         Route("/v1/agents", api.agents, methods=["GET"]),
         Route("/v1/health", api.health, methods=["GET"]),
+        Route("/v1/openapi.json", api.openapi, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
     ]
     app = Starlette(
