@@ -29,6 +29,7 @@ from supervisor.sse import EventStream, StreamSet
 from supervisor.turns import TurnStatus
 
 _json = msgspec.json.Encoder()
+MAX_HEADER_BYTES = 16 * 1024
 
 
 class BodyTooLarge(RunnerdError):
@@ -200,6 +201,11 @@ class Guard:
             return
         if self.streams.closing:
             await error_response(503, "shutting_down", "runnerd is shutting down")(scope, receive, send)
+            return
+        header_bytes = sum(len(k) + len(v) for k, v in scope["headers"]) + len(scope.get("raw_path") or b"")
+        if header_bytes > MAX_HEADER_BYTES:  # the parser only bounds what arrives in pieces
+            await error_response(431, "headers_too_large",
+                                 f"request line and headers over {MAX_HEADER_BYTES} bytes")(scope, receive, send)
             return
         server = scope.get("server")
         over_tcp = server is not None and server[1] is not None  # a unix socket has no port

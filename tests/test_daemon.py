@@ -170,6 +170,8 @@ def test_bad_requests_get_the_right_status_and_a_json_error(daemon: Daemon) -> N
             (c.get("/v1/turns", params={"status": "bogus"}), 400, "invalid_request"),
             (c.get("/v1/nope"), 404, "not_found"),
             (c.delete("/v1/turns"), 405, "method_not_allowed"),
+            (c.get("/v1/health", headers={"x-big": "a" * 20_000}), 431, "headers_too_large"),
+            (c.get("/v1/turns", params={"session_id": "s" * 20_000}), 431, "headers_too_large"),
         ]
         for response, status, code in cases:
             assert response.status_code == status, (response.request.url, response.text)
