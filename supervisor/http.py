@@ -202,7 +202,8 @@ class Guard:
         if self.streams.closing:
             await error_response(503, "shutting_down", "runnerd is shutting down")(scope, receive, send)
             return
-        header_bytes = sum(len(k) + len(v) for k, v in scope["headers"]) + len(scope.get("raw_path") or b"")
+        header_bytes = (sum(len(k) + len(v) for k, v in scope["headers"]) + len(scope.get("raw_path") or b"")
+                        + len(scope.get("query_string") or b""))
         if header_bytes > MAX_HEADER_BYTES:  # the parser only bounds what arrives in pieces
             await error_response(431, "headers_too_large",
                                  f"request line and headers over {MAX_HEADER_BYTES} bytes")(scope, receive, send)
