@@ -45,6 +45,15 @@ _any = msgspec.json.Decoder()
 
 def compact(lines: Iterable[bytes]) -> list[bytes]:
     """Fold a turn's stored lines (``{"seq":N,"type":…}``) into the compacted form."""
+    try:
+        return _compact(lines)
+    except (KeyError, TypeError, AttributeError, msgspec.DecodeError) as exc:
+        # Validated events keep their fields, but an agent's own MESSAGES_SNAPSHOT
+        # or state can hold anything: never let that kill the keeper thread.
+        raise CompactionError(f"unexpected event content: {exc!r}") from None
+
+
+def _compact(lines: Iterable[bytes]) -> list[bytes]:
     kept: list[tuple[int, bytes]] = []
     messages: list[dict[str, Any]] = []
     by_id: dict[str, dict[str, Any]] = {}

@@ -65,7 +65,10 @@ class HistoryKeeper:
             if turn_id is None:
                 return
             if turn_id:
-                self.compact_one(turn_id)
+                try:
+                    self.compact_one(turn_id)
+                except Exception:  # noqa: BLE001 - the keeper must outlive one bad turn
+                    log.exception("compaction_crashed", turn_id=turn_id)
             if self._queue.empty():
                 self.idle.set()
             if time.monotonic() >= next_prune:

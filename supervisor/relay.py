@@ -139,7 +139,11 @@ class Relay:
 
     def _run(self) -> None:
         while True:
-            self.step()
+            try:
+                self.step()
+            except Exception:  # noqa: BLE001 - one bad step must not stall every turn
+                log.exception("relay_step_failed")
+                time.sleep(0.05)  # no hot loop if the fault repeats; the watchdog sees the heartbeat
             if self._stopping and not self.live:
                 break
         os.close(self._wake_r)
@@ -226,7 +230,10 @@ class Relay:
             live.timeout_at = time.monotonic() + live.info.timeout_s
         if live.intent is not Intent.NONE:  # cancelled before we saw it
             self._schedule_escalation(live)
-        self.eventlog.write_meta(live.info)
+        try:
+            self.eventlog.write_meta(live.info)  # pid + create time: what recovery needs
+        except OSError as exc:
+            live.log.error("metadata_write_failed", error=str(exc))
         live.log.info("turn_spawned", pid=proc.pid)
 
     def _pump(self, live: Live) -> None:
