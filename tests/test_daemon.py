@@ -297,6 +297,14 @@ def test_tcp_with_a_token_requires_the_bearer(tmp_path: Path) -> None:
         assert ok.status_code == 200
         with d.http() as c:  # the unix socket is guarded by its file mode instead
             assert c.get("/v1/health").status_code == 200
+        from supervisor.client import Client
+        from supervisor.errors import RunnerdError
+        with Client(url=base, token="s3cret-token-0123456789") as client:
+            turn = client.start_turn("count", {"n": 2})
+            assert [s for s, _ in client.events(turn.turn_id)] == [1, 2, 3, 4]
+        with Client(url=base, token="wrong-token-xxxxxxxx") as client, pytest.raises(RunnerdError) as err:
+            client.list_turns()
+        assert err.value.code == "unauthorized"
     finally:
         assert d.stop() == 0
     assert not any(p.pid == d.proc.pid for p in psutil.process_iter())
