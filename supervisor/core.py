@@ -142,20 +142,26 @@ class Supervisor:
             if self._closed or not self._started:
                 self._closed = True
                 return
-            self._closed = True
+            self._closed = True  # from now on _launch adds turns already cancelled
         escalation = self.config.cancel_grace_s + self.config.kill_grace_s + REAP_TIMEOUT_S + 1.0
         deadline = time.monotonic() + (escalation if timeout is None else timeout)
+        drain_until = deadline - escalation if drain else 0.0
         for pending in self.scheduler.stop():  # queued turns will never start now
             self._end_queued(pending, "supervisor shutdown")
-        lives = list(self.relay.live.values())
-        if drain:
-            for live in lives:
-                live.ended.wait(max(0.0, deadline - escalation - time.monotonic()))
-        for live in lives:
-            if not live.ended.is_set():
-                self.cancel(live.info.turn_id, reason="supervisor shutdown")
-        for live in lives:
-            live.ended.wait(max(0.0, deadline - time.monotonic()))
+        while time.monotonic() < deadline:
+            with self._lock:
+                launching = len(self._queued)
+            lives = list(self.relay.live.values())
+            if not lives and not launching:
+                break
+            if time.monotonic() >= drain_until:
+                for live in lives:
+                    if live.intent is Intent.NONE:
+                        self.cancel(live.info.turn_id, reason="supervisor shutdown")
+            if lives:
+                lives[0].ended.wait(0.05)  # woken by the first turn to end, or re-check soon
+            else:
+                time.sleep(0.005)  # a launch in flight: it finishes in milliseconds
         self.relay.stop(max(0.1, deadline - time.monotonic()))
         self.keeper.stop(max(0.1, deadline - time.monotonic()))
         log.info("supervisor_stopped")
@@ -215,7 +221,7 @@ class Supervisor:
             self._queued[turn_id] = pending
         try:
             now = self.scheduler.submit(pending, multitask)
-        except (SessionBusy, QueueFull):
+        except (SessionBusy, QueueFull, SupervisorClosed):
             with self._lock:
                 del self._queued[turn_id]
             self.eventlog.close(turn_id)
@@ -246,7 +252,15 @@ class Supervisor:
             output = OutputSink(spawned.output, self.eventlog.dir / f"{info.turn_id}.output",
                                 self.config.limits.output_bytes)
             info.pid = spawned.process.pid
-            self.relay.add(Live(info=info, spec=spec, spawned=spawned, reader=reader, output=output))
+            live = Live(info=info, spec=spec, spawned=spawned, reader=reader, output=output)
+            with self._lock:  # a cancel (or close) that came while we spawned applies now
+                if info.cancel_requested or self._closed:
+                    info.cancel_requested = True
+                    info.cancel_reason = info.cancel_reason or "supervisor shutdown"
+                    live.intent = Intent.CANCEL
+                    spawned.token.set()
+                self.relay.add(live)  # the relay schedules the escalation for a cancelled one
+                self._queued.pop(pending.turn_id, None)
         finally:
             with self._lock:  # only now: the turn is always in one of the tables
                 self._queued.pop(pending.turn_id, None)
@@ -290,10 +304,17 @@ class Supervisor:
         if pending is not None:  # never started: end it here, cancelled
             self._end_queued(pending, reason)
             return self.status(turn_id)
+        with self._lock:
+            launching = self._queued.get(turn_id)
+            if launching is not None:  # being spawned right now: _launch applies the cancel
+                info = launching.payload[0]
+                if not info.cancel_requested:
+                    info.cancel_requested, info.cancel_reason = True, reason
+                return info_copy(info)
         with self.relay.lock:
             live = self.relay.live.get(turn_id)
-            # Once the process has exited its outcome is decided: cancel is a no-op.
-            if live is not None and live.intent is Intent.NONE and not live.exited:
+            # Once the agent has reported its end (or exited) the outcome is decided.
+            if live is not None and live.intent is Intent.NONE and not live.exited and live.done is None:
                 # Intent first, then the token: the reaper must see a cancel, not a crash.
                 live.intent = Intent.CANCEL
                 live.info.cancel_requested = True
@@ -317,20 +338,18 @@ class Supervisor:
         self.cancel(turn_id, reason=reason)
 
     def wait(self, turn_id: str, timeout: float | None = None) -> TurnInfo:
-        """Block until the turn has ended (or ``timeout``); return its status."""
-        info = self.status(turn_id)
-        if not info.ended:
-            self._ensure_stream(turn_id)
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while True:
-                last, ended = self.registry.position(turn_id)
-                if ended:
-                    break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                self.registry.wait(turn_id, last, remaining)
-        return self.status(turn_id)
+        """Block until the turn has ended (or ``timeout``); return its status.
+
+        Waits on the registry's end, so the terminal event is readable on return.
+        """
+        self._ensure_stream(turn_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            last, ended = self.registry.position(turn_id)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if ended or (remaining is not None and remaining <= 0):
+                return self.status(turn_id)
+            self.registry.wait(turn_id, last, remaining)
 
     # -- reading ---------------------------------------------------------------
 
@@ -486,10 +505,8 @@ class Supervisor:
     def _ensure_stream(self, turn_id: str) -> None:
         """Turns from an earlier run of the daemon get a (memory-less) stream on first read."""
         if turn_id not in self.registry:
-            with self._lock:
-                if turn_id not in self.registry:
-                    info = self.status(turn_id)
-                    self.registry.open(turn_id, last_seq=info.last_seq, ended=info.ended)
+            info = self.status(turn_id)  # no lock held here: status takes its own
+            self.registry.open_if_absent(turn_id, last_seq=info.last_seq, ended=info.ended)
 
     def _read(self, turn_id: str, after: int, limit: int) -> tuple[list[bytes], int, bool]:
         s = self.registry.read(turn_id, after, limit)

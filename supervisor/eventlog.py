@@ -196,6 +196,11 @@ class FileEventLog:
             out.append(info)
         return out
 
+    def ending_from_log(self, turn_id: str) -> TurnInfo | None:
+        """The turn's ending as its log's last event tells it, if that is a terminal event."""
+        info = self._rebuild_meta(turn_id)
+        return info if info is not None and info.ended else None
+
     def _rebuild_meta(self, turn_id: str) -> TurnInfo | None:
         """From the log alone: last seq, and the ending if the terminal event is there."""
         if not self.has_raw(turn_id):

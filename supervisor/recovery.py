@@ -29,6 +29,16 @@ def recover_lost(eventlog: FileEventLog) -> list[TurnInfo]:
         last = eventlog.reopen(info.turn_id)
         if info.pid and info.pid_create_time:
             TurnTree(info.turn_id, info.pid, info.pid_create_time).signal(signal.SIGKILL)
+        rebuilt = eventlog.ending_from_log(info.turn_id)
+        if rebuilt is not None:
+            # The daemon died after the terminal event, before the metadata said so:
+            # adopt that ending, never write a second one.
+            eventlog.close(info.turn_id)
+            info.status, info.error, info.last_seq = rebuilt.status, rebuilt.error, rebuilt.last_seq
+            info.ended_at = info.ended_at or time.time()
+            eventlog.write_meta(info)
+            log.warning("turn_ending_recovered", turn_id=info.turn_id, status=info.status.value)
+            continue
         now_ms = time.time_ns() // 1_000_000
         lines = []
         if last == 0:  # it never started: keep RUN_STARTED first

@@ -26,6 +26,7 @@ class _Stream:
     last_seq: int = 0
     ended: bool = False
     ended_at: float = 0.0
+    pinned: bool = False
     async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=set)
 
 
@@ -52,6 +53,21 @@ class StreamRegistry:
             if ended:
                 s.ended_at = time.monotonic()
             self._streams[turn_id] = s
+
+    def open_if_absent(self, turn_id: str, *, last_seq: int, ended: bool) -> None:
+        with self._lock:
+            if turn_id not in self._streams:
+                s = _Stream(self._buffer_bytes, first_seq=last_seq + 1, last_seq=last_seq, ended=ended)
+                s.ended_at = time.monotonic() if ended else 0.0
+                self._streams[turn_id] = s
+
+    def pin(self, turn_id: str) -> None:
+        """Keep this turn's events in memory for good (its log could not be written)."""
+        with self._lock:
+            s = self._streams.get(turn_id)
+            if s is not None:
+                s.pinned = True
+                s.budget = 1 << 62
 
     def __contains__(self, turn_id: str) -> bool:
         return turn_id in self._streams
@@ -157,7 +173,8 @@ class StreamRegistry:
         dropped = []
         with self._lock:
             for turn_id, s in self._streams.items():
-                if s.ended and s.items and now - s.ended_at > older_than_s and not s.async_waiters:
+                if (s.ended and s.items and not s.pinned and now - s.ended_at > older_than_s
+                        and not s.async_waiters):
                     s.items, s.head, s.nbytes = [], 0, 0
                     s.first_seq = s.last_seq + 1
                     dropped.append(turn_id)

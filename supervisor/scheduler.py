@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from supervisor.errors import QueueFull, SessionBusy
+from supervisor.errors import QueueFull, SessionBusy, SupervisorClosed
 
 log = structlog.get_logger("runnerd.scheduler")
 POLICIES = ("reject", "enqueue", "interrupt")
@@ -64,6 +64,8 @@ class Scheduler:
         """
         interrupt: list[str] = []
         with self._lock:
+            if self._stopping:
+                raise SupervisorClosed("the supervisor is shutting down")
             busy = self._session_busy(p.session_id)
             if busy is not None and policy == "reject":
                 raise SessionBusy(f"session {p.session_id} has an active turn {busy}", busy)

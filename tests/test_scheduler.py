@@ -78,3 +78,29 @@ def test_closing_ends_queued_turns_cancelled(tmp_path: Path) -> None:
     sup.close()
     assert sup.status(running.turn_id).status is TurnStatus.CANCELLED
     assert sup.status(queued.turn_id).status is TurnStatus.CANCELLED
+
+
+@pytest.mark.timeout(30)
+def test_a_cancel_while_the_turn_is_being_spawned_is_not_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    with Supervisor(make_config(tmp_path)) as sup:
+        entered, release = threading.Event(), threading.Event()
+        real_spawn = sup.spawner.spawn
+
+        def gated_spawn(spec):  # type: ignore[no-untyped-def]
+            entered.set()
+            release.wait(10)
+            return real_spawn(spec)
+
+        monkeypatch.setattr(sup.spawner, "spawn", gated_spawn)
+        started: list[str] = []
+        t = threading.Thread(target=lambda: started.append(sup.start_turn("ignore_sigterm").turn_id))
+        t.start()
+        assert entered.wait(10)
+        turn_id = sup.list_turns()[0].turn_id
+        info = sup.cancel(turn_id, reason="early")
+        assert info.status is TurnStatus.STARTING and info.cancel_requested
+        release.set()
+        t.join(10)
+        ended = sup.wait(turn_id, 15)
+        assert ended.status is TurnStatus.CANCELLED and ended.cancel_reason == "early"

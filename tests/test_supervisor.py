@@ -216,3 +216,18 @@ def test_one_large_event_never_breaks_persist_export_or_replay(tmp_path: Path) -
         assert [s for s, _ in sup.export(turn.turn_id, after=2, limit=1).items()] == [3]
         wait_for(lambda: sup.status(turn.turn_id).compaction == "done")
         assert len(sup.export(turn.turn_id, compact=True).events) == 5
+
+
+def test_a_daemon_dying_between_terminal_event_and_metadata_gets_no_second_terminal(tmp_path: Path) -> None:
+    with Supervisor(make_config(tmp_path)) as sup:
+        turn = sup.start_turn("count", {"n": 3})
+        sup.wait(turn.turn_id, 10)
+        info = sup.status(turn.turn_id)
+    info.status = TurnStatus.RUNNING  # as if the metadata write never happened
+    info.ended_at = None
+    sup.eventlog.write_meta(info)
+    with Supervisor(make_config(tmp_path)) as sup:
+        assert sup.status(turn.turn_id).status is TurnStatus.SUCCEEDED
+        events = [e for _, e in sup.events(turn.turn_id)]
+        assert sum(isinstance(e, (ev.RunFinished, ev.RunError)) for e in events) == 1
+        assert len(events) == 5
