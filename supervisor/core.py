@@ -450,6 +450,8 @@ class Supervisor:
                 yield lines
                 cursor = line_seq(lines[-1])
                 continue
+            if cursor < last:  # counted but not readable: the log lost them; never spin
+                raise HistoryGap(f"events {cursor + 1}-{last} of turn {turn_id} are not in its log")
             if (ended and cursor >= last) or not follow:
                 return
             if not self.registry.wait(turn_id, cursor, timeout):
@@ -486,6 +488,8 @@ class Supervisor:
                 yield lines
                 cursor = line_seq(lines[-1])
                 continue
+            if cursor < last:
+                raise HistoryGap(f"events {cursor + 1}-{last} of turn {turn_id} are not in its log")
             if (ended and cursor >= last) or not follow:
                 return
             try:

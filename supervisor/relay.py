@@ -154,7 +154,8 @@ class Relay:
         now = time.monotonic()
         self.heartbeat = now
         handles: dict[int, tuple[Live, str]] = {}
-        for live in self.live.values():
+        lives = list(self.live.values())  # other threads insert while we iterate
+        for live in lives:
             if not live.reader.eof and live.reader.error is None:
                 handles[live.reader.fd] = (live, "pipe")
             if not live.exited:
@@ -183,7 +184,7 @@ class Relay:
 
     def _timeout(self, now: float) -> float:
         soonest = now + HOUSEKEEPING_S
-        for live in self.live.values():
+        for live in list(self.live.values()):
             if live.reap_until is not None:
                 return REAP_POLL_S
             poll = live.next_poll if self._watched() and not live.exited else None
@@ -334,6 +335,7 @@ class Relay:
         except OSError as exc:
             # No durable history: this turn fails (its events stay in memory), others go on.
             live.log.error("event_log_write_failed", error=str(exc))
+            self.registry.pin(live.info.turn_id)  # memory is now the only copy of what follows
             if live.intent in (Intent.NONE, Intent.CANCEL, Intent.TIMEOUT) and not end:
                 live.intent = Intent.STORAGE
                 live.intent_message = f"the event log could not be written: {exc.strerror or exc}"

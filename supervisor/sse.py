@@ -16,6 +16,7 @@ import msgspec
 from starlette.types import Receive, Scope, Send
 
 from supervisor.core import Supervisor
+from supervisor.errors import HistoryGap
 from supervisor.eventlog import line_seq
 
 SHUTDOWN_FRAME = b'event: shutdown\ndata: {"reason":"runnerd is shutting down"}\n\n'
@@ -111,6 +112,10 @@ class EventStream:
                         lines = pending.result()
                     except StopAsyncIteration:  # the terminal event was sent
                         await send({"type": "http.response.body", "body": b"", "more_body": False})
+                        return
+                    except HistoryGap as exc:  # said out loud, then closed: never a silent skip
+                        frame = b"event: gap\ndata: %s\n\n" % msgspec.json.encode({"reason": str(exc)})
+                        await send({"type": "http.response.body", "body": frame, "more_body": False})
                         return
                     pending = None
                     await self._write(send, encode_frames(lines))

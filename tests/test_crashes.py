@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,36 @@ def test_a_failing_event_log_fails_that_turn_only(sup: Supervisor) -> None:
     assert sup.status(victim.turn_id).status is TurnStatus.FAILED
     assert sup.wait(bystander.turn_id, 10).status is TurnStatus.SUCCEEDED
     assert [s for s, _ in sup.events(bystander.turn_id)] == list(range(1, 103))
+
+
+@pytest.mark.timeout(20)
+def test_readers_of_a_turn_whose_log_failed_never_spin(sup: Supervisor) -> None:
+    turn = sup.start_turn("paced", {"n": 2000, "interval": 0.002})
+    wait_for(lambda: sup.status(turn.turn_id).last_seq > 10)
+    read_only = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(read_only, sup.eventlog._fds[turn.turn_id])
+    os.close(read_only)
+    sup.wait(turn.turn_id, 10)
+    sup.registry.evict_ended(older_than_s=-1)  # pinned: what only memory holds stays
+    seqs = [s for s, _ in sup.events(turn.turn_id, timeout=5)]
+    assert seqs == list(range(1, sup.status(turn.turn_id).last_seq + 1))
+
+
+@pytest.mark.timeout(30)
+def test_after_a_restart_missing_log_events_are_a_gap_not_a_hang(tmp_path: Path) -> None:
+    from conftest import make_config
+    from supervisor.errors import HistoryGap
+    with Supervisor(make_config(tmp_path)) as sup:
+        turn = sup.start_turn("paced", {"n": 2000, "interval": 0.002})
+        wait_for(lambda: sup.status(turn.turn_id).last_seq > 10)
+        read_only = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(read_only, sup.eventlog._fds[turn.turn_id])
+        os.close(read_only)
+        last = sup.wait(turn.turn_id, 10).last_seq
+    with Supervisor(make_config(tmp_path)) as sup:
+        assert sup.status(turn.turn_id).last_seq == last
+        got: list[int] = []
+        with pytest.raises(HistoryGap, match="are not in its log"):
+            for seq, _ in sup.events(turn.turn_id, timeout=5):
+                got.append(seq)
+        assert got and got == list(range(1, len(got) + 1))
