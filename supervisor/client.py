@@ -7,6 +7,7 @@ with ``Last-Event-ID``: no gap and no duplicate.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +29,9 @@ _ERRORS: dict[str, type[errors.RunnerdError]] = {
                               errors.HistoryGap, errors.QueueFull)
 }
 _TERMINAL = ("RUN_FINISHED", "RUN_ERROR")
+# The daemon writes at least a keep-alive comment every 15 s: a read silent for
+# 45 s means the connection is gone (and a deadline gets checked again).
+_STREAM_TIMEOUT = httpx.Timeout(30.0, read=45.0)
 
 
 class DaemonUnavailable(errors.RunnerdError, ConnectionError):
@@ -181,19 +185,20 @@ class Client(_Base):
         return self.status(turn_id)
 
     def raw_events(self, turn_id: str, *, after: int = 0, reconnect_s: float = 30.0,
-                   deadline: float | None = None) -> Iterator[tuple[int, bytes]]:
+                   deadline: float | None = None, compact: bool = False) -> Iterator[tuple[int, bytes]]:
         """``(seq, event json)`` until the terminal event; resumes on a dropped connection.
 
         ``reconnect_s`` bounds how long a lost daemon is retried; ``deadline``
-        (monotonic) bounds the whole follow.
+        (monotonic) bounds the whole follow. A gap (raw events removed by
+        retention) raises ``HistoryGap`` unless ``compact`` asks for the snapshot form.
         """
         cursor = after
         lost_since: float | None = None
         while True:
             try:
-                timeout = httpx.Timeout(self.timeout, read=None)
                 with connect_sse(self._http, "GET", f"/v1/turns/{validate_turn_id(turn_id)}/events",
-                                 headers={"last-event-id": str(cursor)}, timeout=timeout) as source:
+                                 headers={"last-event-id": str(cursor)}, timeout=_STREAM_TIMEOUT,
+                                 params={"compact": "true"} if compact else None) as source:
                     if source.response.status_code >= 400:
                         source.response.read()
                         _raise_for(source.response)
@@ -203,6 +208,8 @@ class Client(_Base):
                             raise TimeoutError(f"turn {turn_id} did not end in time")
                         if sse.event == "shutdown":
                             break  # the daemon is stopping; come back with our cursor
+                        if sse.event == "gap" and not compact:
+                            raise errors.HistoryGap(json.loads(sse.data).get("reason", "history gap"))
                         if not sse.id:
                             continue
                         seq = int(sse.id)
@@ -228,8 +235,9 @@ class Client(_Base):
             time.sleep(0.05 if lost_since is None else 0.2)  # back off before reconnecting
 
     def events(self, turn_id: str, *, after: int = 0, reconnect_s: float = 30.0,
-               deadline: float | None = None) -> Iterator[tuple[int, ev.Event]]:
-        for seq, data in self.raw_events(turn_id, after=after, reconnect_s=reconnect_s, deadline=deadline):
+               deadline: float | None = None, compact: bool = False) -> Iterator[tuple[int, ev.Event]]:
+        for seq, data in self.raw_events(turn_id, after=after, reconnect_s=reconnect_s, deadline=deadline,
+                                         compact=compact):
             yield seq, ev.decode_event(data)
 
 
@@ -314,17 +322,17 @@ class AsyncClient(_Base):
         r = await self._request("GET", "/v1/agents")
         return [a["name"] for a in msgspec.json.decode(r.content)["agents"]]
 
-    async def events(self, turn_id: str, *, after: int = 0,
-                     reconnect_s: float = 30.0) -> AsyncIterator[tuple[int, ev.Event]]:
+    async def events(self, turn_id: str, *, after: int = 0, reconnect_s: float = 30.0,
+                     compact: bool = False) -> AsyncIterator[tuple[int, ev.Event]]:
         import asyncio
 
         cursor = after
         lost_since: float | None = None
         while True:
             try:
-                timeout = httpx.Timeout(self.timeout, read=None)
                 async with aconnect_sse(self._http, "GET", f"/v1/turns/{validate_turn_id(turn_id)}/events",
-                                        headers={"last-event-id": str(cursor)}, timeout=timeout) as source:
+                                        headers={"last-event-id": str(cursor)}, timeout=_STREAM_TIMEOUT,
+                                        params={"compact": "true"} if compact else None) as source:
                     if source.response.status_code >= 400:
                         await source.response.aread()
                         _raise_for(source.response)
@@ -332,6 +340,8 @@ class AsyncClient(_Base):
                     async for sse in source.aiter_sse():
                         if sse.event == "shutdown":
                             break
+                        if sse.event == "gap" and not compact:
+                            raise errors.HistoryGap(json.loads(sse.data).get("reason", "history gap"))
                         if not sse.id or int(sse.id) <= cursor:
                             continue
                         cursor = int(sse.id)

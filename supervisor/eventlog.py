@@ -9,6 +9,7 @@ a write torn by a crash is never returned.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -114,7 +115,7 @@ class FileEventLog:
     def write_meta(self, info: TurnInfo) -> None:
         """Replace atomically: temp file, fsync, rename."""
         path = self._meta_path(info.turn_id)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")  # one per writer thread
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, msgspec.json.encode(info))

@@ -105,7 +105,9 @@ class Api:
     async def cancel(self, request: Request) -> Response:
         turn_id = validate_turn_id(request.path_params["turn_id"])
         body: CancelBody = await self._body(request, CancelBody)
-        return json_response(self.sup.cancel(turn_id, reason=body.reason), 202)
+        # Off the loop: ending a queued turn writes and fsyncs its log.
+        info = await run_in_threadpool(lambda: self.sup.cancel(turn_id, reason=body.reason))
+        return json_response(info, 202)
 
     async def export(self, request: Request) -> Response:
         turn_id = validate_turn_id(request.path_params["turn_id"])
@@ -164,7 +166,7 @@ def _bool_param(raw: str | None, name: str) -> bool:
 def _int_param(raw: str | None, name: str, *, default: int | None, lo: int, hi: int) -> Any:
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
+    if not (raw.isascii() and raw.isdigit()) or not lo <= int(raw) <= hi:  # "²".isdigit() is True
         raise InvalidRequest(f"{name} must be an integer in [{lo}, {hi}], got {raw[:32]!r}")
     return int(raw)
 

@@ -36,6 +36,7 @@ class HistoryKeeper:
         self.compact_finished = compact_finished
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._prune_lock = threading.Lock()
+        self._meta_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="runnerd-history", daemon=True)
         self.idle = threading.Event()  # set whenever the queue has been worked off
 
@@ -157,14 +158,16 @@ class HistoryKeeper:
             return info_copy(info) if info else None
 
     def _update(self, turn_id: str, **changes: object) -> None:
-        with self.relay.lock:
-            info = self.relay.past.get(turn_id)
-            if info is None:
-                return
-            for key, value in changes.items():
-                setattr(info, key, value)
-            snapshot = msgspec.structs.replace(info)
-        try:
-            self.eventlog.write_meta(snapshot)
-        except OSError as exc:
-            log.error("metadata_write_failed", turn_id=turn_id, error=str(exc))
+        # Snapshot and write under one lock: a stale snapshot never lands last.
+        with self._meta_lock:
+            with self.relay.lock:
+                info = self.relay.past.get(turn_id)
+                if info is None:
+                    return
+                for key, value in changes.items():
+                    setattr(info, key, value)
+                snapshot = msgspec.structs.replace(info)
+            try:
+                self.eventlog.write_meta(snapshot)
+            except OSError as exc:
+                log.error("metadata_write_failed", turn_id=turn_id, error=str(exc))

@@ -56,7 +56,8 @@ class TurnTree:
                 del self.known[pid]
             else:
                 found.setdefault(pid, same)
-        for p in _ours(self.turn_id, self.root_pid):
+        # The group id is the root's pid: trust it only while that pid is still the root.
+        for p in _ours(self.turn_id, self.root_pid if root is not None else None):
             found.setdefault(p.pid, p)
         for pid, p in found.items():
             if pid not in self.known:
@@ -121,7 +122,7 @@ def _children(p: psutil.Process) -> list[psutil.Process]:
         return []
 
 
-def _ours(turn_id: str, pgid: int) -> list[psutil.Process]:
+def _ours(turn_id: str, pgid: int | None) -> list[psutil.Process]:
     """Our descendants in the turn's process group or carrying its id.
 
     Orphans re-parented to us (we are a subreaper) are found here: by group,
@@ -131,7 +132,7 @@ def _ours(turn_id: str, pgid: int) -> list[psutil.Process]:
     comm = turn_comm(turn_id)
     for p in _children(psutil.Process()):
         try:
-            if (os.getpgid(p.pid) == pgid or _comm(p.pid) == comm
+            if ((pgid is not None and os.getpgid(p.pid) == pgid) or _comm(p.pid) == comm
                     or p.environ().get(TURN_ENV) == turn_id):
                 out.append(p)
         except (OSError, psutil.Error):

@@ -34,16 +34,17 @@ class OutputSink:
             if not data:
                 self.eof = True
                 return
-            room = self.limit - self.kept
-            if room > 0:
-                if self._file is None:
-                    self._file = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            room = max(0, self.limit - self.kept)
+            if room:
                 try:
+                    if self._file is None:
+                        self._file = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                                             0o600)
                     os.write(self._file, data[:room])
                 except OSError:
-                    room = 0  # a full disk: count it, never block the relay
+                    room = 0  # a full or read-only disk: count it, never stop the relay
                 self.kept += min(room, len(data))
-            self.dropped += max(0, len(data) - max(room, 0))
+            self.dropped += len(data) - min(room, len(data))
 
     def close(self) -> None:
         self.drain()

@@ -135,6 +135,8 @@ def classify(
         return error(TurnStatus.FAILED, "agent_error", done_message)
     if done_outcome == "agent_unavailable" and exitcode == ExitCode.AGENT_UNAVAILABLE:
         return error(TurnStatus.FAILED, "agent_unavailable", done_message)
+    if done_outcome == "cancelled" and exitcode == ExitCode.CANCELLED:  # nobody asked for a cancel
+        return error(TurnStatus.FAILED, "agent_error", "the agent raised Cancelled, but no cancel was requested")
     return error(TurnStatus.FAILED, "crashed", describe_exit(exitcode))
 
 
