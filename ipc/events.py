@@ -28,7 +28,9 @@ class _Base(
     rename="camel",
     omit_defaults=False,
     kw_only=True,
+    forbid_unknown_fields=True,  # decoding rejects what the vocabulary does not name
 ):
+    seq: int | UnsetType = UNSET  # set by the supervisor only; absent on the wire from a child
     timestamp: int | UnsetType = UNSET
     raw_event: Any | UnsetType = UNSET
 
@@ -149,5 +151,5 @@ def encode_event(event: Event) -> bytes:
 
 
 def decode_event(data: bytes | str) -> Event:
-    """Decode and validate one event (an extra ``seq`` field is ignored)."""
+    """Decode and validate one event (a stored event carries its ``seq``)."""
     return _decoder.decode(data)

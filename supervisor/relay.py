@@ -281,6 +281,8 @@ class Relay:
             return f"invalid event: {exc}"
         if isinstance(event, _SUPERVISOR_ONLY):
             return f"{type(event).__name__} may only come from the supervisor"
+        if event.seq is not msgspec.UNSET:
+            return "seq is assigned by the supervisor, never by the turn"
         if not data.startswith(b'{"type":"'):
             return "event not encoded by the worker (type must come first)"
         if isinstance(event.timestamp, int):

@@ -211,3 +211,10 @@ def introspect(ctx: TurnContext, input: Any) -> dict[str, Any]:
 def many_events(ctx: TurnContext, input: Any) -> None:
     for i in range(int(input["n"])):
         ctx.custom("i", i)
+
+
+def forged_seq(ctx: TurnContext, input: Any) -> None:
+    """Bypasses emit to send an event carrying its own seq."""
+    ctx.custom("i", 1)
+    ctx._writer.send_events([b'{"type":"CUSTOM","name":"x","value":1,"seq":999}'])
+    time.sleep(30)

@@ -140,3 +140,11 @@ def test_after_a_restart_missing_log_events_are_a_gap_not_a_hang(tmp_path: Path)
             for seq, _ in sup.events(turn.turn_id, timeout=5):
                 got.append(seq)
         assert got and got == list(range(1, len(got) + 1))
+
+
+@pytest.mark.timeout(20)
+def test_a_child_forging_seq_fails_with_a_protocol_error(sup: Supervisor) -> None:
+    turn = sup.start_turn("forged_seq")
+    events, end = _ending(sup, turn.turn_id)
+    assert end.code == "crashed" and "seq is assigned by the supervisor" in end.message
+    assert [e.seq for e in events] == [1, 2, 3]  # RUN_STARTED, the honest event, the terminal event

@@ -24,9 +24,11 @@ def test_run_finished_carries_the_outcome_object() -> None:
         "type": "RUN_FINISHED", "threadId": "t", "runId": "r", "outcome": {"type": "cancelled"}}
 
 
-def test_decode_ignores_seq_and_validates_the_type() -> None:
+def test_a_stored_event_decodes_with_its_seq() -> None:
     event = ev.decode_event(b'{"seq":7,"type":"RUN_ERROR","message":"m","code":"crashed"}')
-    assert event == ev.RunError(message="m", code="crashed")
+    assert event == ev.RunError(message="m", code="crashed", seq=7)
+    assert ev.encode_event(ev.RunError(message="m", code="crashed")) == \
+        b'{"type":"RUN_ERROR","message":"m","code":"crashed"}'  # unset seq is not written
 
 
 @pytest.mark.parametrize("raw", [
@@ -35,6 +37,7 @@ def test_decode_ignores_seq_and_validates_the_type() -> None:
     b'{"type":"TEXT_MESSAGE_CONTENT","messageId":"m","delta":""}',
     b'{"type":"STATE_DELTA","delta":{"op":"add"}}',
     b'not json',
+    b'{"type":"CUSTOM","name":"n","value":1,"extra":2}',  # unknown fields are rejected
 ])
 def test_decode_rejects_invalid_events(raw: bytes) -> None:
     with pytest.raises(msgspec.DecodeError):

@@ -118,7 +118,7 @@ def test_many_threads_read_the_same_turn(sup: Supervisor) -> None:
 def test_result_and_thread_id(sup: Supervisor) -> None:
     turn = sup.start_turn("result_value", {"q": [1, "two"]}, session_id="chat-1")
     events = [e for _, e in sup.events(turn.turn_id, timeout=10)]
-    assert events[0] == ev.RunStarted(thread_id="chat-1", run_id=turn.turn_id, timestamp=events[0].timestamp)
+    assert events[0] == ev.RunStarted(thread_id="chat-1", run_id=turn.turn_id, timestamp=events[0].timestamp, seq=1)
     assert isinstance(events[-1], ev.RunFinished) and events[-1].result == {"echo": {"q": [1, "two"]}}
 
 

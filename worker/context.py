@@ -75,6 +75,8 @@ class TurnContext:
     def _encode(self, event: ev.Event) -> bytes:
         if isinstance(event, _SUPERVISOR_ONLY):
             raise ValueError(f"{type(event).__name__} is written by the supervisor, not the agent")
+        if event.seq is not msgspec.UNSET:
+            raise ValueError("seq is assigned by the supervisor; leave it unset")
         if event.timestamp is msgspec.UNSET:
             event.timestamp = _now_ms()
         try:
