@@ -20,7 +20,7 @@ import msgspec
 
 __all__ = [
     "Ready", "Batch", "Done", "Frame", "FrameWriter", "FrameReader",
-    "encode_frame", "EVENT_PREFIX",
+    "encode_frame", "EVENT_PREFIX", "FRAME_BUDGET", "max_frame_bytes",
 ]
 
 # msgspec writes the tag first, so every valid encoded event starts with this.
@@ -63,6 +63,29 @@ def encode_frame(frame: Frame) -> bytes:
     return _encoder.encode(frame)
 
 
+FRAME_BUDGET = 4 << 20  # bytes of events per frame: the reader's limit is this plus one event
+
+
+def _split_batch(events: list[bytes]) -> list[list[bytes]]:
+    frames: list[list[bytes]] = []
+    current: list[bytes] = []
+    size = 0
+    for event in events:
+        if current and size + len(event) > FRAME_BUDGET:
+            frames.append(current)
+            current, size = [], 0
+        current.append(event)
+        size += len(event)
+    if current:
+        frames.append(current)
+    return frames
+
+
+def max_frame_bytes(max_event_bytes: int) -> int:
+    """What a reader must accept: a full frame plus one event, plus msgpack overhead."""
+    return FRAME_BUDGET + max_event_bytes + 64 * 1024
+
+
 class FrameWriter:
     """Child side: write frames synchronously; coalesce concurrent emitters."""
 
@@ -88,8 +111,9 @@ class FrameWriter:
         with self._write_lock:
             with self._pending_lock:
                 batch, self._pending = self._pending, []
-            if batch:  # empty: a thread before us already wrote our events
-                self._conn.send_bytes(_encoder.encode(Batch(batch)))
+            # empty: a thread before us already wrote our events
+            for frame in _split_batch(batch):
+                self._conn.send_bytes(_encoder.encode(Batch(frame)))
 
     def close(self) -> None:
         self._conn.close()

@@ -17,7 +17,7 @@ import structlog
 
 from ipc import events as ev
 from ipc.protocol import TurnSpec
-from ipc.wire import FrameReader
+from ipc.wire import FrameReader, max_frame_bytes
 from supervisor.config import Config
 from supervisor.errors import (
     HistoryGap, InvalidCursor, InvalidRequest, QueueFull, SessionBusy, SupervisorClosed, UnknownAgent, UnknownTurn,
@@ -100,6 +100,7 @@ class Supervisor:
             on_released=lambda turn_id: self.scheduler.ended(turn_id),
             on_ended=self._on_ended,
             limits=self.config.limits,
+            poll_exit=self.config.start_method == "spawn",
         )
         self._uid, self._gid = _resolve_user(self.config.limits.user, self.config.limits.group)
         self.keeper = HistoryKeeper(eventlog=self.eventlog, relay=self.relay, registry=self.registry,
@@ -248,7 +249,7 @@ class Supervisor:
                 self.relay.end_unstarted(info, spec, Ending(
                     TurnStatus.FAILED, ev.RunError(message=message, code="crashed"), TurnError("crashed", message)))
                 return
-            reader = FrameReader(spawned.reader, max_frame_bytes=self.config.max_event_bytes * 64 + 4096)
+            reader = FrameReader(spawned.reader, max_frame_bytes=max_frame_bytes(self.config.max_event_bytes))
             output = OutputSink(spawned.output, self.eventlog.dir / f"{info.turn_id}.output",
                                 self.config.limits.output_bytes)
             info.pid = spawned.process.pid

@@ -41,6 +41,7 @@ _SUPERVISOR_ONLY = (ev.RunStarted, ev.RunFinished, ev.RunError)
 _event_decoder: msgspec.json.Decoder[ev.Event] = msgspec.json.Decoder(ev.Event)
 REAP_TIMEOUT_S = 2.0  # after the root exits, how long leftovers may take to die
 REAP_POLL_S = 0.002
+EXIT_POLL_S = 0.05  # exit checks without a usable sentinel (see _poll_exits)
 HOUSEKEEPING_S = 1.0
 
 
@@ -64,6 +65,7 @@ class Live:
     reap_until: float | None = None
     ended: threading.Event = field(default_factory=threading.Event)
     output: OutputSink | None = None
+    watch_root: bool = False  # the forkserver died: liveness from psutil, not the sentinel
     event_bytes: int = 0
     next_poll: float = 0.0
 
@@ -80,8 +82,10 @@ class Relay:
         on_released: Callable[[str], None] | None = None,
         on_ended: Callable[[TurnInfo], None] | None = None,
         limits: LimitsConfig | None = None,
+        poll_exit: bool = False,
     ) -> None:
         self.limits = limits or LimitsConfig()
+        self.poll_exit = poll_exit
         # on_released: the turn's processes are gone (frees its slot), called
         # before the terminal event is visible; on_ended: after it is durable.
         self.on_released = on_released
@@ -158,7 +162,7 @@ class Relay:
         for live in lives:
             if not live.reader.eof and live.reader.error is None:
                 handles[live.reader.fd] = (live, "pipe")
-            if not live.exited:
+            if not live.exited and not live.watch_root:
                 handles[live.spawned.process.sentinel] = (live, "exit")
             if live.output is not None and not live.output.eof:
                 handles[live.output.fd] = (live, "output")
@@ -175,6 +179,7 @@ class Relay:
                 live.output.drain()
             else:
                 self._on_exit(live)
+        self._poll_exits()
         now = time.monotonic()
         for live in list(self.live.values()):
             self._check_deadlines(live, now)
@@ -187,6 +192,8 @@ class Relay:
         for live in list(self.live.values()):
             if live.reap_until is not None:
                 return REAP_POLL_S
+            if not live.exited and (live.watch_root or self.poll_exit):
+                soonest = min(soonest, now + EXIT_POLL_S)
             poll = live.next_poll if self._watched() and not live.exited else None
             for t in (live.timeout_at, live.term_at, live.kill_at, poll):
                 if t is not None and t < soonest:
@@ -348,18 +355,60 @@ class Relay:
         self.registry.append(live.info.turn_id, lines, end=end)
 
     def _on_exit(self, live: Live) -> None:
+        proc = live.spawned.process
+        if live.watch_root:  # the forkserver is gone: the root is our (adopted) child now
+            code = self._reap_root(live)
+        else:
+            if proc.exitcode is None:
+                proc.join(1.0)  # spawn: the sentinel can fire a moment before the zombie exists
+            code = proc.exitcode
+            if code == 255 and self._root_alive(live):
+                # The forkserver died (its sentinel reads EOF as 255), not the turn:
+                # keep the turn and watch its root directly.
+                live.watch_root = True
+                live.log.warning("forkserver_gone_watching_root")
+                return
         live.exited = True
         self._pump(live)  # everything the child wrote before dying is in the pipe now
-        proc = live.spawned.process
-        if proc.exitcode is None:
-            proc.join(1.0)  # spawn: the sentinel can fire a moment before the zombie exists
-        live.info.exit_code = proc.exitcode
-        if live.info.exit_code is not None and live.info.exit_code < 0:
-            live.info.signal = -live.info.exit_code
+        live.info.exit_code = code
+        if code is not None and code < 0:
+            live.info.signal = -code
         # The turn is over; whatever it left running goes now.
         live.reap_until = time.monotonic() + REAP_TIMEOUT_S
         live.term_at = live.kill_at = live.timeout_at = None
         self._signal(live, signal.SIGKILL)
+
+    def _root_alive(self, live: Live) -> bool:
+        tree = live.tree
+        if tree is None:
+            return False
+        try:
+            p = psutil.Process(tree.root_pid)
+            return abs(p.create_time() - tree.root_create_time) < 0.01 and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def _reap_root(self, live: Live) -> int | None:
+        """Exit code of a root we adopted (subreaper), or None if someone else reaped it."""
+        assert live.tree is not None
+        try:
+            pid, status = os.waitpid(live.tree.root_pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        return os.waitstatus_to_exitcode(status) if pid else None
+
+    def _poll_exits(self) -> None:
+        """Exit checks that do not rely on a sentinel: a root watched after its
+        forkserver died, and spawn-mode roots (a forked grandchild inherits the
+        sentinel pipe, so it would only fire when the grandchild exits too)."""
+        for live in list(self.live.values()):
+            if live.exited:
+                continue
+            if live.watch_root:
+                if not self._root_alive(live):
+                    self._on_exit(live)
+            elif self.poll_exit and live.spawned.process.exitcode is not None:
+                self._on_exit(live)
 
     def _check_deadlines(self, live: Live, now: float) -> None:
         if self._watched() and not live.exited and now >= live.next_poll:

@@ -218,3 +218,29 @@ def forged_seq(ctx: TurnContext, input: Any) -> None:
     ctx.custom("i", 1)
     ctx._writer.send_events([b'{"type":"CUSTOM","name":"x","value":1,"seq":999}'])
     time.sleep(30)
+
+
+def kill_forkserver(ctx: TurnContext, input: Any) -> str:
+    """Kills its parent (the forkserver), then goes on and finishes normally."""
+    ctx.custom("parent", os.getppid())
+    os.kill(os.getppid(), signal.SIGKILL)
+    for i in range(20):
+        ctx.custom("i", i)
+        time.sleep(0.01)
+    return "survived"
+
+
+def leave_helper(ctx: TurnContext, input: Any) -> str:
+    """Returns while a forked helper (holding every inherited fd) lives on."""
+    if os.fork() == 0:
+        while True:
+            time.sleep(1)
+    return "returned"
+
+
+def emit_many_big(ctx: TurnContext, input: Any) -> None:
+    ctx.emit_many([ev.Custom(name="big", value="z" * 900_000) for _ in range(10)])
+
+
+def huge_result(ctx: TurnContext, input: Any) -> str:
+    return "r" * (2 << 20)

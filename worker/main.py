@@ -60,6 +60,8 @@ def run(spec: TurnSpec, conn: Connection, token: CancelToken, output: Connection
     try:
         value = _call(agent, ctx, msgspec.json.decode(spec.input_json), token)
         result = b"" if value is None else msgspec.json.encode(value)
+        if len(result) > spec.max_event_bytes:  # it travels inside RUN_FINISHED: same cap
+            raise ValueError(f"the agent's result is {len(result)} bytes; the limit is {spec.max_event_bytes}")
     except (Cancelled, asyncio.CancelledError):
         _finish(writer, Done("cancelled"), ExitCode.CANCELLED)
     except BaseException as exc:  # the agent's failure, reported, never re-raised
