@@ -24,6 +24,7 @@ from supervisor.turns import TurnError, TurnInfo, TurnStatus
 log = structlog.get_logger("runnerd.eventlog")
 
 _BLOCK = 64 * 1024
+READ_BUDGET = 8 << 20  # bytes one read may return (always at least one line)
 _SEQ_PREFIX = b'{"seq":'
 
 
@@ -223,9 +224,12 @@ class FileEventLog:
             info.error = TurnError(event.code, event.message)
         return info
 
-    def read_after(self, turn_id: str, after: int, limit: int, upto: int) -> list[bytes]:
-        """Lines with ``after < seq <= upto``, at most ``limit`` of them."""
+    def read_after(self, turn_id: str, after: int, limit: int, upto: int,
+                   max_bytes: int = READ_BUDGET) -> list[bytes]:
+        """Lines with ``after < seq <= upto``: at most ``limit`` of them and, past
+        the first, at most ``max_bytes`` (replay memory is bounded in bytes)."""
         out: list[bytes] = []
+        size = 0
         if limit <= 0 or after >= upto:
             return out
         with self._open(turn_id) as f:
@@ -242,20 +246,23 @@ class FileEventLog:
                     seq = _seq_or_none(line)
                     if seq is None or seq <= after:
                         continue
-                    if seq > upto:
+                    if seq > upto or (out and size + len(line) > max_bytes):
                         return out
                     out.append(line)
+                    size += len(line)
                     if len(out) >= limit:
                         return out
         return out
 
-    def tail(self, turn_id: str, limit: int, upto: int) -> list[bytes]:
-        """The last ``limit`` lines with ``seq <= upto``, read backwards in blocks."""
+    def tail(self, turn_id: str, limit: int, upto: int, max_bytes: int = READ_BUDGET) -> list[bytes]:
+        """The last ``limit`` lines with ``seq <= upto`` (and, past the first, at most
+        ``max_bytes``), read backwards in blocks."""
         if limit <= 0 or upto <= 0:
             return []
         with self._open(turn_id) as f:
             end = self._complete_end(f)
             found: list[bytes] = []
+            size = 0
             carry = b""
             pos = end
             while pos > 0 and len(found) < limit:
@@ -267,7 +274,11 @@ class FileEventLog:
                 for line in reversed(lines):
                     seq = _seq_or_none(line)
                     if seq is not None and seq <= upto:
+                        if found and size + len(line) > max_bytes:
+                            limit = len(found)  # the budget is spent: stop here
+                            break
                         found.append(line)
+                        size += len(line)
                         if len(found) >= limit:
                             break
             found.reverse()

@@ -24,6 +24,7 @@ from supervisor.turns import TurnInfo, info_copy
 
 log = structlog.get_logger("runnerd.history")
 _CHUNK = 10_000
+MAX_COMPACT_BYTES = 256 << 20
 
 
 class HistoryKeeper:
@@ -84,6 +85,11 @@ class HistoryKeeper:
     def compact_one(self, turn_id: str) -> None:
         info = self._past(turn_id)
         if info is None or info.raw_removed:
+            return
+        size = self.eventlog.size(turn_id)
+        if size > MAX_COMPACT_BYTES:  # folding holds the turn in memory: bound it
+            self._update(turn_id, compaction="failed",
+                         compaction_error=f"{size} bytes is over the {MAX_COMPACT_BYTES}-byte compaction bound")
             return
         try:
             lines = self._all_lines(turn_id, info.last_seq)

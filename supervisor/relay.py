@@ -66,6 +66,7 @@ class Live:
     ended: threading.Event = field(default_factory=threading.Event)
     output: OutputSink | None = None
     watch_root: bool = False  # the forkserver died: liveness from psutil, not the sentinel
+    finished: bool = False
     event_bytes: int = 0
     next_poll: float = 0.0
 
@@ -485,6 +486,9 @@ class Relay:
 
     def _finish(self, live: Live) -> None:
         """Write the one terminal event, persist, and move the turn to the past."""
+        if live.finished:
+            return
+        live.finished = True  # whatever fails below, the terminal event is written once
         info = live.info
         done = live.done
         ending = classify(
@@ -498,7 +502,10 @@ class Relay:
             exitcode=info.exit_code,
         )
         if live.output is not None:
-            live.output.close()
+            try:
+                live.output.close()
+            except OSError as exc:
+                live.log.error("output_close_failed", error=str(exc))
             info.output_bytes, info.output_dropped = live.output.kept, live.output.dropped
         lines = []
         seq = info.last_seq
@@ -513,18 +520,23 @@ class Relay:
             info.ended_at = time.time()
         if self.on_released is not None:
             self.on_released(info.turn_id)  # whoever sees the terminal event may start the next
-        self._commit(live, lines, seq, end=True)
         try:
-            self.eventlog.close(info.turn_id)
-            self.eventlog.write_meta(info)
-        except OSError as exc:
-            live.log.error("event_log_close_failed", error=str(exc))
-        live.reader.close()
-        live.spawned.process.close()
-        with self.lock:
-            del self.live[info.turn_id]
-            self.past[info.turn_id] = info
-        live.ended.set()
+            self._commit(live, lines, seq, end=True)
+            try:
+                self.eventlog.close(info.turn_id)
+                self.eventlog.write_meta(info)
+            except OSError as exc:
+                live.log.error("event_log_close_failed", error=str(exc))
+            live.reader.close()
+            try:
+                live.spawned.process.close()
+            except ValueError:  # still "running" to multiprocessing: its sentinel is dropped anyway
+                pass
+        finally:
+            with self.lock:  # never left in the live table, whatever failed above
+                self.live.pop(info.turn_id, None)
+                self.past[info.turn_id] = info
+            live.ended.set()
         live.log.info("turn_ended", status=info.status.value,
                       error=info.error.code if info.error else None, last_seq=seq)
         if self.on_ended is not None:

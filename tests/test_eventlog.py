@@ -77,3 +77,15 @@ def test_an_unusable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(StateDirError, match="not usable"):
         FileEventLog(blocker)
+
+
+def test_reads_are_bounded_in_bytes_but_always_return_one_line(tmp_path: Path) -> None:
+    log = FileEventLog(tmp_path)
+    turn_id = new_turn_id()
+    log.create(TurnInfo(turn_id=turn_id, agent="a"))
+    lines = [b'{"seq":%d,"type":"CUSTOM","name":"n","value":"%s"}' % (i, b"x" * 100_000) for i in range(1, 51)]
+    log.append(turn_id, lines)
+    got = log.read_after(turn_id, 0, 1000, 50, max_bytes=350_000)
+    assert got == lines[:3]
+    assert log.tail(turn_id, 1000, 50, max_bytes=350_000) == lines[-3:]
+    assert log.read_after(turn_id, 10, 1000, 50, max_bytes=1) == [lines[10]]
