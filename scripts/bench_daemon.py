@@ -245,6 +245,22 @@ class Sampler(threading.Thread):
         t = self.proc.cpu_times()
         return t.user + t.system
 
+    def tree_cpu(self) -> float:
+        """CPU s of the process, its live descendants and the descendants they reaped."""
+        import psutil
+        total = 0.0
+        try:
+            procs = [self.proc, *self.proc.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
     def sample(self) -> None:
         import psutil
         try:
@@ -902,6 +918,8 @@ class FanResult:
     client_cpu_s: float
     sampler: Sampler
     nofile: int
+    other_cpu_s: float  # machine CPU not used by the server's tree, the clients or us, during the run
+    wall_s: float
 
 
 def run_fanout(tmp: Path, tag: str, sock: str, path: str, go: Path, sizes: Sizes, ticks: int,
@@ -914,6 +932,7 @@ def run_fanout(tmp: Path, tag: str, sock: str, path: str, go: Path, sizes: Sizes
                     "--out", out, "--timeout", str(timeout)) for k, out in zip(per, outs)]
     readers = [LineReader(p) for p in procs]
     sampler = Sampler(server_pid, watch)
+    machine0, self0, tree0, t0 = cpu_seconds()[0], own_cpu(), sampler.tree_cpu(), time.monotonic()
     sampler.start()
     try:
         connect_s = 0.0
@@ -928,9 +947,11 @@ def run_fanout(tmp: Path, tag: str, sock: str, path: str, go: Path, sizes: Sizes
         for p in procs:
             p.wait(30)
     finally:
+        tree1 = sampler.tree_cpu()
         sampler.finish()
         for p in procs:
             stop_process(p, 5)
+    machine1, self1, wall = cpu_seconds()[0], own_cpu(), time.monotonic() - t0
     results = [json.loads(Path(out).read_text()) for out in outs]
     lat: list[float] = []
     for out in outs:
@@ -944,7 +965,9 @@ def run_fanout(tmp: Path, tag: str, sock: str, path: str, go: Path, sizes: Sizes
     return FanResult(subscribers=sizes.subscribers, connected=sum(r["connected"] for r in results),
                      complete=sum(r["complete"] for r in results), errors=dict(errors), lat_s=lat,
                      connect_s=connect_s, client_cpu_s=sum(r["cpu_s"] for r in results), sampler=sampler,
-                     nofile=min(r["nofile"] for r in results))
+                     nofile=min(r["nofile"] for r in results), wall_s=wall,
+                     other_cpu_s=max(0.0, (machine1 - machine0) - (tree1 - tree0) - (self1 - self0)
+                                     - sum(r["cpu_s"] for r in results)))
 
 
 def fan_lines(report: Report, sec: str, label: str, r: FanResult, ticks: int) -> None:
@@ -957,7 +980,9 @@ def fan_lines(report: Report, sec: str, label: str, r: FanResult, ticks: int) ->
     s = r.sampler
     report.line(sec, f"{label}: server RSS peak {mib(s.peak_rss)}, with its child processes "
                      f"{mib(s.peak_tree_rss)}; peak fds {s.peak_fds}; server CPU {s.cpu_share:.2f} core "
-                     f"while emitting; client processes' CPU {r.client_cpu_s:.1f} s in total")
+                     f"while emitting; client processes' CPU {r.client_cpu_s:.1f} s in total; other "
+                     f"processes on the machine {r.other_cpu_s:.1f} core-s of "
+                     f"{(os.cpu_count() or 1) * r.wall_s:.0f}")
 
 
 def bench_fanout(report: Report, sizes: Sizes, d: RunningDaemon, tmp: Path) -> None:
@@ -1046,6 +1071,11 @@ def orphaned_cpu(d: RunningDaemon) -> float:
     except psutil.NoSuchProcess:
         pass
     return total
+
+
+def own_cpu() -> float:
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
 
 
 def cpu_seconds() -> tuple[float, float]:

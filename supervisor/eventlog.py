@@ -262,23 +262,23 @@ class FileEventLog:
         with self._open(turn_id) as f:
             end = self._complete_end(f)
             found: list[bytes] = []
-            size = 0
+            held = 0
             carry = b""
             pos = end
             while pos > 0 and len(found) < limit:
-                size = min(_BLOCK, pos)
-                pos -= size
+                block = min(_BLOCK, pos)
+                pos -= block
                 f.seek(pos)
-                lines = (f.read(size) + carry).split(b"\n")
+                lines = (f.read(block) + carry).split(b"\n")
                 carry = lines.pop(0) if pos > 0 else b""  # may continue in the block before
                 for line in reversed(lines):
                     seq = _seq_or_none(line)
                     if seq is not None and seq <= upto:
-                        if found and size + len(line) > max_bytes:
+                        if found and held + len(line) > max_bytes:
                             limit = len(found)  # the budget is spent: stop here
                             break
                         found.append(line)
-                        size += len(line)
+                        held += len(line)
                         if len(found) >= limit:
                             break
             found.reverse()
