@@ -34,6 +34,11 @@ class Escalation:
     cancel_grace_s: float
     kill_grace_s: float
 
+    def deadlines(self, now: float) -> tuple[float, float]:
+        """When to send SIGTERM and SIGKILL for a cancel asked for at ``now`` (monotonic)."""
+        term_at = now + self.cancel_grace_s
+        return term_at, term_at + self.kill_grace_s
+
 
 @dataclass
 class TurnTree:

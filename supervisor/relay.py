@@ -30,6 +30,7 @@ from ipc.wire import Batch, Done, FrameReader, Ready
 from supervisor.config import LimitsConfig
 from supervisor.eventlog import EventLog
 from supervisor.killer import Escalation, TurnTree
+from supervisor.limits import LimitGuard
 from supervisor.output import OutputSink
 from supervisor.registry import StreamRegistry
 from supervisor.spawn import Spawned
@@ -86,6 +87,7 @@ class Relay:
         poll_exit: bool = False,
     ) -> None:
         self.limits = limits or LimitsConfig()
+        self.guard = LimitGuard(self.limits)
         self.poll_exit = poll_exit
         # on_released: the turn's processes are gone (frees its slot), called
         # before the terminal event is visible; on_ended: after it is durable.
@@ -202,7 +204,7 @@ class Relay:
         return max(0.0, soonest - now)
 
     def _watched(self) -> bool:
-        return self.limits.memory_bytes is not None or self.limits.max_processes is not None
+        return self.guard.watches_tree
 
     def _drain_commands(self) -> None:
         try:
@@ -299,35 +301,17 @@ class Relay:
 
     def _over_limit(self, live: Live, seq: int, size: int) -> str | None:
         """The prefix ``limit:`` tells _pump this is a limit, not a protocol error."""
-        lim = self.limits
-        if lim.max_events is not None and seq + 1 > lim.max_events:
-            return f"limit: the turn emitted more than {lim.max_events} events (limits.max_events)"
-        if lim.max_turn_bytes is not None and live.event_bytes + size > lim.max_turn_bytes:
-            return f"limit: the turn emitted more than {lim.max_turn_bytes} event bytes (limits.max_turn_bytes)"
-        return None
+        problem = self.guard.check_event(seq + 1, live.event_bytes, size)
+        return f"limit: {problem}" if problem else None
 
     def _poll_tree(self, live: Live, now: float) -> None:
-        """Memory and process count of the whole tree (psutil), every ``limits.poll_s``."""
+        """Memory and process count of the whole tree, every ``limits.poll_s``."""
         live.next_poll = now + self.limits.poll_s
         if live.tree is None or live.intent is not Intent.NONE:
             return
-        procs = [p for p in live.tree.processes() if _alive(p)]
-        lim = self.limits
-        if lim.max_processes is not None and len(procs) > lim.max_processes:
-            live.intent = Intent.LIMIT
-            live.intent_message = f"the turn ran {len(procs)} processes (limits.max_processes {lim.max_processes})"
-        elif lim.memory_bytes is not None:
-            rss = 0
-            for p in procs:
-                try:
-                    rss += p.memory_info().rss
-                except psutil.Error:
-                    continue
-            if rss > lim.memory_bytes:
-                live.intent = Intent.MEMORY
-                live.intent_message = (f"the turn's processes used {rss >> 20} MiB "
-                                       f"(limits.memory_bytes {lim.memory_bytes >> 20} MiB)")
-        if live.intent is not Intent.NONE:
+        verdict = self.guard.check_tree(live.tree.processes())
+        if verdict is not None:
+            live.intent, live.intent_message = verdict
             live.log.warning("turn_stopped", reason=live.intent_message)
             self._signal(live, signal.SIGKILL)
 
@@ -444,9 +428,7 @@ class Relay:
     def _schedule_escalation(self, live: Live) -> None:
         if live.exited or live.term_at is not None or live.kill_at is not None:
             return
-        now = time.monotonic()
-        live.term_at = now + self.escalation.cancel_grace_s
-        live.kill_at = live.term_at + self.escalation.kill_grace_s
+        live.term_at, live.kill_at = self.escalation.deadlines(time.monotonic())
 
     def _signal(self, live: Live, sig: int) -> None:
         if live.tree is not None:
@@ -542,9 +524,3 @@ class Relay:
         if self.on_ended is not None:
             self.on_ended(info)
 
-
-def _alive(p: psutil.Process) -> bool:
-    try:
-        return bool(p.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
