@@ -42,7 +42,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1073,6 +1073,60 @@ def orphaned_cpu(d: RunningDaemon) -> float:
     return total
 
 
+class OtherLoad:
+    """Machine CPU used by processes that are not this benchmark's, over a section:
+    machine busy - us - our reaped children (helpers) - the daemon's tree (live, and reaped by it)."""
+
+    def __init__(self, d: RunningDaemon) -> None:
+        import psutil
+        self.daemon = psutil.Process(d.proc.pid)
+
+    def _daemon_tree(self) -> float:
+        import psutil
+        total = 0.0
+        try:
+            procs = [self.daemon, *self.daemon.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def _now(self) -> tuple[float, float, float, float]:
+        machine, ours = cpu_seconds()
+        return machine, ours, self._daemon_tree(), time.monotonic()
+
+    def __enter__(self) -> OtherLoad:
+        self.start = self._now()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._now()
+        self.wall = end[3] - self.start[3]
+        self.other = max(0.0, (end[0] - self.start[0]) - (end[1] - self.start[1]) - (end[2] - self.start[2]))
+
+    def line(self) -> str:
+        return (f"other processes on the machine during this section: {self.other:.1f} core-s of "
+                f"{(os.cpu_count() or 1) * self.wall:.0f}")
+
+
+def git_version() -> str:
+    """The commit measured, and whether the tree had uncommitted changes."""
+    try:
+        def git(*a: str) -> str:
+            return subprocess.run(["git", *a], cwd=SCRIPTS.parent, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return f"{head}{' + uncommitted changes' if dirty else ''}" if head else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def own_cpu() -> float:
     u = resource.getrusage(resource.RUSAGE_SELF)
     return u.ru_utime + u.ru_stime
@@ -1114,6 +1168,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sizes = QUICK if args.quick else FULL
     raise_nofile()
+    code_version = git_version()
     busy, waited = wait_quiet()
     tmp = Path(tempfile.mkdtemp(prefix="runnerd-bench-daemon-"))
     report = Report()
@@ -1125,9 +1180,17 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"runnerd pid {d.proc.pid} on {d.socket}")
     leftovers: list[str] = []
     try:
-        bench_start(report, sizes, d)
-        bench_fanout(report, sizes, d, tmp)  # before the floods, on a daemon that has only run small turns
-        bench_throughput(report, sizes, d, tmp)
+        # The fan-out runs before the floods, on a daemon that has only run small turns.
+        sections: list[tuple[str, Callable[[], None]]] = [
+            ("1.", lambda: bench_start(report, sizes, d)),
+            ("3.", lambda: bench_fanout(report, sizes, d, tmp)),
+            ("2.", lambda: bench_throughput(report, sizes, d, tmp)),
+        ]
+        for prefix, run in sections:
+            with OtherLoad(d) as load:
+                run()
+            title = next(t for t in report.sections if t.startswith(prefix))
+            report.line(title, load.line())
     finally:
         orphans = orphaned_cpu(d)
         code, took, leftovers = stop_daemon(d)
@@ -1148,7 +1211,7 @@ def main(argv: list[str] | None = None) -> int:
     import psutil
     mine = [f"{p.pid} {' '.join(p.cmdline())[:70]}" for p in psutil.Process().children(recursive=True)]
     print(f"runnerd daemon/SSE benchmark ({'quick' if args.quick else 'default'} sizes), "
-          f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {wall:.0f} s")
+          f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {wall:.0f} s, code {code_version}")
     print(report.render())
     if log_tail and any('"level":"error"' in x or "error" in x.lower() for x in log_tail):
         print("\nrunnerd log tail:\n  " + "\n  ".join(log_tail))
