@@ -94,7 +94,7 @@ def _compact(lines: Iterable[bytes]) -> list[bytes]:
         last_message_seq = head.seq
         if kind == "TEXT_MESSAGE_START":
             if e["messageId"] not in by_id:
-                started = {"id": e["messageId"], "role": e.get("role", "assistant"), "content": ""}
+                started = {"id": e["messageId"], "role": e.get("role", "assistant"), "content": []}
                 by_id[started["id"]] = started
                 messages.append(started)
             open_messages.add(e["messageId"])
@@ -102,7 +102,9 @@ def _compact(lines: Iterable[bytes]) -> list[bytes]:
             if e["messageId"] not in open_messages:
                 raise CompactionError(f"content for message {e['messageId']} outside START/END at seq {head.seq}")
             target = by_id[e["messageId"]]
-            target["content"] = (target.get("content") or "") + e["delta"]
+            if not isinstance(target.get("content"), list):  # it came from an agent's snapshot
+                target["content"] = [target.get("content") or ""]
+            target["content"].append(e["delta"])  # joined once at the end: linear
         elif kind == "TEXT_MESSAGE_END":
             open_messages.discard(e["messageId"])
         elif kind == "TOOL_CALL_START":
@@ -114,14 +116,14 @@ def _compact(lines: Iterable[bytes]) -> list[bytes]:
                 messages.append(found)
             parent = found
             new_call = {"id": e["toolCallId"], "type": "function",
-                        "function": {"name": e["toolCallName"], "arguments": ""}}
+                        "function": {"name": e["toolCallName"], "arguments": []}}
             parent.setdefault("toolCalls", []).append(new_call)
             calls[e["toolCallId"]] = new_call
             open_calls.add(e["toolCallId"])
         elif kind == "TOOL_CALL_ARGS":
             if e["toolCallId"] not in open_calls:
                 raise CompactionError(f"args for tool call {e['toolCallId']} outside START/END at seq {head.seq}")
-            calls[e["toolCallId"]]["function"]["arguments"] += e["delta"]
+            calls[e["toolCallId"]]["function"]["arguments"].append(e["delta"])
         elif kind == "TOOL_CALL_END":
             open_calls.discard(e["toolCallId"])
         elif kind == "TOOL_CALL_RESULT":
@@ -136,6 +138,12 @@ def _compact(lines: Iterable[bytes]) -> list[bytes]:
         raise CompactionError(f"message {sorted(open_messages)[0]} was never ended")
     if open_calls:
         raise CompactionError(f"tool call {sorted(open_calls)[0]} was never ended")
+    for msg in messages:  # pieces collected above, joined once
+        if isinstance(msg, dict) and isinstance(msg.get("content"), list):
+            msg["content"] = "".join(msg["content"])
+        for call in msg.get("toolCalls", []) if isinstance(msg, dict) else []:
+            if isinstance(call.get("function", {}).get("arguments"), list):
+                call["function"]["arguments"] = "".join(call["function"]["arguments"])
     out = list(kept)
     if last_message_seq:
         snap = ev.MessagesSnapshot(messages=messages)

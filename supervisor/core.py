@@ -20,7 +20,7 @@ from ipc.protocol import TurnSpec
 from ipc.wire import FrameReader, max_frame_bytes
 from supervisor.config import Config
 from supervisor.errors import (
-    HistoryGap, InvalidCursor, InvalidRequest, QueueFull, SessionBusy, SupervisorClosed, UnknownAgent, UnknownTurn,
+    HistoryGap, InvalidCursor, InvalidRequest, QueueFull, ResourceUnavailable, SessionBusy, SupervisorClosed, UnknownAgent, UnknownTurn,
 )
 from supervisor.eventlog import FileEventLog, line_seq
 from supervisor.ids import new_turn_id, validate_session_id, validate_turn_id
@@ -215,7 +215,10 @@ class Supervisor:
                         env_allowlist=tuple(limits.env_allowlist) if limits.env_allowlist is not None else None,
                         open_files=limits.open_files, core_dumps=limits.core_dumps,
                         uid=self._uid, gid=self._gid)
-        self.eventlog.create(info)
+        try:
+            self.eventlog.create(info)
+        except OSError as exc:  # EMFILE, ENOSPC, EAGAIN …: nothing was started
+            raise ResourceUnavailable(f"cannot create the turn's log: {exc.strerror or exc}") from None
         self.registry.open(turn_id)
         pending = Pending(turn_id, session_id, (info, spec))
         with self._lock:

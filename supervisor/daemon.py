@@ -246,9 +246,20 @@ class Daemon:
             sdnotify.notify(*lines)
 
 
+def raise_nofile_limit() -> int:
+    """Every SSE stream and every turn holds descriptors: use the whole hard limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
 def run(config: Config) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit code."""
     configure_logging(config.log_level)
+    raise_nofile_limit()
     try:
         return asyncio.run(Daemon(config).run())
     except StartupError as exc:

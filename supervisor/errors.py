@@ -67,3 +67,10 @@ class HistoryGap(RunnerdError, LookupError):
 class QueueFull(RunnerdError, RuntimeError):
     code = "queue_full"
     status = 429
+
+
+class ResourceUnavailable(RunnerdError, OSError):
+    """Out of processes, descriptors or disk right now: try again later."""
+
+    code = "resource_unavailable"
+    status = 503

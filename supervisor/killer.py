@@ -115,7 +115,7 @@ def _same(pid: int, create_time: float) -> psutil.Process | None:
         p = psutil.Process(pid)
         if abs(p.create_time() - create_time) < 0.01:
             return p
-    except psutil.Error:
+    except (psutil.Error, OSError):  # OSError: EMFILE when the daemon is out of descriptors
         pass
     return None
 

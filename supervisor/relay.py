@@ -496,10 +496,11 @@ class Relay:
             lines.append(self._started_line(live, seq))
         seq += 1
         lines.append(b'{"seq":%d,' % seq + ev.encode_event(ending.terminal)[1:])
-        with self.lock:
+        with self.lock:  # ended and its last seq together: a reader never sees one without the other
             info.status = ending.status
             info.error = ending.error
             info.ended_at = time.time()
+            info.last_seq = seq
         if self.on_released is not None:
             self.on_released(info.turn_id)  # whoever sees the terminal event may start the next
         try:
