@@ -346,7 +346,7 @@ class Supervisor:
 
         Waits on the registry's end, so the terminal event is readable on return.
         """
-        self._ensure_stream(turn_id)
+        self.ensure_stream(turn_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             last, ended = self.registry.position(turn_id)
@@ -376,7 +376,7 @@ class Supervisor:
             truncated = (line_seq(lines[-1]) < line_seq(snapshot[-1])) if lines and after is not None \
                 else len(lines) < len([x for x in snapshot if after is None or line_seq(x) > after])
         else:
-            self._ensure_stream(turn_id)
+            self.ensure_stream(turn_id)
             if after is None:
                 lines, total = self._tail(turn_id, limit)
                 truncated = bool(lines) and line_seq(lines[0]) > 1 or (not lines and total > 0)
@@ -446,7 +446,7 @@ class Supervisor:
             if snapshot:
                 yield snapshot
             return
-        self._ensure_stream(turn_id)
+        self.ensure_stream(turn_id)
         cursor = after
         while True:
             lines, last, ended = self._read(turn_id, cursor, _READ_CHUNK)
@@ -480,7 +480,7 @@ class Supervisor:
     async def aevent_batches(self, turn_id: str, *, after: int = 0, follow: bool = True,
                              timeout: float | None = None) -> AsyncIterator[list[bytes]]:
         self._check_cursor(after, self.status(turn_id).last_seq)
-        self._ensure_stream(turn_id)
+        self.ensure_stream(turn_id)
         cursor = after
         while True:
             slice_ = self.registry.read(turn_id, cursor, _READ_CHUNK)
@@ -501,6 +501,14 @@ class Supervisor:
             except asyncio.TimeoutError:
                 raise TimeoutError(f"no event after seq {cursor} within {timeout} s") from None
 
+    async def aread(self, turn_id: str, after: int, limit: int = _READ_CHUNK) -> tuple[list[bytes], int, bool]:
+        """One batch after ``after`` without blocking the loop: memory first, the log in a thread."""
+        s = self.registry.read(turn_id, after, limit)
+        if s.events is not None:
+            return s.events, s.last_seq, s.ended
+        lines = await asyncio.to_thread(self.eventlog.read_after, turn_id, after, limit, s.last_seq)
+        return lines, s.last_seq, s.ended
+
     # -- internals ---------------------------------------------------------------
 
     @staticmethod
@@ -510,7 +518,7 @@ class Supervisor:
         if after > last_seq:
             raise InvalidCursor(f"cursor {after} is beyond the last seq {last_seq}")
 
-    def _ensure_stream(self, turn_id: str) -> None:
+    def ensure_stream(self, turn_id: str) -> None:
         """Turns from an earlier run of the daemon get a (memory-less) stream on first read."""
         if turn_id not in self.registry:
             info = self.status(turn_id)  # no lock held here: status takes its own

@@ -49,7 +49,7 @@ class EventLog(Protocol):
     def create(self, info: TurnInfo) -> None: ...
     def append(self, turn_id: str, lines: list[bytes]) -> None: ...
     def close(self, turn_id: str) -> None: ...
-    def write_meta(self, info: TurnInfo) -> None: ...
+    def write_meta(self, info: TurnInfo, *, durable: bool = True) -> None: ...
     def read_meta(self, turn_id: str) -> TurnInfo | None: ...
     def list_meta(self) -> list[TurnInfo]: ...
     def read_after(self, turn_id: str, after: int, limit: int, upto: int) -> list[bytes]: ...
@@ -84,7 +84,7 @@ class FileEventLog:
     def create(self, info: TurnInfo) -> None:
         fd = os.open(self._log_path(info.turn_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self._fds[info.turn_id] = fd
-        self.write_meta(info)
+        self.write_meta(info, durable=False)
 
     def reopen(self, turn_id: str) -> int:
         """Open an existing log for appending after cutting a torn last line; return its last seq."""
@@ -113,14 +113,20 @@ class FileEventLog:
             finally:
                 os.close(fd)
 
-    def write_meta(self, info: TurnInfo) -> None:
-        """Replace atomically: temp file, fsync, rename."""
+    def write_meta(self, info: TurnInfo, *, durable: bool = True) -> None:
+        """Replace atomically: temp file, (fsync,) rename.
+
+        ``durable=False`` skips the fsync for intermediate states (created,
+        running): a daemon crash keeps them (the page cache survives it);
+        only a power loss could, and the log itself still names the turn.
+        """
         path = self._meta_path(info.turn_id)
         tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")  # one per writer thread
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, msgspec.json.encode(info))
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)

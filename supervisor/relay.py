@@ -242,7 +242,7 @@ class Relay:
         if live.intent is not Intent.NONE:  # cancelled before we saw it
             self._schedule_escalation(live)
         try:
-            self.eventlog.write_meta(live.info)  # pid + create time: what recovery needs
+            self.eventlog.write_meta(live.info, durable=False)  # pid + create time: what recovery needs
         except OSError as exc:
             live.log.error("metadata_write_failed", error=str(exc))
         live.log.info("turn_spawned", pid=proc.pid)

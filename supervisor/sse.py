@@ -9,14 +9,12 @@ to send ``event: shutdown`` and close, rather than trusting the server to.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import msgspec
 
 from starlette.types import Receive, Scope, Send
 
 from supervisor.core import Supervisor
-from supervisor.errors import HistoryGap
 from supervisor.eventlog import line_seq
 
 SHUTDOWN_FRAME = b'event: shutdown\ndata: {"reason":"runnerd is shutting down"}\n\n'
@@ -48,10 +46,10 @@ class StreamSet:
         self.count = 0
         self.opened_total = 0
         self.slow_dropped = 0
-        self._events: set[asyncio.Event] = set()
+        self._events: set[Stop] = set()
 
-    def register(self) -> asyncio.Event:
-        stop = asyncio.Event()
+    def register(self) -> Stop:
+        stop = Stop()
         if self.closing:
             stop.set()
         self._events.add(stop)
@@ -59,7 +57,7 @@ class StreamSet:
         self.opened_total += 1
         return stop
 
-    def unregister(self, stop: asyncio.Event) -> None:
+    def unregister(self, stop: Stop) -> None:
         self._events.discard(stop)
         self.count -= 1
 
@@ -68,6 +66,27 @@ class StreamSet:
         self.closing = True
         for stop in list(self._events):
             stop.set()
+
+
+class Stop:
+    """A stream's shutdown flag; setting it also wakes the stream's loop."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Event] = []
+
+    def add_waiter(self, event: asyncio.Event) -> None:
+        self._waiters.append(event)
+        if self._set:
+            event.set()
+
+    def set(self) -> None:
+        self._set = True
+        for event in self._waiters:
+            event.set()
+
+    def is_set(self) -> bool:
+        return self._set
 
 
 class EventStream:
@@ -93,37 +112,42 @@ class EventStream:
             await send({"type": "http.response.body", "body": body, "more_body": False})
             return
         stop = self.streams.register()
-        batches: AsyncIterator[list[bytes]] = self.sup.aevent_batches(self.turn_id, after=self.after)
-        pending: asyncio.Task[list[bytes]] | None = None
-        disconnect = asyncio.ensure_future(_wait_disconnect(receive))
-        stopping = asyncio.ensure_future(stop.wait())
+        # One event per stream, set by new events, by shutdown and by a disconnect:
+        # the loop below creates no task or timer per event (1,000 subscribers).
+        wake = asyncio.Event()
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, wake))
+        stop.add_waiter(wake)
+        cursor = self.after
         try:
+            self.sup.ensure_stream(self.turn_id)
+            self.sup.registry.add_waiter(self.turn_id, asyncio.get_running_loop(), wake)
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
             await send({"type": "http.response.body", "body": b": connected\n\n", "more_body": True})
             while True:
-                if pending is None:
-                    pending = asyncio.ensure_future(batches.__anext__())
-                done, _ = await asyncio.wait({pending, disconnect, stopping}, timeout=self.keepalive_s,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if disconnect in done:
-                    return
-                if pending in done:
-                    try:
-                        lines = pending.result()
-                    except StopAsyncIteration:  # the terminal event was sent
-                        await send({"type": "http.response.body", "body": b"", "more_body": False})
-                        return
-                    except HistoryGap as exc:  # said out loud, then closed: never a silent skip
-                        frame = b"event: gap\ndata: %s\n\n" % msgspec.json.encode({"reason": str(exc)})
-                        await send({"type": "http.response.body", "body": frame, "more_body": False})
-                        return
-                    pending = None
-                    await self._write(send, encode_frames(lines))
-                    continue
-                if stopping in done:
+                wake.clear()  # before reading: an append after the read sets it again
+                if watcher.done():
+                    return  # the client went away; it can resume with its cursor
+                if stop.is_set():
                     await send({"type": "http.response.body", "body": SHUTDOWN_FRAME, "more_body": False})
                     return
-                await self._write(send, KEEPALIVE_FRAME)
+                lines, last, ended = await self.sup.aread(self.turn_id, cursor)
+                if lines:
+                    cursor = line_seq(lines[-1])
+                    await self._write(send, encode_frames(lines))
+                    continue
+                if cursor < last:  # counted but unreadable: said out loud, then closed
+                    frame = b"event: gap\ndata: %s\n\n" % msgspec.json.encode(
+                        {"reason": f"events {cursor + 1}-{last} are not in the turn's log"})
+                    await send({"type": "http.response.body", "body": frame, "more_body": False})
+                    return
+                if ended:  # the terminal event was sent
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return
+                try:
+                    async with asyncio.timeout(self.keepalive_s):
+                        await wake.wait()
+                except TimeoutError:
+                    await self._write(send, KEEPALIVE_FRAME)
         except SlowConsumer:
             self.streams.slow_dropped += 1  # it can come back with its cursor
             return
@@ -131,13 +155,9 @@ class EventStream:
             return  # the client went away mid-write; it can resume with its cursor
         finally:
             self.streams.unregister(stop)
-            tasks = [t for t in (pending, disconnect, stopping) if t is not None]
-            for task in tasks:
-                task.cancel()
-            # Let a cancelled __anext__ unwind before closing its generator.
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await batches.aclose()  # type: ignore[attr-defined]
-
+            self.sup.registry.remove_waiter(self.turn_id, wake)
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
 
     async def _write(self, send: Send, body: bytes) -> None:
         """Bounded in bytes per send and in time per send: a subscriber that does not
@@ -146,13 +166,15 @@ class EventStream:
             message = {"type": "http.response.body", "body": body[start:start + MAX_WRITE_BYTES],
                        "more_body": True}
             try:
-                await asyncio.wait_for(send(message), self.send_timeout_s)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.send_timeout_s):  # a timer, not a task per send
+                    await send(message)
+            except TimeoutError:
                 raise SlowConsumer() from None
 
 
-async def _wait_disconnect(receive: Receive) -> None:
+async def _watch_disconnect(receive: Receive, wake: asyncio.Event) -> None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
+            wake.set()
             return
