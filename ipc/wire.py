@@ -91,21 +91,30 @@ class FrameWriter:
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+        self._fd = conn.fileno()
         self._write_lock = threading.Lock()
         self._pending_lock = threading.Lock()
         self._pending: list[bytes] = []
 
     def send(self, frame: Frame) -> None:
         with self._write_lock:
-            self._conn.send_bytes(_encoder.encode(frame))
+            self._write(_encoder.encode(frame))
 
     def send_events(self, events: list[bytes]) -> None:
         """Return only once ``events`` are in the pipe.
 
+        Uncontended (the common case), the events go out at once as one frame.
         A thread that finds another write in flight leaves its events in
         ``_pending``; whoever takes the write lock next sends all of them as
         one frame, so a backlog becomes one write instead of many.
         """
+        if not self._pending and self._write_lock.acquire(blocking=False):
+            try:
+                for frame in _split_batch(events):
+                    self._write(_encoder.encode(Batch(frame)))
+            finally:
+                self._write_lock.release()
+            return  # a thread queued behind us flushes its own events
         with self._pending_lock:
             self._pending.extend(events)
         with self._write_lock:
@@ -113,7 +122,16 @@ class FrameWriter:
                 batch, self._pending = self._pending, []
             # empty: a thread before us already wrote our events
             for frame in _split_batch(batch):
-                self._conn.send_bytes(_encoder.encode(Batch(frame)))
+                self._write(_encoder.encode(Batch(frame)))
+
+    def _write(self, payload: bytes) -> None:
+        """``Connection.send_bytes``' framing, in one ``write(2)`` for small frames."""
+        size = len(payload)
+        data = _HEADER.pack(size) + payload if size < 0x7FFFFFFF else (
+            _HEADER.pack(-1) + _BIG_HEADER.pack(size) + payload)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
 
     def close(self) -> None:
         self._conn.close()

@@ -87,6 +87,24 @@ class TurnTree:
                 continue
         return alive
 
+    def sweep(self, sig: int) -> int:
+        """One scan: signal what lives, reap adopted zombies; return how many live."""
+        if _same(self.root_pid, self.root_create_time) is not None:
+            _killpg(self.root_pid, sig)
+        me = os.getpid()
+        alive = 0
+        for p in self.processes():
+            try:
+                if p.status() == psutil.STATUS_ZOMBIE:
+                    if p.pid != self.root_pid and p.ppid() == me:
+                        os.waitpid(p.pid, os.WNOHANG)
+                    continue
+                p.send_signal(sig)
+                alive += 1
+            except (psutil.Error, ChildProcessError):
+                continue
+        return alive
+
     def reap(self) -> int:
         """Reap adopted zombies of this turn; return how many processes remain."""
         remaining = 0

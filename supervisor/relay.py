@@ -361,7 +361,8 @@ class Relay:
         # The turn is over; whatever it left running goes now.
         live.reap_until = time.monotonic() + REAP_TIMEOUT_S
         live.term_at = live.kill_at = live.timeout_at = None
-        self._signal(live, signal.SIGKILL)
+        if live.tree is None or live.tree.sweep(signal.SIGKILL) == 0:
+            self._finish(live)  # nothing was left: no reaping phase, no second scan
 
     def _root_alive(self, live: Live) -> bool:
         tree = live.tree
@@ -398,11 +399,11 @@ class Relay:
     def _check_deadlines(self, live: Live, now: float) -> None:
         if self._watched() and not live.exited and now >= live.next_poll:
             self._poll_tree(live, now)
+        if live.finished:
+            return
         if live.reap_until is not None:
-            remaining = live.tree.reap() if live.tree else 0
+            remaining = live.tree.sweep(signal.SIGKILL) if live.tree else 0
             if remaining and now < live.reap_until:
-                if remaining:
-                    self._signal(live, signal.SIGKILL)
                 return
             if remaining:
                 live.log.error("turn_processes_survived", count=remaining)

@@ -30,6 +30,7 @@ from ipc.token import CancelToken, new_token
 
 WORKER_ENTRY = "worker.main:run"
 PRELOAD_ENV = "RUNNERD_PRELOAD"
+PRELOAD_PATH_ENV = "RUNNERD_PRELOAD_PATH"
 _PR_SET_CHILD_SUBREAPER = 36
 _start_lock = threading.Lock()  # hiding __main__ is process-wide
 
@@ -79,16 +80,20 @@ class Spawner:
             if self._warm:
                 return
             multiprocessing.forkserver.set_forkserver_preload(["ipc.boot", "worker.main", "worker.preload"])
-            saved = os.environ.get(PRELOAD_ENV)
+            # The forkserver ignores the parent's sys.path (3.11): hand it over too,
+            # or agents importable only through a host-added path are not preloaded.
+            saved = {k: os.environ.get(k) for k in (PRELOAD_ENV, PRELOAD_PATH_ENV)}
             os.environ[PRELOAD_ENV] = ",".join(self._preload)
+            os.environ[PRELOAD_PATH_ENV] = os.pathsep.join(sys.path)
             try:
                 with _main_hidden():
                     multiprocessing.forkserver.ensure_running()
             finally:
-                if saved is None:
-                    os.environ.pop(PRELOAD_ENV, None)
-                else:
-                    os.environ[PRELOAD_ENV] = saved
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
             self._warm = True
 
     def spawn(self, spec: TurnSpec) -> Spawned:

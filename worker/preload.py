@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
+
+for _entry in os.environ.get("RUNNERD_PRELOAD_PATH", "").split(os.pathsep):
+    if _entry and _entry not in sys.path:
+        sys.path.append(_entry)
 
 for _name in filter(None, os.environ.get("RUNNERD_PRELOAD", "").split(",")):
     try:
