@@ -26,6 +26,8 @@ class OutputSink:
 
     def drain(self, chunk: int = 1 << 16, rounds: int = 16) -> None:
         """Read what is there now (bounded, so one chatty turn cannot starve the relay)."""
+        if self.eof:
+            return
         for _ in range(rounds):
             try:
                 data = os.read(self.fd, chunk)
@@ -48,6 +50,7 @@ class OutputSink:
 
     def close(self) -> None:
         self.drain()
+        self.eof = True
         if self._file is not None:
             os.close(self._file)
             self._file = None

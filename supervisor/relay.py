@@ -68,6 +68,7 @@ class Live:
     output: OutputSink | None = None
     watch_root: bool = False  # the forkserver died: liveness from psutil, not the sentinel
     finished: bool = False
+    leftovers: int | None = None  # processes the exit's sweep found still alive
     event_bytes: int = 0
     next_poll: float = 0.0
 
@@ -175,6 +176,8 @@ class Relay:
             if obj == self._wake_r:
                 continue
             live, kind = handles[obj]  # type: ignore[index]
+            if live.finished:
+                continue  # its fds are closed (their numbers may already be reused)
             if kind == "pipe":
                 self._pump(live)
             elif kind == "output":
@@ -361,8 +364,9 @@ class Relay:
         # The turn is over; whatever it left running goes now.
         live.reap_until = time.monotonic() + REAP_TIMEOUT_S
         live.term_at = live.kill_at = live.timeout_at = None
-        if live.tree is None or live.tree.sweep(signal.SIGKILL) == 0:
-            self._finish(live)  # nothing was left: no reaping phase, no second scan
+        # Finished in _check_deadlines, after this step's ready list: finishing here
+        # would close fds that list may still name (and a new turn may reuse).
+        live.leftovers = live.tree.sweep(signal.SIGKILL) if live.tree is not None else 0
 
     def _root_alive(self, live: Live) -> bool:
         tree = live.tree
@@ -402,7 +406,10 @@ class Relay:
         if live.finished:
             return
         if live.reap_until is not None:
-            remaining = live.tree.sweep(signal.SIGKILL) if live.tree else 0
+            if live.leftovers is not None:  # the exit's own sweep: no second scan
+                remaining, live.leftovers = live.leftovers, None
+            else:
+                remaining = live.tree.sweep(signal.SIGKILL) if live.tree else 0
             if remaining and now < live.reap_until:
                 return
             if remaining:

@@ -205,7 +205,7 @@ def introspect(ctx: TurnContext, input: Any) -> dict[str, Any]:
     import resource
     return {"env": sorted(os.environ), "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             "core": resource.getrlimit(resource.RLIMIT_CORE)[1], "pgid_is_pid": os.getpgid(0) == os.getpid(),
-            "sid_is_pid": os.getsid(0) == os.getpid()}
+            "sid_is_pid": os.getsid(0) == os.getpid(), "uid": os.getuid(), "gid": os.getgid()}
 
 
 def many_events(ctx: TurnContext, input: Any) -> None:

@@ -157,3 +157,18 @@ def test_prune_removes_oldest_and_a_cursor_before_what_is_retained_gets_a_gap(tm
     with Supervisor(cfg) as sup:  # and after a restart
         assert sup.status(ids[1]).raw_removed
         assert sorted(i.turn_id for i in sup.list_turns()) == ids[1:]
+
+
+@pytest.mark.timeout(30)
+def test_a_compacted_file_that_disagrees_with_its_log_is_ignored_and_rebuilt(sup: Supervisor) -> None:
+    turn = sup.start_turn("demo", {"delay": 0})
+    sup.wait(turn.turn_id, 10)
+    wait_for(lambda: sup.status(turn.turn_id).compaction == "done")
+    path = sup.eventlog.dir / f"{turn.turn_id}.compact.jsonl"
+    lines = path.read_bytes().splitlines()
+    path.write_bytes(b"\n".join(lines[:-1]) + b"\n")  # lost its terminal event
+    page = sup.export(turn.turn_id, compact=True, limit=1000)
+    assert not page.compacted and page.returned == 40  # served raw, never the bad file
+    wait_for(lambda: sup.status(turn.turn_id).compaction == "done" and
+             path.read_bytes().splitlines() == lines)  # folded again from the full log
+    assert sup.export(turn.turn_id, compact=True).compacted

@@ -97,3 +97,15 @@ def test_the_child_gets_an_allowlisted_environment_and_rlimits(tmp_path: Path) -
                                   "PYTHONUNBUFFERED", "VIRTUAL_ENV", "RUNNERD_TURN_ID"}
     assert result["nofile"] == 256 and result["core"] == 0
     assert result["pgid_is_pid"] and result["sid_is_pid"]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+def test_the_turn_can_drop_to_another_user(tmp_path: Path) -> None:
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    with _limited(tmp_path, user="nobody") as sup:
+        turn = sup.start_turn("introspect")
+        last = list(sup.events(turn.turn_id, timeout=20))[-1][1]
+    assert isinstance(last, ev.RunFinished), last
+    assert (last.result["uid"], last.result["gid"]) == (nobody.pw_uid, nobody.pw_gid)

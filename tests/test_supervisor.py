@@ -231,3 +231,22 @@ def test_a_daemon_dying_between_terminal_event_and_metadata_gets_no_second_termi
         events = [e for _, e in sup.events(turn.turn_id)]
         assert sum(isinstance(e, (ev.RunFinished, ev.RunError)) for e in events) == 1
         assert len(events) == 5
+
+
+@pytest.mark.timeout(60)
+def test_many_short_turns_started_from_threads_all_succeed(sup: Supervisor) -> None:
+    """Regression: finishing a turn while its fds were still in the step's ready list
+    let a turn started meanwhile reuse an fd number and lose its exit status (255)."""
+    results: list[TurnStatus] = []
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            turn = sup.start_turn("count", {"n": 1})
+            results.append(sup.wait(turn.turn_id, 20).status)
+
+    threads = [threading.Thread(target=run, args=(25,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(50)
+    assert results == [TurnStatus.SUCCEEDED] * 100
