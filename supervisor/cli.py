@@ -259,8 +259,8 @@ def list_(ctx: Ctx, status_: str | None, session: str | None, limit: int) -> Non
 def export(ctx: Ctx, turn_id: str, limit: int, after: int | None, fmt: str | None, compact: bool) -> None:
     """Print a turn's history as plain JSON; never waits, even while the turn runs."""
     page = ctx.client.export(turn_id, limit=limit, after=after, compact=compact)
-    if page.gap is not None and not ctx.json:
-        click.echo(f"gap: {page.gap['reason']}", err=True)
+    if not isinstance(page.gap, msgspec.UnsetType) and not ctx.json:
+        click.echo(f"gap: {page.gap.reason}", err=True)
     fmt = fmt or ("json" if ctx.json else "text")
     if fmt == "json":
         _out_json(page)

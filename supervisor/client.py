@@ -20,6 +20,7 @@ from httpx_sse import aconnect_sse, connect_sse
 from ipc import events as ev
 from supervisor import errors
 from supervisor.config import default_socket_path
+from supervisor.core import ExportPage
 from supervisor.ids import validate_turn_id
 from supervisor.turns import TurnInfo
 
@@ -48,26 +49,7 @@ class RequestFailed(errors.RunnerdError):
         self.code = code
 
 
-class ExportResult(msgspec.Struct):
-    turn: TurnInfo
-    events: list[msgspec.Raw]
-    total: int
-    returned: int
-    truncated: bool
-    next_after: int
-    compacted: bool = False
-    gap: dict[str, Any] | None = None
-
-    def items(self) -> list[tuple[int, ev.Event]]:
-        out = []
-        for raw in self.events:
-            data = bytes(raw)
-            out.append((msgspec.json.decode(data, type=_Seq).seq, ev.decode_event(data)))
-        return out
-
-
-class _Seq(msgspec.Struct):
-    seq: int
+ExportResult = ExportPage  # the daemon's export body decodes into the same struct
 
 
 def _target(socket: str | None, url: str | None) -> tuple[str, str | None]:

@@ -33,7 +33,7 @@ from supervisor.killer import Escalation, TurnTree
 from supervisor.limits import LimitGuard
 from supervisor.output import OutputSink
 from supervisor.registry import StreamRegistry
-from supervisor.spawn import Spawned
+from supervisor.spawn import Spawned, exitcode
 from supervisor.turns import Ending, Intent, TurnInfo, TurnStatus, classify
 
 log = structlog.get_logger("runnerd.relay")
@@ -347,9 +347,12 @@ class Relay:
         if live.watch_root:  # the forkserver is gone: the root is our (adopted) child now
             code = self._reap_root(live)
         else:
-            if proc.exitcode is None:
-                proc.join(1.0)  # spawn: the sentinel can fire a moment before the zombie exists
-            code = proc.exitcode
+            code = exitcode(proc)
+            deadline = time.monotonic() + 1.0
+            while code is None and time.monotonic() < deadline:
+                # spawn: the sentinel can fire a moment before the zombie exists
+                time.sleep(0.001)
+                code = exitcode(proc)
             if code == 255 and self._root_alive(live):
                 # The forkserver died (its sentinel reads EOF as 255), not the turn:
                 # keep the turn and watch its root directly.
@@ -397,7 +400,7 @@ class Relay:
             if live.watch_root:
                 if not self._root_alive(live):
                     self._on_exit(live)
-            elif self.poll_exit and live.spawned.process.exitcode is not None:
+            elif self.poll_exit and exitcode(live.spawned.process) is not None:
                 self._on_exit(live)
 
     def _check_deadlines(self, live: Live, now: float) -> None:

@@ -63,6 +63,17 @@ def become_subreaper() -> bool:
     return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
 
 
+def exitcode(process: Any) -> int | None:
+    """``process.exitcode``, read under the start lock.
+
+    ``Process.start()`` polls every earlier child (``multiprocessing.process._cleanup``)
+    from the starting thread; two threads polling one forkserver Popen race on its
+    sentinel, and the loser reads EOF and records exit code 255 for a healthy turn.
+    """
+    with _start_lock:
+        return process.exitcode  # type: ignore[no-any-return]
+
+
 class Spawner:
     """Starts worker processes; knows nothing of events or HTTP."""
 
