@@ -35,4 +35,4 @@ def test_the_readme_test_command_is_what_ci_runs() -> None:
     ci = (Path(__file__).parent.parent / ".ci" / "run").read_text()
     command = "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/python -m pytest -q"
     assert command in README
-    assert command.replace("pip install", "pip install -q") in ci
+    assert command in ci.splitlines()
