@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing
 import os
 import shutil
@@ -43,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 SCRIPTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(SCRIPTS))
+from benchlib import median, ms, pct  # noqa: E402
 REPO = SCRIPTS.parent
 sys.path.insert(0, str(SCRIPTS))  # bench_agents; multiprocessing hands sys.path to children
 
@@ -101,20 +102,6 @@ QUICK = Sizes(raw_events=200_000, relay_events=50_000, queue_events=50_000, repe
 
 
 # -- statistics and the report ------------------------------------------------------
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
-def median(values: Sequence[float]) -> float:
-    return pct(values, 50)
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.2f} ms"
 
 
 def dist(values_s: Sequence[float]) -> str:

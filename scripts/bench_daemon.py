@@ -48,6 +48,8 @@ from pathlib import Path
 from typing import Any
 
 SCRIPTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(SCRIPTS))
+from benchlib import launch_runnerd, median, ms, pct, stop_process  # noqa: E402
 THIS = Path(__file__).resolve()
 BIN = Path(sys.executable).parent
 WAIT_S = 60.0  # bound on any single wait, so a broken run fails instead of hanging
@@ -78,20 +80,6 @@ RAW_LINE = (b'{"seq":%d,"type":"TEXT_MESSAGE_CONTENT","timestamp":1700000000000,
 
 
 # -- statistics and the report ---------------------------------------------------------
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
-def median(values: Sequence[float]) -> float:
-    return pct(values, 50)
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.2f} ms"
 
 
 def dist(values_s: Sequence[float]) -> str:
@@ -182,18 +170,6 @@ class LineReader:
 def helper(role: str, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, str(THIS), "--role", role, *args],
                             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int | None:
-    """SIGTERM, wait, then SIGKILL: never leave it running."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return proc.returncode
 
 
 class TreeWatch:
@@ -319,34 +295,8 @@ class RunningDaemon:
 
 
 def start_daemon(tmp: Path) -> RunningDaemon:
-    import httpx
-    run = tmp / "run"
-    lines = [f'state_dir = "{tmp / "state"}"', 'log_level = "warning"', "", "[agents]"]
-    lines += [f'{name} = "{target}"' for name, target in AGENTS.items()]
-    lines += ["", "[server]", f'socket = "{run / "runnerd.sock"}"']
-    config = tmp / "runnerd.toml"
-    config.write_text("\n".join(lines) + "\n")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SCRIPTS), env.get("PYTHONPATH", "")]))
-    env.pop("NOTIFY_SOCKET", None)
-    log = tmp / "runnerd.log"
-    with open(log, "ab") as logf:
-        proc = subprocess.Popen([str(BIN / "runnerd"), "--config", str(config)], stdout=logf,
-                                stderr=logf, stdin=subprocess.DEVNULL, env=env)
-    d = RunningDaemon(proc, str(run / "runnerd.sock"), log, TreeWatch())
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"runnerd exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with d.http(2) as c:
-                if c.get("/v1/health").status_code == 200:
-                    return d
-        except (httpx.TransportError, FileNotFoundError):
-            pass
-        time.sleep(0.02)
-    stop_process(proc)
-    raise RuntimeError("runnerd did not answer /v1/health within 30 s")
+    proc, sock, log = launch_runnerd(tmp, AGENTS, ['log_level = "warning"'])
+    return RunningDaemon(proc, sock, log, TreeWatch())
 
 
 def stop_daemon(d: RunningDaemon) -> tuple[int | None, float, list[str]]:

@@ -39,7 +39,6 @@ import json
 import os
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -52,6 +51,8 @@ from collections.abc import Sequence
 from typing import Any
 
 SCRIPTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(SCRIPTS))
+from benchlib import launch_runnerd, stop_process  # noqa: E402
 THIS = Path(__file__).resolve()
 BIN = Path(sys.executable).parent
 MIB = 1 << 20
@@ -406,47 +407,9 @@ class Daemon:
 
 
 def start_daemon(tmp: Path) -> Daemon:
-    import httpx
-    run = tmp / "run"
-    lines = [f'state_dir = "{tmp / "state"}"', 'log_level = "warning"', "ended_memory_s = 1.0",
-             "compact_finished = false", "", "[agents]"]
-    lines += [f'{name} = "{target}"' for name, target in AGENTS.items()]
-    lines += ["", "[server]", f'socket = "{run / "runnerd.sock"}"']
-    config = tmp / "runnerd.toml"
-    config.write_text("\n".join(lines) + "\n")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SCRIPTS), env.get("PYTHONPATH", "")]))
-    env.pop("NOTIFY_SOCKET", None)
-    log = tmp / "runnerd.log"
-    with open(log, "ab") as logf:
-        proc = subprocess.Popen([str(BIN / "runnerd"), "--config", str(config)], stdout=logf, stderr=logf,
-                                stdin=subprocess.DEVNULL, env=env)
-    d = Daemon(proc, str(run / "runnerd.sock"), log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"runnerd exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with d.http(2) as c:
-                if c.get("/v1/health").status_code == 200:
-                    return d
-        except (httpx.TransportError, FileNotFoundError):
-            pass
-        time.sleep(0.02)
-    stop_process(proc)
-    raise RuntimeError("runnerd did not answer /v1/health within 30 s")
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int | None:
-    """SIGTERM, wait, then SIGKILL: never leave it running."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return proc.returncode
+    proc, sock, log = launch_runnerd(tmp, AGENTS, ['log_level = "warning"', "ended_memory_s = 1.0",
+                                                   "compact_finished = false"])
+    return Daemon(proc, sock, log)
 
 
 def tree_of(pid: int) -> list[Any]:
