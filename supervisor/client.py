@@ -190,16 +190,11 @@ class Client(_Base):
                             raise TimeoutError(f"turn {turn_id} did not end in time")
                         if sse.event == "shutdown":
                             break  # the daemon is stopping; come back with our cursor
-                        if sse.event == "gap" and not compact:
-                            raise errors.HistoryGap(json.loads(sse.data).get("reason", "history gap"))
-                        if not sse.id:
+                        got = _accept(sse, cursor, compact)
+                        if got is None:
                             continue
-                        seq = int(sse.id)
-                        if seq <= cursor:
-                            continue  # never a duplicate, even from a confused server
-                        cursor = seq
-                        data = sse.data.encode()
-                        yield seq, data
+                        cursor, data = got
+                        yield got
                         if _is_terminal(data):
                             return
                     else:  # closed without a terminal event: was it already sent before `after`?
@@ -207,11 +202,7 @@ class Client(_Base):
                         if info.ended and cursor >= info.last_seq:
                             return
             except (httpx.TransportError, FileNotFoundError, errors.SupervisorClosed) as exc:
-                # Gone or shutting down (503): a restarted daemon will have the rest.
-                now = time.monotonic()
-                lost_since = lost_since or now
-                if now - lost_since > reconnect_s:
-                    raise _unavailable(self.where, exc) from None
+                lost_since = _still_lost(lost_since, reconnect_s, self.where, exc)
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"turn {turn_id} did not end in time")
             time.sleep(0.05 if lost_since is None else 0.2)  # back off before reconnecting
@@ -230,6 +221,25 @@ def _export_params(limit: int, after: int | None, compact: bool) -> dict[str, An
     if compact:
         params["compact"] = "true"
     return params
+
+
+def _accept(sse: Any, cursor: int, compact: bool) -> tuple[int, bytes] | None:
+    """The next event of a stream, or None for a frame to skip (comment, or a seq
+    at or below the cursor: never a duplicate). A gap raises unless ``compact``."""
+    if sse.event == "gap" and not compact:
+        raise errors.HistoryGap(json.loads(sse.data).get("reason", "history gap"))
+    if not sse.id or int(sse.id) <= cursor:
+        return None
+    return int(sse.id), sse.data.encode()
+
+
+def _still_lost(lost_since: float | None, reconnect_s: float, where: str, exc: Exception) -> float:
+    """Gone or shutting down (503): a restarted daemon will have the rest, for a while."""
+    now = time.monotonic()
+    lost_since = lost_since or now
+    if now - lost_since > reconnect_s:
+        raise _unavailable(where, exc) from None
+    return lost_since
 
 
 def _is_terminal(data: bytes) -> bool:
@@ -322,12 +332,10 @@ class AsyncClient(_Base):
                     async for sse in source.aiter_sse():
                         if sse.event == "shutdown":
                             break
-                        if sse.event == "gap" and not compact:
-                            raise errors.HistoryGap(json.loads(sse.data).get("reason", "history gap"))
-                        if not sse.id or int(sse.id) <= cursor:
+                        got = _accept(sse, cursor, compact)
+                        if got is None:
                             continue
-                        cursor = int(sse.id)
-                        data = sse.data.encode()
+                        cursor, data = got
                         yield cursor, ev.decode_event(data)
                         if _is_terminal(data):
                             return
@@ -336,8 +344,5 @@ class AsyncClient(_Base):
                         if info.ended and cursor >= info.last_seq:
                             return
             except (httpx.TransportError, FileNotFoundError, errors.SupervisorClosed) as exc:
-                now = time.monotonic()
-                lost_since = lost_since or now
-                if now - lost_since > reconnect_s:
-                    raise _unavailable(self.where, exc) from None
+                lost_since = _still_lost(lost_since, reconnect_s, self.where, exc)
             await asyncio.sleep(0.05 if lost_since is None else 0.2)
