@@ -53,10 +53,10 @@ import bench_agents  # noqa: E402
 from ipc import events as ev  # noqa: E402
 from ipc.wire import FrameWriter  # noqa: E402
 from supervisor.config import Config  # noqa: E402
-from supervisor.core import Supervisor  # noqa: E402
-from supervisor.eventlog import line_seq  # noqa: E402
+from supervisor.embedded import Supervisor  # noqa: E402
+from supervisor.storage.eventlog import line_seq  # noqa: E402
 from supervisor.logs import configure_logging  # noqa: E402
-from supervisor.spawn import _main_hidden  # noqa: E402  (the supervisor's own guard, for reference starts)
+from supervisor.runtime.spawn import _main_hidden  # noqa: E402  (the supervisor's own guard, for reference starts)
 from worker.context import TurnContext  # noqa: E402
 
 AGENTS = {name: f"bench_agents:{name}"
@@ -70,7 +70,7 @@ WAIT_S = 60.0  # bound on any single wait, so a broken run fails instead of hang
 HEAVY_MAIN = '''\
 import sys
 import click, httpx, starlette.applications, starlette.routing, uvicorn  # noqa: F401
-import supervisor.core  # noqa: F401
+import supervisor.embedded  # noqa: F401
 
 if __name__ == "__main__":
     sys.path.insert(0, {scripts!r})
@@ -488,7 +488,7 @@ def run_startup(method: str, sizes: Sizes, tmp: str) -> dict[str, Any]:
 
 def bench_startup(report: Report, sizes: Sizes, tmp: str) -> None:
     report.section("3. start_turn -> RUN_STARTED visible to a reader, one turn at a time "
-                   "(parent __main__ imports supervisor.core, starlette, uvicorn, httpx, click)")
+                   "(parent __main__ imports supervisor.embedded, starlette, uvicorn, httpx, click)")
     for method in ("forkserver", "spawn"):
         r = run_startup(method, sizes, tmp)
         started = r["run_started"]

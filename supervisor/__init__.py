@@ -12,8 +12,8 @@ __all__ = ["Supervisor", "Config", "TurnInfo", "TurnStatus", "ExportPage", "load
 
 def __getattr__(name: str) -> Any:
     if name in ("Supervisor", "ExportPage"):
-        from supervisor import core
-        return getattr(core, name)
+        from supervisor import embedded
+        return getattr(embedded, name)
     if name in ("Config", "load_config"):
         from supervisor import config
         return getattr(config, name)
@@ -21,6 +21,6 @@ def __getattr__(name: str) -> Any:
         from supervisor import turns
         return getattr(turns, name)
     if name in ("Client", "AsyncClient"):
-        from supervisor import client
+        from supervisor.control import client
         return getattr(client, name)
     raise AttributeError(name)

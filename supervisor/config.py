@@ -8,9 +8,9 @@ from pathlib import Path
 import msgspec
 
 DEFAULT_AGENTS = {
-    "demo": "supervisor.demo_agents:chat",
-    "sleep": "supervisor.demo_agents:sleeper",
-    "fail": "supervisor.demo_agents:failer",
+    "demo": "worker.demos:chat",
+    "sleep": "worker.demos:sleeper",
+    "fail": "worker.demos:failer",
 }
 
 

@@ -15,6 +15,7 @@ import msgspec
 
 from ipc import events as ev
 from ipc.protocol import ExitCode
+from supervisor.storage.lines import line_seq
 
 
 class TurnStatus(str, enum.Enum):
@@ -159,3 +160,34 @@ def _now_ms() -> int:
 
 def info_copy(info: TurnInfo, **changes: Any) -> TurnInfo:
     return msgspec.structs.replace(info, **changes)
+
+
+class SeqRange(msgspec.Struct):
+    from_: int = msgspec.field(name="from")
+    to: int
+
+
+class Gap(msgspec.Struct):
+    """The cursor points before what is retained: said out loud, never skipped silently."""
+
+    after: int
+    missing: SeqRange
+    available: SeqRange | None
+    form: str  # what follows instead: "compacted"
+    reason: str
+
+
+class ExportPage(msgspec.Struct):
+    """A page of a turn's history; ``events`` are the stored bytes, spliced unchanged."""
+
+    turn: TurnInfo
+    events: list[msgspec.Raw]
+    total: int
+    returned: int
+    truncated: bool
+    next_after: int
+    compacted: bool = False  # events are the snapshot form (see supervisor.storage.compaction)
+    gap: Gap | msgspec.UnsetType = msgspec.UNSET
+
+    def items(self) -> list[tuple[int, ev.Event]]:
+        return [(line_seq(bytes(r)), ev.decode_event(bytes(r))) for r in self.events]

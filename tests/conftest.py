@@ -15,8 +15,8 @@ TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))  # fixture agents; multiprocessing hands sys.path to children
 
 from supervisor.config import Config  # noqa: E402
-from supervisor.core import Supervisor  # noqa: E402
-from supervisor.spawn import become_subreaper  # noqa: E402
+from supervisor.embedded import Supervisor  # noqa: E402
+from supervisor.runtime.spawn import become_subreaper  # noqa: E402
 
 # Orphans of anything a test starts (daemons included) are re-parented to
 # pytest, so the leftover check below sees them as our descendants.
@@ -65,7 +65,7 @@ def turn_processes() -> list[psutil.Process]:
 
 def make_config(tmp_path: Path, **overrides: object) -> Config:
     values: dict[str, object] = dict(
-        agents=dict(TEST_AGENTS, demo="supervisor.demo_agents:chat"),
+        agents=dict(TEST_AGENTS, demo="worker.demos:chat"),
         state_dir=str(tmp_path / "state"),
         cancel_grace_s=0.3,
         kill_grace_s=0.3,

@@ -21,7 +21,7 @@ TESTS = Path(__file__).parent
 
 def write_config(tmp: Path, *, retention: dict[str, object] | None = None,
                  top: dict[str, object] | None = None, **server: object) -> Path:
-    agents = dict(TEST_AGENTS, demo="supervisor.demo_agents:chat", sleep="supervisor.demo_agents:sleeper")
+    agents = dict(TEST_AGENTS, demo="worker.demos:chat", sleep="worker.demos:sleeper")
     lines = [f'state_dir = "{tmp / "state"}"', "cancel_grace_s = 0.3", "kill_grace_s = 0.3"]
     lines += [f"{k} = {v!r}".replace("'", '"') for k, v in (top or {}).items()]
     lines += ["", "[agents]"]

@@ -12,7 +12,7 @@ import pytest
 from conftest import wait_for
 from daemon_fixture import Daemon, start_daemon, stopped
 from ipc import events as ev
-from supervisor.client import AsyncClient, Client
+from supervisor.control.client import AsyncClient, Client
 from supervisor.errors import InvalidCursor, SessionBusy, UnknownAgent, UnknownTurn
 from supervisor.turns import TurnStatus
 

@@ -9,10 +9,10 @@ import pytest
 
 from conftest import make_config, wait_for
 from ipc import events as ev
-from supervisor.compaction import CompactionError, compact
-from supervisor.core import Supervisor
+from supervisor.storage.compaction import CompactionError, compact
+from supervisor.embedded import Supervisor
 from supervisor.errors import HistoryGap
-from supervisor.retention import Candidate, plan
+from supervisor.storage.retention import Candidate, plan
 from supervisor.config import RetentionConfig
 from supervisor.turns import TurnInfo, TurnStatus
 

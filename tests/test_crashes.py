@@ -10,7 +10,7 @@ import pytest
 
 from conftest import wait_for
 from ipc import events as ev
-from supervisor.core import Supervisor
+from supervisor.embedded import Supervisor
 from supervisor.turns import TurnStatus
 
 

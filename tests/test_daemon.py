@@ -297,7 +297,7 @@ def test_tcp_with_a_token_requires_the_bearer(tmp_path: Path) -> None:
         assert ok.status_code == 200
         with d.http() as c:  # the unix socket is guarded by its file mode instead
             assert c.get("/v1/health").status_code == 200
-        from supervisor.client import Client
+        from supervisor.control.client import Client
         from supervisor.errors import RunnerdError
         with Client(url=base, token="s3cret-token-0123456789") as client:
             turn = client.start_turn("count", {"n": 2})

@@ -1,4 +1,4 @@
-"""supervisor.eventlog: append, read after a cursor, tail, torn lines, metadata."""
+"""supervisor.storage.eventlog: append, read after a cursor, tail, torn lines, metadata."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.errors import InvalidTurnId, StateDirError
-from supervisor.eventlog import FileEventLog, line_seq
+from supervisor.storage.eventlog import FileEventLog, line_seq
 from supervisor.ids import new_turn_id
 from supervisor.turns import TurnInfo, TurnStatus
 

@@ -88,7 +88,7 @@ def test_the_daemon_still_serves_after_the_fuzz(daemon: Daemon) -> None:
 
 
 def test_openapi_document_names_every_route(tmp_path: Path) -> None:
-    from supervisor.openapi import build
+    from supervisor.server.openapi import build
     spec = build()
     for path in ("/v1/turns", "/v1/turns/{turn_id}", "/v1/turns/{turn_id}/events", "/v1/turns/{turn_id}/export",
                  "/v1/turns/{turn_id}/cancel", "/v1/prune", "/v1/agents", "/v1/health"):

@@ -46,7 +46,7 @@ def test_compact_export_prune_and_gap_frames(tmp_path: Path) -> None:
             assert '"type":"RUN_FINISHED"' in rest
             page = c.get(f"/v1/turns/{ids[1]}/export", params={"after": 5}).json()
             assert page["gap"]["missing"] == {"from": 6, "to": 40} and page["compacted"]
-        from supervisor.client import Client
+        from supervisor.control.client import Client
         from supervisor.errors import HistoryGap
         with Client(socket=d.socket) as client:
             with pytest.raises(HistoryGap, match="retention removed"):

@@ -10,7 +10,7 @@ import pytest
 from conftest import make_config, turn_processes, wait_for
 from ipc import events as ev
 from supervisor.config import LimitsConfig
-from supervisor.core import Supervisor
+from supervisor.embedded import Supervisor
 from supervisor.turns import TurnStatus
 
 

@@ -11,8 +11,8 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from conftest import make_config
-from supervisor.core import Supervisor
-from supervisor.http import create_app
+from supervisor.embedded import Supervisor
+from supervisor.server.http import create_app
 
 
 @pytest.mark.timeout(30)

@@ -1,4 +1,4 @@
-"""supervisor.registry: bounded memory, sync and async waiters."""
+"""supervisor.runtime.registry: bounded memory, sync and async waiters."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from supervisor.errors import UnknownTurn
-from supervisor.registry import StreamRegistry
+from supervisor.runtime.registry import StreamRegistry
 
 
 def _line(seq: int, size: int = 10) -> bytes:

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import make_config, wait_for
 from ipc import events as ev
-from supervisor.core import Supervisor
+from supervisor.embedded import Supervisor
 from supervisor.errors import InvalidRequest, QueueFull, SessionBusy
 from supervisor.turns import TurnStatus
 

@@ -1,4 +1,4 @@
-"""supervisor.sdnotify against real sockets: a datagram listener standing in for
+"""supervisor.server.sdnotify against real sockets: a datagram listener standing in for
 systemd, and a child process that receives listening sockets at fd 3+."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import sdnotify
+from supervisor.server import sdnotify
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -135,7 +135,7 @@ def test_listen_fds_for_another_pid_is_empty_and_unsets_env(monkeypatch: pytest.
 # and serve one connection per socket, reporting what it saw on stdout.
 CHILD = r"""
 import fcntl, json, os, sys
-from supervisor import sdnotify
+from supervisor.server import sdnotify
 
 passed = [int(a) for a in sys.argv[1:]]
 high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in passed]  # out of the way of 3, 4

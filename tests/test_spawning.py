@@ -8,7 +8,7 @@ import pytest
 
 from conftest import make_config
 from ipc import events as ev
-from supervisor.core import Supervisor
+from supervisor.embedded import Supervisor
 from supervisor.turns import TurnStatus
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import make_config, wait_for
 from ipc import events as ev
-from supervisor.core import Supervisor
+from supervisor.embedded import Supervisor
 from supervisor.errors import InvalidRequest, InvalidTurnId, SessionBusy, UnknownAgent, UnknownTurn
 from supervisor.ids import new_turn_id
 from supervisor.turns import TurnStatus

@@ -50,9 +50,9 @@ def one(unit: dict[str, dict[str, list[str]]], section: str, key: str) -> str:
 def test_example_config_parses_with_expected_values() -> None:
     config = load_config(EXAMPLE)
     assert config.agents == {
-        "demo": "supervisor.demo_agents:chat",
-        "sleep": "supervisor.demo_agents:sleeper",
-        "fail": "supervisor.demo_agents:failer",
+        "demo": "worker.demos:chat",
+        "sleep": "worker.demos:sleeper",
+        "fail": "worker.demos:failer",
     }
     assert config.state_dir == "/var/lib/runnerd"
     assert config.server.socket == "/run/runnerd/runnerd.sock"

@@ -83,7 +83,7 @@ def _isolate(spec: TurnSpec) -> None:
             if name not in spec.env_allowlist:
                 del os.environ[name]
     os.environ[TURN_ENV] = spec.turn_id  # marks exec'd descendants
-    _set_comm(("rd-" + spec.turn_id[-11:]).encode())  # marks forked ones (see supervisor.killer)
+    _set_comm(("rd-" + spec.turn_id[-11:]).encode())  # marks forked ones (see supervisor.runtime.proctree)
     if not spec.core_dumps:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if spec.open_files is not None:

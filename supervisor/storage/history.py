@@ -14,12 +14,13 @@ import time
 import msgspec
 import structlog
 
-from supervisor.compaction import CompactionError, compact
+from supervisor.storage.compaction import CompactionError, compact
 from supervisor.config import RetentionConfig
-from supervisor.eventlog import FileEventLog, line_seq
-from supervisor.registry import StreamRegistry
-from supervisor.relay import Relay
-from supervisor.retention import Candidate, PruneReport, plan
+from supervisor.storage.eventlog import FileEventLog
+from supervisor.storage.lines import line_seq
+from supervisor.runtime.registry import StreamRegistry
+from supervisor.runtime.relay import Relay
+from supervisor.storage.retention import Candidate, PruneReport, plan
 from supervisor.turns import TurnInfo, info_copy
 
 log = structlog.get_logger("runnerd.history")

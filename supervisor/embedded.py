@@ -22,55 +22,25 @@ from supervisor.config import Config
 from supervisor.errors import (
     HistoryGap, InvalidCursor, InvalidRequest, QueueFull, ResourceUnavailable, SessionBusy, SupervisorClosed, UnknownAgent, UnknownTurn,
 )
-from supervisor.eventlog import FileEventLog, line_seq
+from supervisor.storage.eventlog import FileEventLog
+from supervisor.storage.lines import line_seq
 from supervisor.ids import new_turn_id, validate_session_id, validate_turn_id
-from supervisor.keeper import HistoryKeeper
-from supervisor.killer import Escalation, TurnTree
+from supervisor.storage.history import HistoryKeeper
+from supervisor.runtime.proctree import Escalation, TurnTree
 from supervisor.logs import configure_logging
-from supervisor.output import OutputSink
-from supervisor.recovery import recover_lost
-from supervisor.registry import StreamRegistry
-from supervisor.retention import PruneReport
-from supervisor.scheduler import POLICIES, Pending, Scheduler
-from supervisor.relay import REAP_TIMEOUT_S, Live, Relay
-from supervisor.spawn import Spawner, become_subreaper
-from supervisor.turns import Ending, Intent, TurnError, TurnInfo, TurnStatus, info_copy
+from supervisor.runtime.capture import OutputSink
+from supervisor.runtime.recovery import recover_lost
+from supervisor.runtime.registry import StreamRegistry
+from supervisor.storage.retention import PruneReport
+from supervisor.runtime.scheduler import POLICIES, Pending, Scheduler
+from supervisor.runtime.relay import REAP_TIMEOUT_S, Live, Relay
+from supervisor.runtime.spawn import Spawner, become_subreaper
+from supervisor.turns import Ending, ExportPage, Gap, Intent, SeqRange, TurnError, TurnInfo, TurnStatus, info_copy
 
 log = structlog.get_logger("runnerd.supervisor")
 
 MAX_EXPORT_LIMIT = 10_000
 _READ_CHUNK = 1000
-
-
-class SeqRange(msgspec.Struct):
-    from_: int = msgspec.field(name="from")
-    to: int
-
-
-class Gap(msgspec.Struct):
-    """The cursor points before what is retained: said out loud, never skipped silently."""
-
-    after: int
-    missing: SeqRange
-    available: SeqRange | None
-    form: str  # what follows instead: "compacted"
-    reason: str
-
-
-class ExportPage(msgspec.Struct):
-    """A page of a turn's history; ``events`` are the stored bytes, spliced unchanged."""
-
-    turn: TurnInfo
-    events: list[msgspec.Raw]
-    total: int
-    returned: int
-    truncated: bool
-    next_after: int
-    compacted: bool = False  # events are the snapshot form (see supervisor.compaction)
-    gap: Gap | msgspec.UnsetType = msgspec.UNSET
-
-    def items(self) -> list[tuple[int, ev.Event]]:
-        return [(line_seq(bytes(r)), ev.decode_event(bytes(r))) for r in self.events]
 
 
 class Supervisor:

@@ -20,12 +20,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from supervisor.core import MAX_EXPORT_LIMIT, Supervisor
+from supervisor.embedded import MAX_EXPORT_LIMIT, Supervisor
 from supervisor.errors import InvalidCursor, InvalidRequest, RunnerdError, SessionBusy, SupervisorClosed
 from supervisor.ids import validate_turn_id
-from supervisor.metrics import render_metrics
-from supervisor.openapi import CancelBody, PruneBody, StartBody, build
-from supervisor.sse import EventStream, StreamSet
+from supervisor.server.metrics import render_metrics
+from supervisor.server.openapi import CancelBody, PruneBody, StartBody, build
+from supervisor.server.sse import EventStream, StreamSet
 from supervisor.turns import TurnStatus
 
 _json = msgspec.json.Encoder()

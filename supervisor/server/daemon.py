@@ -26,13 +26,13 @@ import click
 import structlog
 import uvicorn
 
-from supervisor import sdnotify
+from supervisor.server import sdnotify
 from supervisor.config import Config, load_config
-from supervisor.core import Supervisor
+from supervisor.embedded import Supervisor
 from supervisor.errors import RunnerdError
-from supervisor.http import create_app
+from supervisor.server.http import create_app
 from supervisor.logs import configure_logging
-from supervisor.sse import StreamSet
+from supervisor.server.sse import StreamSet
 
 log = structlog.get_logger("runnerd.daemon")
 DEFAULT_CONFIG = "/etc/runnerd/runnerd.toml"

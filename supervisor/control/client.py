@@ -20,7 +20,7 @@ from httpx_sse import aconnect_sse, connect_sse
 from ipc import events as ev
 from supervisor import errors
 from supervisor.config import default_socket_path
-from supervisor.core import ExportPage
+from supervisor.turns import ExportPage
 from supervisor.ids import validate_turn_id
 from supervisor.turns import TurnInfo
 

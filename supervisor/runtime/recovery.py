@@ -12,8 +12,8 @@ import time
 import structlog
 
 from ipc import events as ev
-from supervisor.eventlog import FileEventLog
-from supervisor.killer import TurnTree, kill_marked
+from supervisor.storage.eventlog import FileEventLog
+from supervisor.runtime.proctree import TurnTree, kill_marked
 from supervisor.turns import TurnError, TurnInfo, TurnStatus
 
 log = structlog.get_logger("runnerd.recovery")

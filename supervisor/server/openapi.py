@@ -6,8 +6,8 @@ from typing import Any
 
 import msgspec
 
-from supervisor.core import ExportPage
-from supervisor.retention import PruneReport
+from supervisor.turns import ExportPage
+from supervisor.storage.retention import PruneReport
 from supervisor.turns import TurnInfo
 
 

@@ -21,7 +21,7 @@ import msgspec
 
 from ipc import events as ev
 from supervisor import errors
-from supervisor.client import Client, DaemonUnavailable
+from supervisor.control.client import Client, DaemonUnavailable
 from supervisor.config import default_socket_path, default_state_dir
 from supervisor.turns import TurnInfo, TurnStatus
 
@@ -94,7 +94,7 @@ def main(cctx: click.Context, socket: str | None, url: str | None, as_json: bool
 @click.pass_obj
 def serve(ctx: Ctx, config_path: str | None, state_dir: str | None) -> None:
     """Run the daemon in the foreground (same as `runnerd`)."""
-    from supervisor.daemon import StartupError, resolve_config, run
+    from supervisor.server.daemon import StartupError, resolve_config, run
 
     try:
         config = resolve_config(config_path)
@@ -337,7 +337,7 @@ def _ensure_daemon(ctx: Ctx) -> int | None:
     log_path = log_dir / "runnerd.log"
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.daemon", "--socket", socket],
+            [sys.executable, "-m", "supervisor.server.daemon", "--socket", socket],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )

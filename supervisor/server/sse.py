@@ -14,8 +14,8 @@ import msgspec
 
 from starlette.types import Receive, Scope, Send
 
-from supervisor.core import Supervisor
-from supervisor.eventlog import line_seq
+from supervisor.embedded import Supervisor
+from supervisor.storage.lines import line_seq
 
 SHUTDOWN_FRAME = b'event: shutdown\ndata: {"reason":"runnerd is shutting down"}\n\n'
 KEEPALIVE_FRAME = b": keep-alive\n\n"

@@ -19,30 +19,13 @@ import structlog
 from ipc.events import RunError, RunFinished, decode_event
 from supervisor.errors import InvalidTurnId, StateDirError
 from supervisor.ids import validate_turn_id
+from supervisor.storage.lines import line_seq, seq_or_none
 from supervisor.turns import TurnError, TurnInfo, TurnStatus
 
 log = structlog.get_logger("runnerd.eventlog")
 
 _BLOCK = 64 * 1024
 READ_BUDGET = 8 << 20  # bytes one read may return (always at least one line)
-_SEQ_PREFIX = b'{"seq":'
-
-
-def line_seq(line: bytes) -> int:
-    """The seq of one stored line (written first, so no JSON decode is needed)."""
-    return int(line[7:line.index(b",", 7)])
-
-
-def _seq_or_none(line: bytes) -> int | None:
-    """A corrupt line (not written by the relay, or damaged on disk) has no seq."""
-    if not line.startswith(_SEQ_PREFIX):
-        return None
-    try:
-        return line_seq(line)
-    except ValueError:
-        return None
-
-
 class EventLog(Protocol):
     """What the supervisor needs from durable storage; a Redis Streams backend fits too."""
 
@@ -249,7 +232,7 @@ class FileEventLog:
                 lines = (rest + block).split(b"\n")
                 rest = lines.pop()  # incomplete (or empty after a final newline)
                 for line in lines:
-                    seq = _seq_or_none(line)
+                    seq = seq_or_none(line)
                     if seq is None or seq <= after:
                         continue
                     if seq > upto or (out and size + len(line) > max_bytes):
@@ -278,7 +261,7 @@ class FileEventLog:
                 lines = (f.read(block) + carry).split(b"\n")
                 carry = lines.pop(0) if pos > 0 else b""  # may continue in the block before
                 for line in reversed(lines):
-                    seq = _seq_or_none(line)
+                    seq = seq_or_none(line)
                     if seq is not None and seq <= upto:
                         if found and held + len(line) > max_bytes:
                             limit = len(found)  # the budget is spent: stop here
@@ -322,7 +305,7 @@ class FileEventLog:
             f.readline()  # skip to the next line start
             start = f.tell()
             line = f.readline()
-            seq = _seq_or_none(line)
+            seq = seq_or_none(line)
             if not line.endswith(b"\n") or seq is None or seq > after:
                 hi = mid
             else:

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 from supervisor.turns import TurnStatus
 
 if TYPE_CHECKING:
-    from supervisor.core import Supervisor
-    from supervisor.sse import StreamSet
+    from supervisor.embedded import Supervisor
+    from supervisor.server.sse import StreamSet
 
 
 def render_metrics(sup: Supervisor, streams: StreamSet) -> bytes:

@@ -28,12 +28,12 @@ from ipc import events as ev
 from ipc.protocol import TurnSpec
 from ipc.wire import Batch, Done, FrameReader, Ready
 from supervisor.config import LimitsConfig
-from supervisor.eventlog import EventLog
-from supervisor.killer import Escalation, TurnTree
-from supervisor.limits import LimitGuard
-from supervisor.output import OutputSink
-from supervisor.registry import StreamRegistry
-from supervisor.spawn import Spawned, exitcode
+from supervisor.storage.eventlog import EventLog
+from supervisor.runtime.proctree import Escalation, TurnTree
+from supervisor.runtime.limits import LimitGuard
+from supervisor.runtime.capture import OutputSink
+from supervisor.runtime.registry import StreamRegistry
+from supervisor.runtime.spawn import Spawned, exitcode
 from supervisor.turns import Ending, Intent, TurnInfo, TurnStatus, classify
 
 log = structlog.get_logger("runnerd.relay")

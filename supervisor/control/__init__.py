@@ -1,0 +1,1 @@
+"""Driving a daemon from outside: the Python ``Client`` and the ``runnerctl`` CLI."""

@@ -1,0 +1,1 @@
+"""The daemon and its network interfaces: HTTP API, SSE writer, OpenAPI, metrics, systemd integration."""

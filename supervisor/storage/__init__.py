@@ -1,0 +1,1 @@
+"""Where events and turn records are kept: the file backend, compaction, retention and the history keeper."""
