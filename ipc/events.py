@@ -18,7 +18,7 @@ __all__ = [
     "ToolCallStart", "ToolCallArgs", "ToolCallEnd", "ToolCallResult",
     "StateSnapshot", "StateDelta", "MessagesSnapshot",
     "StepStarted", "StepFinished", "Custom", "Raw",
-    "TERMINAL_TYPES", "encode_event", "decode_event", "EventDecodeError",
+    "TERMINAL_TYPES", "encode_event", "decode_event",
 ]
 
 
@@ -139,7 +139,6 @@ Event = Union[
 
 TERMINAL_TYPES = frozenset({"RUN_FINISHED", "RUN_ERROR"})
 
-EventDecodeError = msgspec.DecodeError
 
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)

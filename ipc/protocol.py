@@ -1,10 +1,20 @@
-"""What parent and child agree on besides frames: exit codes and the spec."""
+"""What parent and child agree on besides frames: exit codes, the spec, the marks on a turn's processes."""
 
 from __future__ import annotations
 
 import enum
 
 import msgspec
+
+# Every process of a turn carries its id, so the supervisor finds descendants
+# that left the tree: exec'd ones by this environment variable (``/proc/<pid>/environ``
+# shows the environment as of the last exec), forked ones by ``process_mark``.
+TURN_ENV = "RUNNERD_TURN_ID"
+
+
+def process_mark(turn_id: str) -> str:
+    """The process name (``comm``, at most 15 bytes) the child gives itself: inherited by every fork."""
+    return "rd-" + turn_id[-11:]
 
 
 class ExitCode(enum.IntEnum):

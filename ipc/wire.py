@@ -14,7 +14,7 @@ import os
 import struct
 import threading
 from multiprocessing.connection import Connection
-from typing import Any, Union
+from typing import Union
 
 import msgspec
 

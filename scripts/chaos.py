@@ -26,6 +26,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from ipc.protocol import process_mark
+
 SCRIPTS = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 
@@ -181,7 +183,7 @@ def _verify(turns_dir: Path, side_of: dict[str, Path], ids: list[str], killed: s
 
 
 def _leftovers(ids: list[str]) -> int:
-    marks = {"rd-" + t[-11:] for t in ids}
+    marks = {process_mark(t) for t in ids}
     count = 0
     for p in psutil.process_iter(["name"]):
         try:

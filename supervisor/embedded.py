@@ -5,7 +5,6 @@ Every ``runnerctl`` verb and HTTP route is one of these calls first.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -13,34 +12,46 @@ from types import TracebackType
 from typing import Any
 
 import msgspec
-import structlog
 
 from ipc import events as ev
 from ipc.protocol import TurnSpec
 from ipc.wire import FrameReader, max_frame_bytes
 from supervisor.config import Config
 from supervisor.errors import (
-    HistoryGap, InvalidCursor, InvalidRequest, QueueFull, ResourceUnavailable, SessionBusy, SupervisorClosed, UnknownAgent, UnknownTurn,
+    InvalidRequest,
+    QueueFull,
+    ResourceUnavailable,
+    SessionBusy,
+    SupervisorClosed,
+    UnknownAgent,
+    UnknownTurn,
 )
-from supervisor.storage.eventlog import FileEventLog
-from supervisor.storage.lines import line_seq
 from supervisor.ids import new_turn_id, validate_session_id, validate_turn_id
-from supervisor.storage.history import HistoryKeeper
-from supervisor.runtime.proctree import Escalation, TurnTree
-from supervisor.logs import configure_logging
+from supervisor.logs import get_logger
 from supervisor.runtime.capture import OutputSink
+from supervisor.runtime.proctree import Escalation
+from supervisor.runtime.reader import Reader
 from supervisor.runtime.recovery import recover_lost
 from supervisor.runtime.registry import StreamRegistry
-from supervisor.storage.retention import PruneReport
-from supervisor.runtime.scheduler import POLICIES, Pending, Scheduler
 from supervisor.runtime.relay import REAP_TIMEOUT_S, Live, Relay
+from supervisor.runtime.scheduler import POLICIES, Pending, Scheduler
 from supervisor.runtime.spawn import Spawner, become_subreaper
-from supervisor.turns import Ending, ExportPage, Gap, Intent, SeqRange, TurnError, TurnInfo, TurnStatus, info_copy
+from supervisor.storage.eventlog import FileEventLog
+from supervisor.storage.history import HistoryKeeper
+from supervisor.storage.lines import line_seq
+from supervisor.storage.retention import PruneReport
+from supervisor.turns import (
+    Ending,
+    ExportPage,
+    Intent,
+    TurnError,
+    TurnInfo,
+    TurnStatus,
+    info_copy,
+)
 
-log = structlog.get_logger("runnerd.supervisor")
+log = get_logger("runnerd.supervisor")
 
-MAX_EXPORT_LIMIT = 10_000
-_READ_CHUNK = 1000
 
 
 class Supervisor:
@@ -76,6 +87,8 @@ class Supervisor:
         self.keeper = HistoryKeeper(eventlog=self.eventlog, relay=self.relay, registry=self.registry,
                                     retention=self.config.retention,
                                     compact_finished=self.config.compact_finished)
+        self.reader = Reader(store=self.eventlog, registry=self.registry, status=self.status,
+                             compacted=self.keeper.compacted)
         self.scheduler = Scheduler(max_running=self.config.max_running_turns,
                                    max_queued=self.config.max_queued, start=self._launch,
                                    cancel_running=self._interrupt)
@@ -89,10 +102,6 @@ class Supervisor:
     def start(self) -> Supervisor:
         if self._started:
             return self
-        if not structlog.is_configured():
-            # structlog's unconfigured default prints to stdout; a library must
-            # not write into its host's stdout. A host's own configuration wins.
-            configure_logging(self.config.log_level)
         if self._subreaper:
             become_subreaper()
         past = recover_lost(self.eventlog)
@@ -316,7 +325,7 @@ class Supervisor:
 
         Waits on the registry's end, so the terminal event is readable on return.
         """
-        self.ensure_stream(turn_id)
+        self.reader.ensure_stream(turn_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             last, ended = self.registry.position(turn_id)
@@ -325,7 +334,7 @@ class Supervisor:
                 return self.status(turn_id)
             self.registry.wait(turn_id, last, remaining)
 
-    # -- reading ---------------------------------------------------------------
+    # -- reading (one read path: supervisor.runtime.reader) ---------------------------
 
     def export(self, turn_id: str, *, limit: int = 200, after: int | None = None,
                compact: bool = False) -> ExportPage:
@@ -333,59 +342,7 @@ class Supervisor:
 
         ``compact=True`` gives a finished turn's snapshot form (when compacted).
         """
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_EXPORT_LIMIT:
-            raise InvalidRequest(f"limit must be an integer in [0, {MAX_EXPORT_LIMIT}]")
-        info = self.status(turn_id)
-        if after is not None:
-            self._check_cursor(after, info.last_seq)
-        gap, snapshot = self.replay_plan(turn_id, after=after or 0, compact=compact, info=info)
-        if snapshot is not None:
-            lines = [x for x in snapshot if after is None or line_seq(x) > after]
-            lines = lines[:limit] if after is not None else lines[-limit:] if limit else []
-            total = info.last_seq
-            truncated = (line_seq(lines[-1]) < line_seq(snapshot[-1])) if lines and after is not None \
-                else len(lines) < len([x for x in snapshot if after is None or line_seq(x) > after])
-        else:
-            self.ensure_stream(turn_id)
-            if after is None:
-                lines, total = self._tail(turn_id, limit)
-                truncated = bool(lines) and line_seq(lines[0]) > 1 or (not lines and total > 0)
-            else:
-                lines, total, _ = self._read(turn_id, after, limit)
-                truncated = (line_seq(lines[-1]) if lines else after) < total
-        next_after = line_seq(lines[-1]) if lines else (after or 0) if after is not None else total
-        info.last_seq = max(info.last_seq, total)
-        page = ExportPage(turn=info, events=[msgspec.Raw(line) for line in lines], total=total,
-                          returned=len(lines), truncated=truncated, next_after=next_after,
-                          compacted=snapshot is not None)
-        if gap is not None:
-            page.gap = gap
-        return page
-
-    def replay_plan(self, turn_id: str, *, after: int, compact: bool,
-                    info: TurnInfo | None = None) -> tuple[Gap | None, list[bytes] | None]:
-        """For a finished turn: serve the snapshot form instead of raw events?
-
-        Returns ``(gap, lines)``: ``lines`` is the compacted form when it is
-        asked for (from cursor 0) or when the full log is gone; ``gap`` says
-        which raw events are missing in the latter case. ``(None, None)``: read raw.
-        """
-        info = info or self.status(turn_id)
-        if not info.ended:
-            return None, None
-        if info.raw_removed:
-            lines = self.keeper.compacted(info) or []
-            available = SeqRange(line_seq(lines[0]), line_seq(lines[-1])) if lines else None
-            if after >= info.last_seq:
-                return None, []
-            return Gap(after=after, missing=SeqRange(after + 1, info.last_seq), available=available,
-                       form="compacted",
-                       reason="retention removed this turn's full log; its compacted form follows"), lines
-        if compact and after == 0:
-            snapshot = self.keeper.compacted(info)
-            if snapshot is not None:
-                return None, snapshot
-        return None, None
+        return self.reader.export(turn_id, limit=limit, after=after, compact=compact)
 
     def prune(self, *, dry_run: bool = False) -> PruneReport:
         """Apply the retention limits now (the background pass does it periodically)."""
@@ -399,121 +356,27 @@ class Supervisor:
         ``compact`` replays a finished turn from 0 in its snapshot form.
         Raises ``HistoryGap`` when retention removed the raw events asked for.
         """
-        for lines in self.event_batches(turn_id, after=after, follow=follow, timeout=timeout,
-                                        compact=compact):
+        for lines in self.reader.batches(turn_id, after=after, follow=follow, timeout=timeout,
+                                         compact=compact):
             for line in lines:
                 yield line_seq(line), ev.decode_event(line)
 
     def event_batches(self, turn_id: str, *, after: int = 0, follow: bool = True,
                       timeout: float | None = None, compact: bool = False) -> Iterator[list[bytes]]:
         """Like ``events`` but yields the stored bytes, in batches (what SSE writes)."""
-        info = self.status(turn_id)
-        self._check_cursor(after, info.last_seq)
-        gap, snapshot = self.replay_plan(turn_id, after=after, compact=compact, info=info)
-        if gap is not None and not compact:
-            raise HistoryGap(gap.reason + f" (events {gap.missing.from_}-{gap.missing.to} are gone)")
-        if snapshot is not None:
-            if snapshot:
-                yield snapshot
-            return
-        self.ensure_stream(turn_id)
-        cursor = after
-        while True:
-            lines, last, ended = self._read(turn_id, cursor, _READ_CHUNK)
-            if lines:
-                yield lines
-                cursor = line_seq(lines[-1])
-                continue
-            if cursor < last:  # counted but not readable: the log lost them; never spin
-                raise HistoryGap(f"events {cursor + 1}-{last} of turn {turn_id} are not in its log")
-            if (ended and cursor >= last) or not follow:
-                return
-            if not self.registry.wait(turn_id, cursor, timeout):
-                raise TimeoutError(f"no event after seq {cursor} within {timeout} s")
+        return self.reader.batches(turn_id, after=after, follow=follow, timeout=timeout, compact=compact)
 
     async def aevents(self, turn_id: str, *, after: int = 0, follow: bool = True,
                       timeout: float | None = None, compact: bool = False) -> AsyncIterator[tuple[int, ev.Event]]:
-        info = self.status(turn_id)
-        self._check_cursor(after, info.last_seq)
-        gap, snapshot = await asyncio.to_thread(self.replay_plan, turn_id, after=after, compact=compact,
-                                                info=info)
-        if gap is not None and not compact:
-            raise HistoryGap(gap.reason + f" (events {gap.missing.from_}-{gap.missing.to} are gone)")
-        if snapshot is not None:
-            for line in snapshot:
-                yield line_seq(line), ev.decode_event(line)
-            return
-        async for lines in self.aevent_batches(turn_id, after=after, follow=follow, timeout=timeout):
+        async for lines in self.reader.abatches(turn_id, after=after, follow=follow, timeout=timeout,
+                                                compact=compact):
             for line in lines:
                 yield line_seq(line), ev.decode_event(line)
 
-    async def aevent_batches(self, turn_id: str, *, after: int = 0, follow: bool = True,
-                             timeout: float | None = None) -> AsyncIterator[list[bytes]]:
-        self._check_cursor(after, self.status(turn_id).last_seq)
-        self.ensure_stream(turn_id)
-        cursor = after
-        while True:
-            slice_ = self.registry.read(turn_id, cursor, _READ_CHUNK)
-            if slice_.events is None:  # memory no longer holds it: read the log off-loop
-                lines, last, ended = await asyncio.to_thread(self._read, turn_id, cursor, _READ_CHUNK)
-            else:
-                lines, last, ended = slice_.events, slice_.last_seq, slice_.ended
-            if lines:
-                yield lines
-                cursor = line_seq(lines[-1])
-                continue
-            if cursor < last:
-                raise HistoryGap(f"events {cursor + 1}-{last} of turn {turn_id} are not in its log")
-            if (ended and cursor >= last) or not follow:
-                return
-            try:
-                await asyncio.wait_for(self.registry.wait_async(turn_id, cursor), timeout)
-            except asyncio.TimeoutError:
-                raise TimeoutError(f"no event after seq {cursor} within {timeout} s") from None
-
-    async def aread(self, turn_id: str, after: int, limit: int = _READ_CHUNK) -> tuple[list[bytes], int, bool]:
-        """One batch after ``after`` without blocking the loop: memory first, the log in a thread."""
-        s = self.registry.read(turn_id, after, limit)
-        if s.events is not None:
-            return s.events, s.last_seq, s.ended
-        lines = await asyncio.to_thread(self.eventlog.read_after, turn_id, after, limit, s.last_seq)
-        return lines, s.last_seq, s.ended
-
     # -- internals ---------------------------------------------------------------
-
-    @staticmethod
-    def _check_cursor(after: int, last_seq: int) -> None:
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            raise InvalidCursor("the cursor must be a non-negative integer")
-        if after > last_seq:
-            raise InvalidCursor(f"cursor {after} is beyond the last seq {last_seq}")
-
-    def ensure_stream(self, turn_id: str) -> None:
-        """Turns from an earlier run of the daemon get a (memory-less) stream on first read."""
-        if turn_id not in self.registry:
-            info = self.status(turn_id)  # no lock held here: status takes its own
-            self.registry.open_if_absent(turn_id, last_seq=info.last_seq, ended=info.ended)
-
-    def _read(self, turn_id: str, after: int, limit: int) -> tuple[list[bytes], int, bool]:
-        s = self.registry.read(turn_id, after, limit)
-        if s.events is not None:
-            return s.events, s.last_seq, s.ended
-        return self.eventlog.read_after(turn_id, after, limit, s.last_seq), s.last_seq, s.ended
-
-    def _tail(self, turn_id: str, limit: int) -> tuple[list[bytes], int]:
-        s = self.registry.tail(turn_id, limit)
-        if s.events is not None:
-            return s.events, s.last_seq
-        return self.eventlog.tail(turn_id, limit, s.last_seq), s.last_seq
 
     def _on_ended(self, info: TurnInfo) -> None:
         self.keeper.submit(info.turn_id)
-
-    def turn_tree(self, turn_id: str) -> TurnTree | None:
-        """The live turn's process tree (for metrics and tests)."""
-        with self.relay.lock:
-            live = self.relay.live.get(turn_id)
-            return live.tree if live else None
 
 
 def _resolve_user(user: str | None, group: str | None) -> tuple[int | None, int | None]:

@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 import msgspec
 import structlog
 
-from ipc.protocol import ExitCode, TurnSpec
+from ipc.protocol import TURN_ENV, ExitCode, TurnSpec, process_mark
 from ipc.token import CancelToken
 from ipc.wire import Done, FrameWriter, Ready
 from worker.context import Cancelled, TurnContext
@@ -34,7 +34,6 @@ _RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
                   signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD, signal.SIGALRM)
 CANCEL_POLL_S = 0.01
 _PR_SET_NAME = 15
-TURN_ENV = "RUNNERD_TURN_ID"  # inherited by every descendant; found again at kill time
 
 
 def run(spec: TurnSpec, conn: Connection, token: CancelToken, output: Connection | None = None) -> None:
@@ -83,7 +82,7 @@ def _isolate(spec: TurnSpec) -> None:
             if name not in spec.env_allowlist:
                 del os.environ[name]
     os.environ[TURN_ENV] = spec.turn_id  # marks exec'd descendants
-    _set_comm(("rd-" + spec.turn_id[-11:]).encode())  # marks forked ones (see supervisor.runtime.proctree)
+    _set_comm(process_mark(spec.turn_id).encode())  # marks forked descendants
     if not spec.core_dumps:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if spec.open_files is not None:

@@ -21,8 +21,8 @@ import msgspec
 
 from ipc import events as ev
 from supervisor import errors
-from supervisor.control.client import Client, DaemonUnavailable
 from supervisor.config import default_socket_path, default_state_dir
+from supervisor.control.client import Client, DaemonUnavailable
 from supervisor.turns import TurnInfo, TurnStatus
 
 EXIT_TURN_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND = 1, 2, 3, 4

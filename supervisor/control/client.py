@@ -20,16 +20,14 @@ from httpx_sse import aconnect_sse, connect_sse
 from ipc import events as ev
 from supervisor import errors
 from supervisor.config import default_socket_path
-from supervisor.turns import ExportPage
 from supervisor.ids import validate_turn_id
-from supervisor.turns import TurnInfo
+from supervisor.turns import ExportPage, TurnInfo
 
 _ERRORS: dict[str, type[errors.RunnerdError]] = {
     cls.code: cls for cls in (errors.InvalidTurnId, errors.UnknownTurn, errors.UnknownAgent,
                               errors.InvalidRequest, errors.InvalidCursor, errors.SupervisorClosed,
                               errors.HistoryGap, errors.QueueFull)
 }
-_TERMINAL = ("RUN_FINISHED", "RUN_ERROR")
 # The daemon writes at least a keep-alive comment every 15 s: a read silent for
 # 45 s means the connection is gone (and a deadline gets checked again).
 _STREAM_TIMEOUT = httpx.Timeout(30.0, read=45.0)
@@ -244,7 +242,7 @@ def _still_lost(lost_since: float | None, reconnect_s: float, where: str, exc: E
 
 def _is_terminal(data: bytes) -> bool:
     head = data[:80]
-    return any(b'"type":"%s"' % t.encode() in head for t in _TERMINAL)
+    return any(b'"type":"%s"' % t.encode() in head for t in ev.TERMINAL_TYPES)
 
 
 class AsyncClient(_Base):

@@ -10,21 +10,11 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 from dataclasses import dataclass, field
 
 import psutil
 
-TURN_ENV = "RUNNERD_TURN_ID"  # set by worker.main; seen in /proc only after an exec
-
-
-def turn_comm(turn_id: str) -> str:
-    """The process name worker.main gives the turn: inherited by every fork.
-
-    /proc/<pid>/environ shows the environment as it was at exec, so a forked
-    (not exec'd) descendant is recognised by this name instead.
-    """
-    return "rd-" + turn_id[-11:]
+from ipc.protocol import TURN_ENV, process_mark
 
 
 @dataclass(frozen=True)
@@ -105,27 +95,6 @@ class TurnTree:
                 continue
         return alive
 
-    def reap(self) -> int:
-        """Reap adopted zombies of this turn; return how many processes remain."""
-        remaining = 0
-        me = os.getpid()
-        for p in self.processes():
-            try:
-                zombie = p.status() == psutil.STATUS_ZOMBIE
-                parent = p.ppid()
-            except psutil.Error:
-                continue
-            if zombie and parent == me and p.pid != self.root_pid:
-                try:
-                    os.waitpid(p.pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass  # someone reaped it first
-                continue
-            if p.pid == self.root_pid and zombie:
-                continue  # its parent (forkserver or multiprocessing) reaps the root
-            remaining += 1
-        return remaining
-
 
 def _same(pid: int, create_time: float) -> psutil.Process | None:
     """The process ``pid`` only if it is still the one created at ``create_time``."""
@@ -152,7 +121,7 @@ def _ours(turn_id: str, pgid: int | None) -> list[psutil.Process]:
     by the turn's process name (forks), or by its id in the environment (execs).
     """
     out = []
-    comm = turn_comm(turn_id)
+    comm = process_mark(turn_id)
     for p in _children(psutil.Process()):
         try:
             if ((pgid is not None and os.getpgid(p.pid) == pgid) or _comm(p.pid) == comm
@@ -180,13 +149,6 @@ def _killpg(pgid: int, sig: int) -> None:
             raise
 
 
-def signal_name(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return str(sig)
-
-
 def kill_marked(turn_ids: set[str]) -> int:
     """SIGKILL every process on the machine marked as one of ``turn_ids``.
 
@@ -196,7 +158,7 @@ def kill_marked(turn_ids: set[str]) -> int:
     """
     if not turn_ids:
         return 0
-    comms = {turn_comm(t): t for t in turn_ids}
+    comms = {process_mark(t): t for t in turn_ids}
     killed = 0
     me = os.getpid()
     for p in psutil.process_iter():

@@ -9,14 +9,14 @@ from __future__ import annotations
 import signal
 import time
 
-import structlog
-
 from ipc import events as ev
-from supervisor.storage.eventlog import FileEventLog
+from supervisor.logs import get_logger
 from supervisor.runtime.proctree import TurnTree, kill_marked
+from supervisor.storage.eventlog import FileEventLog
+from supervisor.storage.lines import event_line
 from supervisor.turns import TurnError, TurnInfo, TurnStatus
 
-log = structlog.get_logger("runnerd.recovery")
+log = get_logger("runnerd.recovery")
 
 
 def recover_lost(eventlog: FileEventLog) -> list[TurnInfo]:
@@ -45,11 +45,10 @@ def recover_lost(eventlog: FileEventLog) -> list[TurnInfo]:
             last += 1
             started = ev.RunStarted(thread_id=info.session_id or info.turn_id, run_id=info.turn_id,
                                     timestamp=now_ms)
-            lines.append(b'{"seq":%d,' % last + ev.encode_event(started)[1:])
+            lines.append(event_line(last, started))
         message = "the daemon stopped while this turn was running"
         last += 1
-        lines.append(b'{"seq":%d,' % last + ev.encode_event(ev.RunError(message=message, code="lost",
-                                                                      timestamp=now_ms))[1:])
+        lines.append(event_line(last, ev.RunError(message=message, code="lost", timestamp=now_ms)))
         eventlog.append(info.turn_id, lines)
         eventlog.close(info.turn_id)
         info.status = TurnStatus.LOST

@@ -22,21 +22,22 @@ from typing import Any
 
 import msgspec
 import psutil
-import structlog
 
 from ipc import events as ev
 from ipc.protocol import TurnSpec
-from ipc.wire import Batch, Done, FrameReader, Ready
+from ipc.wire import EVENT_PREFIX, Batch, Done, FrameReader, Ready
 from supervisor.config import LimitsConfig
-from supervisor.storage.eventlog import EventLog
-from supervisor.runtime.proctree import Escalation, TurnTree
-from supervisor.runtime.limits import LimitGuard
+from supervisor.logs import get_logger
 from supervisor.runtime.capture import OutputSink
+from supervisor.runtime.limits import LimitGuard
+from supervisor.runtime.proctree import Escalation, TurnTree
 from supervisor.runtime.registry import StreamRegistry
 from supervisor.runtime.spawn import Spawned, exitcode
+from supervisor.storage.eventlog import EventLog
+from supervisor.storage.lines import event_line, splice
 from supervisor.turns import Ending, Intent, TurnInfo, TurnStatus, classify
 
-log = structlog.get_logger("runnerd.relay")
+log = get_logger("runnerd.relay")
 
 _SUPERVISOR_ONLY = (ev.RunStarted, ev.RunFinished, ev.RunError)
 _event_decoder: msgspec.json.Decoder[ev.Event] = msgspec.json.Decoder(ev.Event)
@@ -263,7 +264,7 @@ class Relay:
                         break
                     seq += 1
                     live.event_bytes += len(data)
-                    lines.append(b'{"seq":%d,' % seq + data[1:])
+                    lines.append(splice(seq, data))
                 if problem:
                     live.reader.error = problem  # stop reading this child
                     break
@@ -296,7 +297,7 @@ class Relay:
             return f"{type(event).__name__} may only come from the supervisor"
         if event.seq is not msgspec.UNSET:
             return "seq is assigned by the supervisor, never by the turn"
-        if not data.startswith(b'{"type":"'):
+        if not data.startswith(EVENT_PREFIX):
             return "event not encoded by the worker (type must come first)"
         if isinstance(event.timestamp, int):
             self.lag_s = max(0.0, time.time() - event.timestamp / 1000)
@@ -323,7 +324,7 @@ class Relay:
         live.info.started_at = time.time()
         event = ev.RunStarted(thread_id=live.spec.thread_id, run_id=live.info.turn_id,
                               timestamp=time.time_ns() // 1_000_000)
-        return b'{"seq":%d,' % seq + ev.encode_event(event)[1:]
+        return event_line(seq, event)
 
     def _commit(self, live: Live, lines: list[bytes], seq: int, *, end: bool = False) -> None:
         # Log first: everything a reader can see in memory is already on disk.
@@ -452,8 +453,7 @@ class Relay:
         """
         started = ev.RunStarted(thread_id=spec.thread_id, run_id=info.turn_id,
                                 timestamp=time.time_ns() // 1_000_000)
-        lines = [b'{"seq":1,' + ev.encode_event(started)[1:],
-                 b'{"seq":2,' + ev.encode_event(ending.terminal)[1:]]
+        lines = [event_line(1, started), event_line(2, ending.terminal)]
         try:
             self.eventlog.append(info.turn_id, lines)
         except OSError as exc:
@@ -506,7 +506,7 @@ class Relay:
             seq += 1
             lines.append(self._started_line(live, seq))
         seq += 1
-        lines.append(b'{"seq":%d,' % seq + ev.encode_event(ending.terminal)[1:])
+        lines.append(event_line(seq, ending.terminal))
         with self.lock:  # ended and its last seq together: a reader never sees one without the other
             info.status = ending.status
             info.error = ending.error

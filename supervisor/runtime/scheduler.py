@@ -14,11 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
 from supervisor.errors import QueueFull, SessionBusy, SupervisorClosed
+from supervisor.logs import get_logger
 
-log = structlog.get_logger("runnerd.scheduler")
+log = get_logger("runnerd.scheduler")
 POLICIES = ("reject", "enqueue", "interrupt")
 
 
@@ -108,14 +107,6 @@ class Scheduler:
                 if p.turn_id == turn_id:
                     return i + 1
         return None
-
-    def queued(self) -> list[Pending]:
-        with self._lock:
-            return list(self._queue)
-
-    @property
-    def running_count(self) -> int:
-        return len(self._running)
 
     # -- internals (lock held) ----------------------------------------------------
 

@@ -126,6 +126,3 @@ class Spawner:
             out_writer.close()
         return Spawned(process, reader, token, out_reader)
 
-    def forkserver_pid(self) -> int | None:
-        pid = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
-        return pid if isinstance(pid, int) else None

@@ -23,18 +23,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import click
-import structlog
 import uvicorn
 
-from supervisor.server import sdnotify
 from supervisor.config import Config, load_config
 from supervisor.embedded import Supervisor
 from supervisor.errors import RunnerdError
+from supervisor.logs import configure_logging, get_logger
+from supervisor.server import sdnotify
 from supervisor.server.http import create_app
-from supervisor.logs import configure_logging
 from supervisor.server.sse import StreamSet
 
-log = structlog.get_logger("runnerd.daemon")
+log = get_logger("runnerd.daemon")
 DEFAULT_CONFIG = "/etc/runnerd/runnerd.toml"
 WATCHDOG_STALE_S = 10.0  # a relay heartbeat older than this stops the watchdog pings
 

@@ -20,9 +20,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from supervisor.embedded import MAX_EXPORT_LIMIT, Supervisor
-from supervisor.errors import InvalidCursor, InvalidRequest, RunnerdError, SessionBusy, SupervisorClosed
+from supervisor.embedded import Supervisor
+from supervisor.errors import (
+    InvalidCursor,
+    InvalidRequest,
+    RunnerdError,
+    SessionBusy,
+    SupervisorClosed,
+)
 from supervisor.ids import validate_turn_id
+from supervisor.logs import get_logger
+from supervisor.runtime.reader import MAX_EXPORT_LIMIT
 from supervisor.server.metrics import render_metrics
 from supervisor.server.openapi import CancelBody, PruneBody, StartBody, build
 from supervisor.server.sse import EventStream, StreamSet
@@ -184,8 +192,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    import structlog
-    structlog.get_logger("runnerd.http").error("internal_error", path=request.url.path, error=repr(exc))
+    get_logger("runnerd.http").error("internal_error", path=request.url.path, error=repr(exc))
     return error_response(500, "internal", "internal error; see the daemon's log")
 
 

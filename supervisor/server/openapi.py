@@ -6,9 +6,8 @@ from typing import Any
 
 import msgspec
 
-from supervisor.turns import ExportPage
 from supervisor.storage.retention import PruneReport
-from supervisor.turns import TurnInfo
+from supervisor.turns import ExportPage, TurnInfo
 
 
 class StartBody(msgspec.Struct, forbid_unknown_fields=True):

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
-
 from starlette.types import Receive, Scope, Send
 
 from supervisor.embedded import Supervisor
+from supervisor.runtime.reader import Step, next_step
 from supervisor.storage.lines import line_seq
 
 SHUTDOWN_FRAME = b'event: shutdown\ndata: {"reason":"runnerd is shutting down"}\n\n'
@@ -103,7 +103,7 @@ class EventStream:
         self.streams = streams
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gap, snapshot = await asyncio.to_thread(self.sup.replay_plan, self.turn_id, after=self.after,
+        gap, snapshot = await asyncio.to_thread(self.sup.reader.plan, self.turn_id, after=self.after,
                                                 compact=self.compact)
         if snapshot is not None:  # a finished turn in its snapshot form, then close
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
@@ -119,7 +119,7 @@ class EventStream:
         stop.add_waiter(wake)
         cursor = self.after
         try:
-            self.sup.ensure_stream(self.turn_id)
+            self.sup.reader.ensure_stream(self.turn_id)
             self.sup.registry.add_waiter(self.turn_id, asyncio.get_running_loop(), wake)
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
             await send({"type": "http.response.body", "body": b": connected\n\n", "more_body": True})
@@ -130,17 +130,18 @@ class EventStream:
                 if stop.is_set():
                     await send({"type": "http.response.body", "body": SHUTDOWN_FRAME, "more_body": False})
                     return
-                lines, last, ended = await self.sup.aread(self.turn_id, cursor)
-                if lines:
-                    cursor = line_seq(lines[-1])
-                    await self._write(send, encode_frames(lines))
+                batch = await self.sup.reader.aread(self.turn_id, cursor)
+                step = next_step(cursor, batch)
+                if step is Step.LINES:
+                    cursor = line_seq(batch.lines[-1])
+                    await self._write(send, encode_frames(batch.lines))
                     continue
-                if cursor < last:  # counted but unreadable: said out loud, then closed
+                if step is Step.LOST:  # counted but unreadable: said out loud, then closed
                     frame = b"event: gap\ndata: %s\n\n" % msgspec.json.encode(
-                        {"reason": f"events {cursor + 1}-{last} are not in the turn's log"})
+                        {"reason": f"events {cursor + 1}-{batch.last_seq} are not in the turn's log"})
                     await send({"type": "http.response.body", "body": frame, "more_body": False})
                     return
-                if ended:  # the terminal event was sent
+                if step is Step.END:  # the terminal event was sent
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                     return
                 try:

@@ -22,6 +22,7 @@ import jsonpointer
 import msgspec
 
 from ipc import events as ev
+from supervisor.storage.lines import event_line
 
 _KEPT = frozenset({"RUN_STARTED", "RUN_FINISHED", "RUN_ERROR", "STEP_STARTED", "STEP_FINISHED", "RAW", "CUSTOM"})
 _MESSAGE_TYPES = frozenset({"TEXT_MESSAGE_START", "TEXT_MESSAGE_CONTENT", "TEXT_MESSAGE_END",
@@ -147,9 +148,9 @@ def _compact(lines: Iterable[bytes]) -> list[bytes]:
     out = list(kept)
     if last_message_seq:
         snap = ev.MessagesSnapshot(messages=messages)
-        out.append((last_message_seq, b'{"seq":%d,' % last_message_seq + ev.encode_event(snap)[1:]))
+        out.append((last_message_seq, event_line(last_message_seq, snap)))
     if state_seen:
         snap_state = ev.StateSnapshot(snapshot=state)
-        out.append((last_state_seq, b'{"seq":%d,' % last_state_seq + ev.encode_event(snap_state)[1:]))
+        out.append((last_state_seq, event_line(last_state_seq, snap_state)))
     out.sort(key=lambda item: item[0])
     return [line for _, line in out]

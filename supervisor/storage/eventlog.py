@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 import msgspec
-import structlog
 
 from ipc.events import RunError, RunFinished, decode_event
 from supervisor.errors import InvalidTurnId, StateDirError
 from supervisor.ids import validate_turn_id
+from supervisor.logs import get_logger
 from supervisor.storage.lines import line_seq, seq_or_none
 from supervisor.turns import TurnError, TurnInfo, TurnStatus
 
-log = structlog.get_logger("runnerd.eventlog")
+log = get_logger("runnerd.eventlog")
 
 _BLOCK = 64 * 1024
 READ_BUDGET = 8 << 20  # bytes one read may return (always at least one line)

@@ -12,18 +12,18 @@ import threading
 import time
 
 import msgspec
-import structlog
 
-from supervisor.storage.compaction import CompactionError, compact
 from supervisor.config import RetentionConfig
-from supervisor.storage.eventlog import FileEventLog
-from supervisor.storage.lines import line_seq
+from supervisor.logs import get_logger
 from supervisor.runtime.registry import StreamRegistry
 from supervisor.runtime.relay import Relay
+from supervisor.storage.compaction import CompactionError, compact
+from supervisor.storage.eventlog import FileEventLog
+from supervisor.storage.lines import is_terminal_line, line_seq
 from supervisor.storage.retention import Candidate, PruneReport, plan
 from supervisor.turns import TurnInfo, info_copy
 
-log = structlog.get_logger("runnerd.history")
+log = get_logger("runnerd.history")
 _CHUNK = 10_000
 MAX_COMPACT_BYTES = 256 << 20
 
@@ -122,8 +122,7 @@ class HistoryKeeper:
         if info.compaction != "done":
             return None
         lines = self.eventlog.read_compact(info.turn_id)
-        if not lines or line_seq(lines[-1]) != info.last_seq or not lines[-1].startswith(
-                b'{"seq":%d,"type":"RUN_' % info.last_seq):
+        if not lines or not is_terminal_line(lines[-1], info.last_seq):
             log.warning("compacted_file_disagrees", turn_id=info.turn_id)
             if not info.raw_removed:
                 self._update(info.turn_id, compaction=None)

@@ -1,8 +1,23 @@
-"""One stored line: an event's JSON with ``{"seq":N,`` spliced in front, as written by the relay."""
+"""One stored line: an event's JSON with ``{"seq":N,`` spliced in front.
+
+The relay, recovery and compaction write lines only through ``splice`` and
+``event_line``; every reader takes the seq back with ``line_seq``.
+"""
 
 from __future__ import annotations
 
+from ipc import events as ev
+
 SEQ_PREFIX = b'{"seq":'
+
+
+def splice(seq: int, event_json: bytes) -> bytes:
+    """``{"type":…}`` (as the worker encodes it) becomes ``{"seq":N,"type":…}``: no re-encoding."""
+    return b'{"seq":%d,' % seq + event_json[1:]
+
+
+def event_line(seq: int, event: ev.Event) -> bytes:
+    return splice(seq, ev.encode_event(event))
 
 
 def line_seq(line: bytes) -> int:
@@ -18,3 +33,9 @@ def seq_or_none(line: bytes) -> int | None:
         return line_seq(line)
     except ValueError:
         return None
+
+
+def is_terminal_line(line: bytes, seq: int) -> bool:
+    """Is ``line`` the terminal event (``RUN_FINISHED``/``RUN_ERROR``) with this seq?"""
+    return line.startswith(b'{"seq":%d,"type":"RUN_' % seq) and not line.startswith(
+        b'{"seq":%d,"type":"RUN_STARTED"' % seq)
