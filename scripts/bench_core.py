@@ -44,19 +44,20 @@ from typing import Any
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
 from benchlib import median, ms, pct  # noqa: E402
+
 REPO = SCRIPTS.parent
 sys.path.insert(0, str(SCRIPTS))  # bench_agents; multiprocessing hands sys.path to children
 
+import bench_agents  # noqa: E402
 import psutil  # noqa: E402
 
-import bench_agents  # noqa: E402
 from ipc import events as ev  # noqa: E402
 from ipc.wire import FrameWriter  # noqa: E402
 from supervisor.config import Config  # noqa: E402
 from supervisor.embedded import Supervisor  # noqa: E402
-from supervisor.storage.eventlog import line_seq  # noqa: E402
 from supervisor.logs import configure_logging  # noqa: E402
 from supervisor.runtime.spawn import _main_hidden  # noqa: E402  (the supervisor's own guard, for reference starts)
+from supervisor.storage.lines import line_seq  # noqa: E402
 from worker.context import TurnContext  # noqa: E402
 
 AGENTS = {name: f"bench_agents:{name}"

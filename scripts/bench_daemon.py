@@ -50,6 +50,7 @@ from typing import Any
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
 from benchlib import launch_runnerd, median, ms, pct, stop_process  # noqa: E402
+
 THIS = Path(__file__).resolve()
 BIN = Path(sys.executable).parent
 WAIT_S = 60.0  # bound on any single wait, so a broken run fails instead of hanging

@@ -45,14 +45,15 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
 from benchlib import launch_runnerd, stop_process  # noqa: E402
+
 THIS = Path(__file__).resolve()
 BIN = Path(sys.executable).parent
 MIB = 1 << 20

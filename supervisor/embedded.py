@@ -24,33 +24,33 @@ from supervisor.errors import (
     SessionBusy,
     SupervisorClosed,
     UnknownAgent,
-    UnknownTurn,
 )
 from supervisor.ids import new_turn_id, validate_session_id, validate_turn_id
 from supervisor.logs import get_logger
 from supervisor.runtime.capture import OutputSink
-from supervisor.runtime.proctree import Escalation
 from supervisor.runtime.reader import Reader
 from supervisor.runtime.recovery import recover_lost
 from supervisor.runtime.registry import StreamRegistry
 from supervisor.runtime.relay import REAP_TIMEOUT_S, Live, Relay
 from supervisor.runtime.scheduler import POLICIES, Pending, Scheduler
 from supervisor.runtime.spawn import Spawner, become_subreaper
+from supervisor.runtime.stoppolicy import Escalation, StopPolicy
+from supervisor.runtime.turntable import TurnTable
 from supervisor.storage.eventlog import FileEventLog
 from supervisor.storage.history import HistoryKeeper
 from supervisor.storage.lines import line_seq
 from supervisor.storage.retention import PruneReport
+from supervisor.storage.turnfiles import FileTurnStore
 from supervisor.turns import (
     Ending,
     ExportPage,
-    Intent,
     TurnError,
     TurnInfo,
     TurnStatus,
-    info_copy,
 )
 
 log = get_logger("runnerd.supervisor")
+CANCEL_ACK_S = 1.0  # bound on how long cancel() waits for the relay to record it
 
 
 
@@ -65,17 +65,21 @@ class Supervisor:
     def __init__(self, config: Config | None = None, *, subreaper: bool = True) -> None:
         self.config = config or Config()
         self._subreaper = subreaper
-        self.eventlog = FileEventLog(self.config.state_dir)
+        self.event_store = FileEventLog(self.config.state_dir)
+        self.turn_store = FileTurnStore(self.event_store)
+        self.table = TurnTable()
         self.registry = StreamRegistry(buffer_bytes=self.config.buffer_bytes)
+        self.escalation = Escalation(self.config.cancel_grace_s, self.config.kill_grace_s)
         self.spawner = Spawner(
             self.config.start_method,
             sorted({t.partition(":")[0] for t in self.config.agents.values()})
             if self.config.preload_agents else [],
         )
         self.relay = Relay(
-            eventlog=self.eventlog,
+            table=self.table,
+            events=self.event_store,
+            records=self.turn_store,
             registry=self.registry,
-            escalation=Escalation(self.config.cancel_grace_s, self.config.kill_grace_s),
             max_event_bytes=self.config.max_event_bytes,
             ended_memory_s=self.config.ended_memory_s,
             on_released=lambda turn_id: self.scheduler.ended(turn_id),
@@ -84,16 +88,17 @@ class Supervisor:
             poll_exit=self.config.start_method == "spawn",
         )
         self._uid, self._gid = _resolve_user(self.config.limits.user, self.config.limits.group)
-        self.keeper = HistoryKeeper(eventlog=self.eventlog, relay=self.relay, registry=self.registry,
+        self.keeper = HistoryKeeper(events=self.event_store, records=self.turn_store, table=self.table,
+                                    registry=self.registry,
                                     retention=self.config.retention,
                                     compact_finished=self.config.compact_finished)
-        self.reader = Reader(store=self.eventlog, registry=self.registry, status=self.status,
+        self.reader = Reader(store=self.event_store, registry=self.registry, status=self.status,
                              compacted=self.keeper.compacted)
         self.scheduler = Scheduler(max_running=self.config.max_running_turns,
                                    max_queued=self.config.max_queued, start=self._launch,
                                    cancel_running=self._interrupt)
-        self._lock = threading.Lock()  # the queued table and start/close ordering
-        self._queued: dict[str, Pending] = {}
+        self.table.queue_position = self.scheduler.position
+        self._lock = threading.Lock()  # start/close ordering
         self._started = False
         self._closed = False
 
@@ -104,9 +109,8 @@ class Supervisor:
             return self
         if self._subreaper:
             become_subreaper()
-        past = recover_lost(self.eventlog)
-        for info in past:
-            self.relay.past[info.turn_id] = info
+        past = recover_lost(self.event_store, self.turn_store)
+        self.table.load(past)
         self.spawner.warm_up()
         self.relay.start()
         self.scheduler.start()
@@ -128,20 +132,14 @@ class Supervisor:
         drain_until = deadline - escalation if drain else 0.0
         for pending in self.scheduler.stop():  # queued turns will never start now
             self._end_queued(pending, "supervisor shutdown")
-        while time.monotonic() < deadline:
-            with self._lock:
-                launching = len(self._queued)
-            lives = list(self.relay.live.values())
-            if not lives and not launching:
-                break
+        cancelled: set[str] = set()
+        while time.monotonic() < deadline and self.table.busy:
             if time.monotonic() >= drain_until:
-                for live in lives:
-                    if live.intent is Intent.NONE:
-                        self.cancel(live.info.turn_id, reason="supervisor shutdown")
-            if lives:
-                lives[0].ended.wait(0.05)  # woken by the first turn to end, or re-check soon
-            else:
-                time.sleep(0.005)  # a launch in flight: it finishes in milliseconds
+                for live in self.table.lives():
+                    if live.info.turn_id not in cancelled:
+                        cancelled.add(live.info.turn_id)
+                        self.relay.post_cancel(live.info.turn_id, "supervisor shutdown")
+            self.table.wait_for_end(0.05)  # woken by a turn's end, or re-check soon (a launch in flight)
         self.relay.stop(max(0.1, deadline - time.monotonic()))
         self.keeper.stop(max(0.1, deadline - time.monotonic()))
         log.info("supervisor_stopped")
@@ -195,20 +193,19 @@ class Supervisor:
                         open_files=limits.open_files, core_dumps=limits.core_dumps,
                         uid=self._uid, gid=self._gid)
         try:
-            self.eventlog.create(info)
+            self.event_store.create(turn_id)
+            self.turn_store.put(info, durable=False)
         except OSError as exc:  # EMFILE, ENOSPC, EAGAIN …: nothing was started
+            self._discard(turn_id)
             raise ResourceUnavailable(f"cannot create the turn's log: {exc.strerror or exc}") from None
         self.registry.open(turn_id)
         pending = Pending(turn_id, session_id, (info, spec))
-        with self._lock:
-            self._queued[turn_id] = pending
+        self.table.admit(pending)
         try:
             now = self.scheduler.submit(pending, multitask)
         except (SessionBusy, QueueFull, SupervisorClosed):
-            with self._lock:
-                del self._queued[turn_id]
-            self.eventlog.close(turn_id)
-            self.eventlog.remove(turn_id)  # refused: leave nothing behind
+            self.table.withdraw(turn_id)
+            self._discard(turn_id)  # refused: leave nothing behind
             self.registry.forget(turn_id)
             raise
         log.info("turn_submitted", turn_id=turn_id, agent=agent, session_id=session_id,
@@ -217,102 +214,66 @@ class Supervisor:
             self._launch(pending)
         return self.status(turn_id)
 
+    def _discard(self, turn_id: str) -> None:
+        self.event_store.close(turn_id)
+        self.event_store.remove(turn_id)
+        self.turn_store.remove(turn_id)
+
     def _launch(self, pending: Pending) -> None:
         """Spawn a turn the scheduler let through (caller's or dispatcher's thread)."""
         info, spec = pending.payload
-        with self._lock:
+        with self.table.lock:
             info.status = TurnStatus.STARTING
         try:
-            try:
-                spawned = self.spawner.spawn(spec)
-            except (OSError, ValueError, RuntimeError) as exc:
-                log.error("spawn_failed", turn_id=info.turn_id, error=repr(exc))
-                message = f"could not start the turn's process: {exc}"
-                self.relay.end_unstarted(info, spec, Ending(
-                    TurnStatus.FAILED, ev.RunError(message=message, code="crashed"), TurnError("crashed", message)))
-                return
-            reader = FrameReader(spawned.reader, max_frame_bytes=max_frame_bytes(self.config.max_event_bytes))
-            output = OutputSink(spawned.output, self.eventlog.dir / f"{info.turn_id}.output",
-                                self.config.limits.output_bytes)
+            spawned = self.spawner.spawn(spec)
+        except (OSError, ValueError, RuntimeError) as exc:
+            log.error("spawn_failed", turn_id=info.turn_id, error=repr(exc))
+            message = f"could not start the turn's process: {exc}"
+            self.relay.end_unstarted(info, spec, Ending(
+                TurnStatus.FAILED, ev.RunError(message=message, code="crashed"), TurnError("crashed", message)))
+            return
+        reader = FrameReader(spawned.reader, max_frame_bytes=max_frame_bytes(self.config.max_event_bytes))
+        output = OutputSink(spawned.output, self.event_store.dir / f"{info.turn_id}.output",
+                            self.config.limits.output_bytes)
+        with self.table.lock:
             info.pid = spawned.process.pid
-            live = Live(info=info, spec=spec, spawned=spawned, reader=reader, output=output)
-            with self._lock:  # a cancel (or close) that came while we spawned applies now
-                if info.cancel_requested or self._closed:
-                    info.cancel_requested = True
-                    info.cancel_reason = info.cancel_reason or "supervisor shutdown"
-                    live.intent = Intent.CANCEL
-                    spawned.token.set()
-                self.relay.add(live)  # the relay schedules the escalation for a cancelled one
-                self._queued.pop(pending.turn_id, None)
-        finally:
-            with self._lock:  # only now: the turn is always in one of the tables
-                self._queued.pop(pending.turn_id, None)
+            if self._closed and not info.cancel_requested:  # closing: it is cancelled as it starts
+                info.cancel_requested, info.cancel_reason = True, "supervisor shutdown"
+        live = Live(info=info, spec=spec, spawned=spawned, reader=reader, output=output,
+                    stop=StopPolicy(self.escalation))
+        self.relay.add(live)  # the relay applies a cancel that came while we spawned
 
     def status(self, turn_id: str) -> TurnInfo:
-        validate_turn_id(turn_id)
-        with self.relay.lock:
-            live = self.relay.live.get(turn_id)
-            if live is not None:
-                return info_copy(live.info)
-            past = self.relay.past.get(turn_id)
-            if past is not None:
-                return info_copy(past)
-        with self._lock:
-            pending = self._queued.get(turn_id)
-            if pending is not None:
-                return info_copy(pending.payload[0], queue_position=self.scheduler.position(turn_id))
-        raise UnknownTurn(f"unknown turn {turn_id}")
+        return self.table.get(validate_turn_id(turn_id))
 
     def list_turns(self, *, status: str | None = None, session_id: str | None = None,
                    limit: int | None = None) -> list[TurnInfo]:
         """Newest first."""
-        with self._lock:
-            by_id = {p.turn_id: info_copy(p.payload[0], queue_position=self.scheduler.position(p.turn_id))
-                     for p in self._queued.values()}
-        with self.relay.lock:  # a turn being launched is in both tables for a moment
-            by_id.update((live.info.turn_id, info_copy(live.info)) for live in self.relay.live.values())
-            by_id.update((i.turn_id, info_copy(i)) for i in self.relay.past.values())
-        infos = list(by_id.values())
-        if status is not None:
-            infos = [i for i in infos if i.status.value == status]
-        if session_id is not None:
-            infos = [i for i in infos if i.session_id == session_id]
-        infos.sort(key=lambda i: i.turn_id, reverse=True)  # ids sort by creation time
-        return infos[:limit] if limit is not None else infos
+        return self.table.select(status=status, session_id=session_id, limit=limit)
 
     def cancel(self, turn_id: str, *, reason: str | None = None) -> TurnInfo:
-        """Idempotent and immediate: escalation runs on the relay thread."""
+        """Idempotent and immediate: the relay thread records the intent and escalates."""
         validate_turn_id(turn_id)
         pending = self.scheduler.remove_queued(turn_id)
         if pending is not None:  # never started: end it here, cancelled
             self._end_queued(pending, reason)
             return self.status(turn_id)
-        with self._lock:
-            launching = self._queued.get(turn_id)
-            if launching is not None:  # being spawned right now: _launch applies the cancel
+        with self.table.lock:
+            launching = self.table.pending_locked(turn_id)
+            if launching is not None:  # being spawned right now: the relay applies it when it adds the turn
                 info = launching.payload[0]
                 if not info.cancel_requested:
                     info.cancel_requested, info.cancel_reason = True, reason
-                return info_copy(info)
-        with self.relay.lock:
-            live = self.relay.live.get(turn_id)
-            # Once the agent has reported its end (or exited) the outcome is decided.
-            if live is not None and live.intent is Intent.NONE and not live.exited and live.done is None:
-                # Intent first, then the token: the reaper must see a cancel, not a crash.
-                live.intent = Intent.CANCEL
-                live.info.cancel_requested = True
-                live.info.cancel_reason = reason
-                live.spawned.token.set()
-                self.relay.post_escalate(turn_id)
-                log.info("turn_cancel_requested", turn_id=turn_id, reason=reason)
+        if launching is None and self.table.live(turn_id) is not None:
+            # The relay records it within one loop step; the answer then shows it.
+            self.relay.post_cancel(turn_id, reason).wait(CANCEL_ACK_S)
         return self.status(turn_id)
 
     def _end_queued(self, pending: Pending, reason: str | None) -> None:
         info, spec = pending.payload
-        with self._lock:
-            self._queued.pop(pending.turn_id, None)
-        info.cancel_requested = True
-        info.cancel_reason = reason
+        with self.table.lock:
+            info.cancel_requested = True
+            info.cancel_reason = reason
         self.relay.end_unstarted(info, spec, Ending(TurnStatus.CANCELLED, ev.RunFinished(
             thread_id=spec.thread_id, run_id=info.turn_id, outcome=ev.Outcome("cancelled"),
             timestamp=time.time_ns() // 1_000_000), None))

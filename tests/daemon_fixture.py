@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-
 from conftest import TEST_AGENTS, wait_for
 
 BIN = Path(sys.executable).parent

@@ -6,8 +6,8 @@ import time
 
 import psutil
 import pytest
-
 from conftest import wait_for
+
 from ipc import events as ev
 from supervisor.embedded import Supervisor
 from supervisor.turns import TurnStatus

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import wait_for
 from daemon_fixture import BIN, Daemon, start_daemon, stopped
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import wait_for
 from daemon_fixture import Daemon, start_daemon, stopped
+
 from ipc import events as ev
 from supervisor.control.client import AsyncClient, Client
 from supervisor.errors import InvalidCursor, SessionBusy, UnknownAgent, UnknownTurn

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import msgspec
 import pytest
-
 from conftest import make_config, wait_for
+
 from ipc import events as ev
-from supervisor.storage.compaction import CompactionError, compact
+from supervisor.config import RetentionConfig
 from supervisor.embedded import Supervisor
 from supervisor.errors import HistoryGap
+from supervisor.storage.compaction import CompactionError, compact
 from supervisor.storage.retention import Candidate, plan
-from supervisor.config import RetentionConfig
 from supervisor.turns import TurnInfo, TurnStatus
 
 
@@ -105,7 +105,7 @@ def test_an_uncompactable_turn_keeps_its_raw_log_and_says_why(sup: Supervisor) -
     turn = sup.start_turn("count", {"n": 5})
     sup.wait(turn.turn_id, 10)
     wait_for(lambda: sup.status(turn.turn_id).compaction is not None)
-    path = sup.eventlog.dir / f"{turn.turn_id}.jsonl"
+    path = sup.event_store.dir / f"{turn.turn_id}.jsonl"
     lines = path.read_bytes().splitlines()
     path.write_bytes(b"\n".join(lines[:2] + [b"garbage"] + lines[3:]) + b"\n")
     sup.keeper.compact_one(turn.turn_id)
@@ -146,7 +146,7 @@ def test_prune_removes_oldest_and_a_cursor_before_what_is_retained_gets_a_gap(tm
         assert sup.status(ids[0]).status is TurnStatus.SUCCEEDED  # a dry run changes nothing
         report = sup.prune()
         assert report.removed == [ids[0]] and report.raw_removed == ids[1:]
-        assert not list(sup.eventlog.dir.glob(f"{ids[0]}*"))
+        assert not list(sup.event_store.dir.glob(f"{ids[0]}*"))
         page = sup.export(ids[1], after=10)
         assert page.compacted and page.gap is not msgspec.UNSET
         assert msgspec.to_builtins(page.gap)["missing"] == {"from": 11, "to": 40}
@@ -164,7 +164,7 @@ def test_a_compacted_file_that_disagrees_with_its_log_is_ignored_and_rebuilt(sup
     turn = sup.start_turn("demo", {"delay": 0})
     sup.wait(turn.turn_id, 10)
     wait_for(lambda: sup.status(turn.turn_id).compaction == "done")
-    path = sup.eventlog.dir / f"{turn.turn_id}.compact.jsonl"
+    path = sup.event_store.dir / f"{turn.turn_id}.compact.jsonl"
     lines = path.read_bytes().splitlines()
     path.write_bytes(b"\n".join(lines[:-1]) + b"\n")  # lost its terminal event
     page = sup.export(turn.turn_id, compact=True, limit=1000)

@@ -7,8 +7,8 @@ import signal
 from pathlib import Path
 
 import pytest
-
 from conftest import wait_for
+
 from ipc import events as ev
 from supervisor.embedded import Supervisor
 from supervisor.turns import TurnStatus
@@ -100,7 +100,7 @@ def test_a_failing_event_log_fails_that_turn_only(sup: Supervisor) -> None:
     wait_for(lambda: sup.status(victim.turn_id).last_seq > 10)
     # The log's fd now refuses writes (EBADF), as a failed disk would refuse them.
     read_only = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(read_only, sup.eventlog._fds[victim.turn_id])
+    os.dup2(read_only, sup.event_store._fds[victim.turn_id])
     os.close(read_only)
     _, end = _ending(sup, victim.turn_id)
     assert end.code == "storage_error" and "could not be written" in end.message
@@ -114,7 +114,7 @@ def test_readers_of_a_turn_whose_log_failed_never_spin(sup: Supervisor) -> None:
     turn = sup.start_turn("paced", {"n": 2000, "interval": 0.002})
     wait_for(lambda: sup.status(turn.turn_id).last_seq > 10)
     read_only = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(read_only, sup.eventlog._fds[turn.turn_id])
+    os.dup2(read_only, sup.event_store._fds[turn.turn_id])
     os.close(read_only)
     sup.wait(turn.turn_id, 10)
     sup.registry.evict_ended(older_than_s=-1)  # pinned: what only memory holds stays
@@ -125,12 +125,13 @@ def test_readers_of_a_turn_whose_log_failed_never_spin(sup: Supervisor) -> None:
 @pytest.mark.timeout(30)
 def test_after_a_restart_missing_log_events_are_a_gap_not_a_hang(tmp_path: Path) -> None:
     from conftest import make_config
+
     from supervisor.errors import HistoryGap
     with Supervisor(make_config(tmp_path)) as sup:
         turn = sup.start_turn("paced", {"n": 2000, "interval": 0.002})
         wait_for(lambda: sup.status(turn.turn_id).last_seq > 10)
         read_only = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(read_only, sup.eventlog._fds[turn.turn_id])
+        os.dup2(read_only, sup.event_store._fds[turn.turn_id])
         os.close(read_only)
         last = sup.wait(turn.turn_id, 10).last_seq
     with Supervisor(make_config(tmp_path)) as sup:

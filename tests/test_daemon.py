@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-
 from conftest import turn_processes, wait_for
 from daemon_fixture import Daemon, start_daemon, stopped
 
@@ -262,6 +261,7 @@ def test_sd_notify_ready_status_watchdog_stopping(tmp_path: Path) -> None:
 @pytest.mark.timeout(30)
 def test_a_second_daemon_on_the_same_socket_refuses_to_start(daemon: Daemon, tmp_path: Path) -> None:
     import subprocess
+
     from daemon_fixture import BIN
     r = subprocess.run([str(BIN / "runnerd"), "--config", str(daemon.config)], capture_output=True,
                        text=True, timeout=20, env=daemon.env)
@@ -274,6 +274,7 @@ def test_a_second_daemon_on_the_same_socket_refuses_to_start(daemon: Daemon, tmp
 @pytest.mark.timeout(30)
 def test_tcp_off_loopback_needs_a_token(tmp_path: Path) -> None:
     import subprocess
+
     from daemon_fixture import BIN, write_config
     config = write_config(tmp_path, tcp="0.0.0.0:0")
     r = subprocess.run([str(BIN / "runnerd"), "--config", str(config)], capture_output=True, text=True,
@@ -331,6 +332,7 @@ def test_keepalive_comments_on_an_idle_stream(tmp_path: Path) -> None:
 def test_socket_activation_serves_on_the_inherited_socket(tmp_path: Path) -> None:
     import subprocess
     import sys
+
     from daemon_fixture import BIN, TESTS, write_config
     path = str(tmp_path / "activated.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from supervisor.errors import InvalidTurnId, StateDirError
-from supervisor.storage.eventlog import FileEventLog, line_seq
 from supervisor.ids import new_turn_id
+from supervisor.storage.eventlog import FileEventLog
+from supervisor.storage.turnfiles import FileTurnStore, line_seq
 from supervisor.turns import TurnInfo, TurnStatus
 
 
@@ -24,7 +25,7 @@ def _lines(n: int, rng: random.Random) -> list[bytes]:
 def filled(tmp_path: Path) -> tuple[FileEventLog, str, list[bytes]]:
     log = FileEventLog(tmp_path)
     turn_id = new_turn_id()
-    log.create(TurnInfo(turn_id=turn_id, agent="a"))
+    log.create(turn_id)
     lines = _lines(5000, random.Random(1))
     for i in range(0, len(lines), 37):
         log.append(turn_id, lines[i:i + 37])
@@ -56,13 +57,15 @@ def test_a_torn_last_line_is_never_returned_and_reopen_cuts_it(
 
 def test_metadata_is_replaced_atomically(tmp_path: Path) -> None:
     log = FileEventLog(tmp_path)
+    records = FileTurnStore(log)
     info = TurnInfo(turn_id=new_turn_id(), agent="a")
-    log.create(info)
+    log.create(info.turn_id)
+    records.put(info, durable=False)
     info.status = TurnStatus.SUCCEEDED
-    log.write_meta(info)
-    assert log.read_meta(info.turn_id) == info
+    records.put(info)
+    assert records.get(info.turn_id) == info
     assert not list(log.dir.glob("*.tmp"))
-    assert [i.turn_id for i in log.list_meta()] == [info.turn_id]
+    assert [i.turn_id for i in records.load_all()] == [info.turn_id]
 
 
 @pytest.mark.parametrize("bad", ["../../etc/passwd", "", "A" * 27, "01M80FP1G25E9EFN7KJ4AG02Z/"])
@@ -82,7 +85,7 @@ def test_an_unusable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
 def test_reads_are_bounded_in_bytes_but_always_return_one_line(tmp_path: Path) -> None:
     log = FileEventLog(tmp_path)
     turn_id = new_turn_id()
-    log.create(TurnInfo(turn_id=turn_id, agent="a"))
+    log.create(turn_id)
     lines = [b'{"seq":%d,"type":"CUSTOM","name":"n","value":"%s"}' % (i, b"x" * 100_000) for i in range(1, 51)]
     log.append(turn_id, lines)
     got = log.read_after(turn_id, 0, 1000, 50, max_bytes=350_000)

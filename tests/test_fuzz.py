@@ -9,10 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
+from daemon_fixture import Daemon, start_daemon
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from daemon_fixture import Daemon, start_daemon
 
 FINISHED: dict[str, str] = {}
 UNKNOWN_ID = "01M80G34PMMFJ1N1BN5GV52C57"

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import wait_for
 from daemon_fixture import start_daemon
 

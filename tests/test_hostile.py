@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import make_config, turn_processes, wait_for
+
 from ipc import events as ev
 from supervisor.config import LimitsConfig
 from supervisor.embedded import Supervisor
@@ -63,7 +63,7 @@ def test_megabytes_on_stdout_and_stderr_are_drained_and_capped(tmp_path: Path) -
         assert info.status is TurnStatus.SUCCEEDED  # never blocked on a full pipe
         assert info.output_bytes == 1 << 20
         assert info.output_bytes + info.output_dropped >= 8 << 20
-        assert (sup.eventlog.dir / f"{turn.turn_id}.output").stat().st_size == 1 << 20
+        assert (sup.event_store.dir / f"{turn.turn_id}.output").stat().st_size == 1 << 20
 
 
 @pytest.mark.timeout(30)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import make_config
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from conftest import make_config
 from supervisor.embedded import Supervisor
 from supervisor.server.http import create_app
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import wait_for
 from daemon_fixture import start_daemon, stopped
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import make_config, wait_for
+
 from ipc import events as ev
 from supervisor.embedded import Supervisor
 from supervisor.errors import InvalidRequest, QueueFull, SessionBusy

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import make_config
+
 from ipc import events as ev
 from supervisor.embedded import Supervisor
 from supervisor.turns import TurnStatus

@@ -10,11 +10,17 @@ from pathlib import Path
 
 import msgspec
 import pytest
-
 from conftest import make_config, wait_for
+
 from ipc import events as ev
 from supervisor.embedded import Supervisor
-from supervisor.errors import InvalidRequest, InvalidTurnId, SessionBusy, UnknownAgent, UnknownTurn
+from supervisor.errors import (
+    InvalidRequest,
+    InvalidTurnId,
+    SessionBusy,
+    UnknownAgent,
+    UnknownTurn,
+)
 from supervisor.ids import new_turn_id
 from supervisor.turns import TurnStatus
 
@@ -225,7 +231,7 @@ def test_a_daemon_dying_between_terminal_event_and_metadata_gets_no_second_termi
         info = sup.status(turn.turn_id)
     info.status = TurnStatus.RUNNING  # as if the metadata write never happened
     info.ended_at = None
-    sup.eventlog.write_meta(info)
+    sup.turn_store.put(info)
     with Supervisor(make_config(tmp_path)) as sup:
         assert sup.status(turn.turn_id).status is TurnStatus.SUCCEEDED
         events = [e for _, e in sup.events(turn.turn_id)]

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.config import LimitsConfig, RetentionConfig, Config, ServerConfig, load_config
+from supervisor.config import (
+    Config,
+    LimitsConfig,
+    RetentionConfig,
+    ServerConfig,
+    load_config,
+)
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -1,4 +1,4 @@
-"""Finding and killing every process of a turn, and the escalation policy.
+"""Finding and killing every process of a turn.
 
 A turn's processes are: its root (checked by pid *and* create time), the
 root's descendants, its process group, and orphans the supervisor adopted as
@@ -15,19 +15,6 @@ from dataclasses import dataclass, field
 import psutil
 
 from ipc.protocol import TURN_ENV, process_mark
-
-
-@dataclass(frozen=True)
-class Escalation:
-    """Cooperative cancel, then SIGTERM after ``cancel_grace_s``, then SIGKILL after ``kill_grace_s``."""
-
-    cancel_grace_s: float
-    kill_grace_s: float
-
-    def deadlines(self, now: float) -> tuple[float, float]:
-        """When to send SIGTERM and SIGKILL for a cancel asked for at ``now`` (monotonic)."""
-        term_at = now + self.cancel_grace_s
-        return term_at, term_at + self.kill_grace_s
 
 
 @dataclass

@@ -12,31 +12,31 @@ import time
 from ipc import events as ev
 from supervisor.logs import get_logger
 from supervisor.runtime.proctree import TurnTree, kill_marked
-from supervisor.storage.eventlog import FileEventLog
 from supervisor.storage.lines import event_line
+from supervisor.storage.stores import EventStore, TurnStore
 from supervisor.turns import TurnError, TurnInfo, TurnStatus
 
 log = get_logger("runnerd.recovery")
 
 
-def recover_lost(eventlog: FileEventLog) -> list[TurnInfo]:
-    """Load every turn's metadata; close the ones a dead daemon left open."""
-    infos = eventlog.list_meta()
+def recover_lost(events: EventStore, records: TurnStore) -> list[TurnInfo]:
+    """Load every turn's record; close the ones a dead daemon left open."""
+    infos = records.load_all()
     lost = {i.turn_id for i in infos if not i.ended}
     for info in infos:
         if info.ended:
             continue
-        last = eventlog.reopen(info.turn_id)
+        last = events.reopen(info.turn_id)
         if info.pid and info.pid_create_time:
             TurnTree(info.turn_id, info.pid, info.pid_create_time).signal(signal.SIGKILL)
-        rebuilt = eventlog.ending_from_log(info.turn_id)
+        rebuilt = records.ending_from_log(info.turn_id)
         if rebuilt is not None:
             # The daemon died after the terminal event, before the metadata said so:
             # adopt that ending, never write a second one.
-            eventlog.close(info.turn_id)
+            events.close(info.turn_id)
             info.status, info.error, info.last_seq = rebuilt.status, rebuilt.error, rebuilt.last_seq
             info.ended_at = info.ended_at or time.time()
-            eventlog.write_meta(info)
+            records.put(info)
             log.warning("turn_ending_recovered", turn_id=info.turn_id, status=info.status.value)
             continue
         now_ms = time.time_ns() // 1_000_000
@@ -49,13 +49,13 @@ def recover_lost(eventlog: FileEventLog) -> list[TurnInfo]:
         message = "the daemon stopped while this turn was running"
         last += 1
         lines.append(event_line(last, ev.RunError(message=message, code="lost", timestamp=now_ms)))
-        eventlog.append(info.turn_id, lines)
-        eventlog.close(info.turn_id)
+        events.append(info.turn_id, lines)
+        events.close(info.turn_id)
         info.status = TurnStatus.LOST
         info.error = TurnError("lost", message)
         info.last_seq = last
         info.ended_at = time.time()
-        eventlog.write_meta(info)
+        records.put(info)
         log.warning("turn_lost", turn_id=info.turn_id, last_seq=last)
     if lost:  # descendants that double-forked away from the root are found by their marks
         killed = kill_marked(lost)

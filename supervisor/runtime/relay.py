@@ -5,18 +5,20 @@ sentinel plus a wake-up pipe, numbers events (``seq``), appends them to the
 event log and then the registry, runs cancel escalation and timeouts, and ends
 each turn with exactly one terminal event after its pipe is fully drained and
 its processes are gone. It owns the table of turns: other threads post
-commands (gunicorn's queue plus wake-up byte) and read snapshots.
+commands (gunicorn's queue plus wake-up byte) — start watching a turn, cancel
+it — and read copies of turn records through the ``TurnTable``.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import queue
 import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -30,12 +32,14 @@ from supervisor.config import LimitsConfig
 from supervisor.logs import get_logger
 from supervisor.runtime.capture import OutputSink
 from supervisor.runtime.limits import LimitGuard
-from supervisor.runtime.proctree import Escalation, TurnTree
+from supervisor.runtime.proctree import TurnTree
 from supervisor.runtime.registry import StreamRegistry
 from supervisor.runtime.spawn import Spawned, exitcode
-from supervisor.storage.eventlog import EventLog
+from supervisor.runtime.stoppolicy import SIGNALS, Breach, Due, StopPolicy
+from supervisor.runtime.turntable import TurnTable
 from supervisor.storage.lines import event_line, splice
-from supervisor.turns import Ending, Intent, TurnInfo, TurnStatus, classify
+from supervisor.storage.stores import EventStore, TurnStore
+from supervisor.turns import Ending, Intent, TurnInfo, TurnStatus, classify, info_copy
 
 log = get_logger("runnerd.relay")
 
@@ -47,29 +51,29 @@ EXIT_POLL_S = 0.05  # exit checks without a usable sentinel (see _poll_exits)
 HOUSEKEEPING_S = 1.0
 
 
+class Phase(enum.Enum):
+    RUNNING = "running"  # the root process may exist (spawned, or running the agent)
+    REAPING = "reaping"  # the root exited: its leftovers are being killed and reaped
+    FINISHED = "finished"  # the terminal event is written; its fds are closed
+
+
 @dataclass
 class Live:
-    """A turn whose process may still exist; mutated by the relay thread only."""
+    """A turn whose process may still exist; its live state is written by the relay thread only."""
 
     info: TurnInfo
     spec: TurnSpec
     spawned: Spawned
     reader: FrameReader
+    stop: StopPolicy
     tree: TurnTree | None = None
     log: Any = None
-    intent: Intent = Intent.NONE  # written by cancel() *before* any signal
-    intent_message: str = ""
     done: Done | None = None
-    timeout_at: float | None = None
-    term_at: float | None = None
-    kill_at: float | None = None
-    exited: bool = False
-    reap_until: float | None = None
-    ended: threading.Event = field(default_factory=threading.Event)
+    phase: Phase = Phase.RUNNING
+    reap_until: float = 0.0  # while REAPING: how long leftovers may take to die
+    leftovers: int | None = None  # while REAPING: the exit's own sweep found these still alive
     output: OutputSink | None = None
     watch_root: bool = False  # the forkserver died: liveness from psutil, not the sentinel
-    finished: bool = False
-    leftovers: int | None = None  # processes the exit's sweep found still alive
     event_bytes: int = 0
     next_poll: float = 0.0
 
@@ -78,9 +82,10 @@ class Relay:
     def __init__(
         self,
         *,
-        eventlog: EventLog,
+        table: TurnTable,
+        events: EventStore,
+        records: TurnStore,
         registry: StreamRegistry,
-        escalation: Escalation,
         max_event_bytes: int,
         ended_memory_s: float = 30.0,
         on_released: Callable[[str], None] | None = None,
@@ -95,15 +100,13 @@ class Relay:
         # before the terminal event is visible; on_ended: after it is durable.
         self.on_released = on_released
         self.ended_memory_s = ended_memory_s
-        self.eventlog = eventlog
+        self.table = table
+        self.events = events
+        self.records = records
         self.registry = registry
-        self.escalation = escalation
         self.max_event_bytes = max_event_bytes
         self.on_ended = on_ended
-        self.lock = threading.Lock()  # guards the two tables below
-        self.live: dict[str, Live] = {}
-        self.past: dict[str, TurnInfo] = {}
-        self._commands: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[tuple[str, str, str | None, threading.Event | None]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -119,12 +122,17 @@ class Relay:
         self._thread.start()
 
     def add(self, live: Live) -> None:
-        with self.lock:
-            self.live[live.info.turn_id] = live
+        self.table.go_live(live)
         self._post("add", live.info.turn_id)
 
-    def post_escalate(self, turn_id: str) -> None:
-        self._post("escalate", turn_id)
+    def post_cancel(self, turn_id: str, reason: str | None) -> threading.Event:
+        """Ask the relay thread to cancel a live turn (it records the intent, then sets the token).
+
+        The returned event is set once the relay has handled the request.
+        """
+        ack = threading.Event()
+        self._post("cancel", turn_id, reason, ack)
+        return ack
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop after every live turn has ended (callers cancel them first)."""
@@ -132,13 +140,21 @@ class Relay:
         self._post("stop", "")
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                return  # still draining a turn: its wake-up pipe stays open
+        if self._wake_w >= 0:  # only here: a late _post must never write to a closed (reused) fd
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
 
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def _post(self, kind: str, turn_id: str) -> None:
-        self._commands.put((kind, turn_id))
+    def _post(self, kind: str, turn_id: str, arg: str | None = None, ack: threading.Event | None = None) -> None:
+        self._commands.put((kind, turn_id, arg, ack))
+        if self._wake_w < 0:
+            return  # stopped: nothing reads commands any more
         try:
             os.write(self._wake_w, b"\0")
         except BlockingIOError:
@@ -153,21 +169,18 @@ class Relay:
             except Exception:  # noqa: BLE001 - one bad step must not stall every turn
                 log.exception("relay_step_failed")
                 time.sleep(0.05)  # no hot loop if the fault repeats; the watchdog sees the heartbeat
-            if self._stopping and not self.live:
+            if self._stopping and not self.table.running:
                 break
-        os.close(self._wake_r)
-        os.close(self._wake_w)
 
     def step(self) -> None:
         """One iteration: wait, read, decide. Never blocks past the next deadline."""
         now = time.monotonic()
         self.heartbeat = now
         handles: dict[int, tuple[Live, str]] = {}
-        lives = list(self.live.values())  # other threads insert while we iterate
-        for live in lives:
+        for live in self.table.lives():
             if not live.reader.eof and live.reader.error is None:
                 handles[live.reader.fd] = (live, "pipe")
-            if not live.exited and not live.watch_root:
+            if live.phase is Phase.RUNNING and not live.watch_root:
                 handles[live.spawned.process.sentinel] = (live, "exit")
             if live.output is not None and not live.output.eof:
                 handles[live.output.fd] = (live, "output")
@@ -177,7 +190,7 @@ class Relay:
             if obj == self._wake_r:
                 continue
             live, kind = handles[obj]  # type: ignore[index]
-            if live.finished:
+            if live.phase is Phase.FINISHED:
                 continue  # its fds are closed (their numbers may already be reused)
             if kind == "pipe":
                 self._pump(live)
@@ -188,7 +201,7 @@ class Relay:
                 self._on_exit(live)
         self._poll_exits()
         now = time.monotonic()
-        for live in list(self.live.values()):
+        for live in self.table.lives():
             self._check_deadlines(live, now)
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + HOUSEKEEPING_S
@@ -196,13 +209,13 @@ class Relay:
 
     def _timeout(self, now: float) -> float:
         soonest = now + HOUSEKEEPING_S
-        for live in list(self.live.values()):
-            if live.reap_until is not None:
+        for live in self.table.lives():
+            if live.phase is Phase.REAPING:
                 return REAP_POLL_S
-            if not live.exited and (live.watch_root or self.poll_exit):
+            if live.watch_root or self.poll_exit:
                 soonest = min(soonest, now + EXIT_POLL_S)
-            poll = live.next_poll if self._watched() and not live.exited else None
-            for t in (live.timeout_at, live.term_at, live.kill_at, poll):
+            poll = live.next_poll if self._watched() else None
+            for t in (live.stop.next_deadline(), poll):
                 if t is not None and t < soonest:
                     soonest = t
         return max(0.0, soonest - now)
@@ -218,16 +231,16 @@ class Relay:
             pass
         while True:
             try:
-                kind, turn_id = self._commands.get_nowait()
+                kind, turn_id, arg, ack = self._commands.get_nowait()
             except queue.Empty:
                 return
-            live = self.live.get(turn_id)
-            if live is None:
-                continue
-            if kind == "add":
+            live = self.table.live(turn_id)
+            if live is not None and kind == "add":
                 self._on_add(live)
-            elif kind == "escalate":
-                self._schedule_escalation(live)
+            elif live is not None and kind == "cancel":
+                self._on_cancel(live, arg)
+            if ack is not None:
+                ack.set()
 
     # -- turn events --------------------------------------------------------------
 
@@ -239,35 +252,49 @@ class Relay:
         except psutil.Error:
             ctime = 0.0  # already gone; the tree then only finds what carries its id
         live.tree = TurnTree(live.info.turn_id, proc.pid, ctime)
-        live.info.pid = proc.pid
-        live.info.pid_create_time = ctime
+        with self.table.lock:
+            live.info.pid = proc.pid
+            live.info.pid_create_time = ctime
+            record = info_copy(live.info)
         if live.info.timeout_s is not None:
-            live.timeout_at = time.monotonic() + live.info.timeout_s
-        if live.intent is not Intent.NONE:  # cancelled before we saw it
-            self._schedule_escalation(live)
+            live.stop.timeout_at = time.monotonic() + live.info.timeout_s
+        if live.info.cancel_requested:  # cancelled while it was being spawned
+            self._on_cancel(live, live.info.cancel_reason)
         try:
-            self.eventlog.write_meta(live.info, durable=False)  # pid + create time: what recovery needs
+            self.records.put(record, durable=False)  # pid + create time: what recovery needs
         except OSError as exc:
             live.log.error("metadata_write_failed", error=str(exc))
         live.log.info("turn_spawned", pid=proc.pid)
+
+    def _on_cancel(self, live: Live, reason: str | None) -> None:
+        # Once the agent has reported its end (or exited) the outcome is decided.
+        if live.phase is not Phase.RUNNING or live.done is not None:
+            return
+        # Intent first, then the token: the reaper must see a cancel, not a crash.
+        if live.stop.request(Intent.CANCEL, reason or "", time.monotonic()):
+            with self.table.lock:
+                live.info.cancel_requested = True
+                live.info.cancel_reason = reason
+            live.spawned.token.set()
+            live.log.info("turn_cancel_requested", reason=reason)
 
     def _pump(self, live: Live) -> None:
         frames = live.reader.read()
         lines: list[bytes] = []
         seq = live.info.last_seq
-        problem: str | None = None
+        problem: str | Breach | None = None
         for frame in frames:
             if isinstance(frame, Batch):
                 for data in frame.events:
-                    problem = self._invalid(data) or self._over_limit(live, seq, len(data))
+                    problem = self._invalid(data) or self.guard.check_event(seq + 1, live.event_bytes, len(data))
                     if problem:
                         break
                     seq += 1
                     live.event_bytes += len(data)
                     lines.append(splice(seq, data))
                 if problem:
-                    live.reader.error = problem  # stop reading this child
-                    break
+                    live.reader.error = problem if isinstance(problem, str) else problem.message
+                    break  # stop reading this child
             elif isinstance(frame, Ready):
                 if live.info.status is TurnStatus.STARTING:
                     seq += 1
@@ -276,15 +303,10 @@ class Relay:
                 live.done = frame
         if lines:
             self._commit(live, lines, seq)
-        if live.reader.error and live.intent is Intent.NONE:
-            if live.reader.error.startswith("limit:"):
-                live.intent = Intent.LIMIT
-                live.intent_message = live.reader.error[6:].strip()
-            else:
-                live.intent = Intent.PROTOCOL
-                live.intent_message = f"protocol error from the turn's process: {live.reader.error}"
-            live.log.warning("turn_stopped", reason=live.intent_message)
-            self._signal(live, signal.SIGKILL)
+        if isinstance(problem, Breach):
+            self._stop_now(live, problem.intent, problem.message)
+        elif live.reader.error and not live.stop.stopping:  # ours above, or the frame reader's
+            self._stop_now(live, Intent.PROTOCOL, f"protocol error from the turn's process: {live.reader.error}")
 
     def _invalid(self, data: bytes) -> str | None:
         if len(data) > self.max_event_bytes:
@@ -303,25 +325,25 @@ class Relay:
             self.lag_s = max(0.0, time.time() - event.timestamp / 1000)
         return None
 
-    def _over_limit(self, live: Live, seq: int, size: int) -> str | None:
-        """The prefix ``limit:`` tells _pump this is a limit, not a protocol error."""
-        problem = self.guard.check_event(seq + 1, live.event_bytes, size)
-        return f"limit: {problem}" if problem else None
-
     def _poll_tree(self, live: Live, now: float) -> None:
         """Memory and process count of the whole tree, every ``limits.poll_s``."""
         live.next_poll = now + self.limits.poll_s
-        if live.tree is None or live.intent is not Intent.NONE:
+        if live.tree is None or live.stop.stopping:
             return
-        verdict = self.guard.check_tree(live.tree.processes())
-        if verdict is not None:
-            live.intent, live.intent_message = verdict
-            live.log.warning("turn_stopped", reason=live.intent_message)
-            self._signal(live, signal.SIGKILL)
+        breach = self.guard.check_tree(live.tree.processes())
+        if breach is not None:
+            self._stop_now(live, breach.intent, breach.message)
+
+    def _stop_now(self, live: Live, intent: Intent, message: str) -> None:
+        """A breach: record it (unless an earlier intent won) and kill at once."""
+        if live.stop.request(intent, message, time.monotonic()):
+            live.log.warning("turn_stopped", reason=message)
+        self._signal(live, signal.SIGKILL)
 
     def _started_line(self, live: Live, seq: int) -> bytes:
-        live.info.status = TurnStatus.RUNNING
-        live.info.started_at = time.time()
+        with self.table.lock:
+            live.info.status = TurnStatus.RUNNING
+            live.info.started_at = time.time()
         event = ev.RunStarted(thread_id=live.spec.thread_id, run_id=live.info.turn_id,
                               timestamp=time.time_ns() // 1_000_000)
         return event_line(seq, event)
@@ -329,16 +351,14 @@ class Relay:
     def _commit(self, live: Live, lines: list[bytes], seq: int, *, end: bool = False) -> None:
         # Log first: everything a reader can see in memory is already on disk.
         try:
-            self.eventlog.append(live.info.turn_id, lines)
+            self.events.append(live.info.turn_id, lines)
         except OSError as exc:
             # No durable history: this turn fails (its events stay in memory), others go on.
             live.log.error("event_log_write_failed", error=str(exc))
             self.registry.pin(live.info.turn_id)  # memory is now the only copy of what follows
-            if live.intent in (Intent.NONE, Intent.CANCEL, Intent.TIMEOUT) and not end:
-                live.intent = Intent.STORAGE
-                live.intent_message = f"the event log could not be written: {exc.strerror or exc}"
-                self._signal(live, signal.SIGKILL)
-        with self.lock:  # status may run ahead of memory, never behind: cursors validate against it
+            if not end:
+                self._stop_now(live, Intent.STORAGE, f"the event log could not be written: {exc.strerror or exc}")
+        with self.table.lock:  # status may run ahead of memory, never behind: cursors validate against it
             live.info.last_seq = seq
         self.events_relayed += len(lines)  # counted before any reader can see them
         self.registry.append(live.info.turn_id, lines, end=end)
@@ -360,14 +380,15 @@ class Relay:
                 live.watch_root = True
                 live.log.warning("forkserver_gone_watching_root")
                 return
-        live.exited = True
+        live.phase = Phase.REAPING
         self._pump(live)  # everything the child wrote before dying is in the pipe now
-        live.info.exit_code = code
-        if code is not None and code < 0:
-            live.info.signal = -code
+        with self.table.lock:
+            live.info.exit_code = code
+            if code is not None and code < 0:
+                live.info.signal = -code
         # The turn is over; whatever it left running goes now.
         live.reap_until = time.monotonic() + REAP_TIMEOUT_S
-        live.term_at = live.kill_at = live.timeout_at = None
+        live.stop.disarm()
         # Finished in _check_deadlines, after this step's ready list: finishing here
         # would close fds that list may still name (and a new turn may reuse).
         live.leftovers = live.tree.sweep(signal.SIGKILL) if live.tree is not None else 0
@@ -395,8 +416,8 @@ class Relay:
         """Exit checks that do not rely on a sentinel: a root watched after its
         forkserver died, and spawn-mode roots (a forked grandchild inherits the
         sentinel pipe, so it would only fire when the grandchild exits too)."""
-        for live in list(self.live.values()):
-            if live.exited:
+        for live in self.table.lives():
+            if live.phase is not Phase.RUNNING:
                 continue
             if live.watch_root:
                 if not self._root_alive(live):
@@ -405,11 +426,7 @@ class Relay:
                 self._on_exit(live)
 
     def _check_deadlines(self, live: Live, now: float) -> None:
-        if self._watched() and not live.exited and now >= live.next_poll:
-            self._poll_tree(live, now)
-        if live.finished:
-            return
-        if live.reap_until is not None:
+        if live.phase is Phase.REAPING:
             if live.leftovers is not None:  # the exit's own sweep: no second scan
                 remaining, live.leftovers = live.leftovers, None
             else:
@@ -420,27 +437,18 @@ class Relay:
                 live.log.error("turn_processes_survived", count=remaining)
             self._finish(live)
             return
-        if live.timeout_at is not None and now >= live.timeout_at:
-            live.timeout_at = None
-            if live.intent is Intent.NONE:
-                live.intent = Intent.TIMEOUT
-                live.intent_message = f"the turn exceeded its {live.info.timeout_s:g} s timeout"
+        if live.phase is not Phase.RUNNING:
+            return
+        if self._watched() and now >= live.next_poll:
+            self._poll_tree(live, now)
+        while (due := live.stop.due(now)) is not None:
+            if due is Due.TIMEOUT:
+                live.stop.request(Intent.TIMEOUT, f"the turn exceeded its {live.info.timeout_s:g} s timeout", now)
                 live.spawned.token.set()
                 live.log.info("turn_timeout")
-                self._schedule_escalation(live)
-        if live.term_at is not None and now >= live.term_at:
-            live.term_at = None
-            live.log.info("escalate_sigterm")
-            self._signal(live, signal.SIGTERM)
-        if live.kill_at is not None and now >= live.kill_at:
-            live.kill_at = None
-            live.log.info("escalate_sigkill")
-            self._signal(live, signal.SIGKILL)
-
-    def _schedule_escalation(self, live: Live) -> None:
-        if live.exited or live.term_at is not None or live.kill_at is not None:
-            return
-        live.term_at, live.kill_at = self.escalation.deadlines(time.monotonic())
+            else:
+                live.log.info("escalate_" + due.value)
+                self._signal(live, SIGNALS[due])
 
     def _signal(self, live: Live, sig: int) -> None:
         if live.tree is not None:
@@ -455,21 +463,21 @@ class Relay:
                                 timestamp=time.time_ns() // 1_000_000)
         lines = [event_line(1, started), event_line(2, ending.terminal)]
         try:
-            self.eventlog.append(info.turn_id, lines)
+            self.events.append(info.turn_id, lines)
         except OSError as exc:
             log.error("event_log_write_failed", turn_id=info.turn_id, error=str(exc))
-        with self.lock:
+        with self.table.lock:
             info.last_seq = 2
             info.status = ending.status
             info.error = ending.error
             info.ended_at = time.time()
-            self.past[info.turn_id] = info
+        self.table.end(info)
         if self.on_released is not None:
             self.on_released(info.turn_id)
         self.registry.append(info.turn_id, lines, end=True)
         try:
-            self.eventlog.close(info.turn_id)
-            self.eventlog.write_meta(info)
+            self.events.close(info.turn_id)
+            self.records.put(info_copy(info))
         except OSError as exc:
             log.error("event_log_close_failed", turn_id=info.turn_id, error=str(exc))
         log.info("turn_ended", turn_id=info.turn_id, status=info.status.value,
@@ -479,16 +487,16 @@ class Relay:
 
     def _finish(self, live: Live) -> None:
         """Write the one terminal event, persist, and move the turn to the past."""
-        if live.finished:
+        if live.phase is Phase.FINISHED:
             return
-        live.finished = True  # whatever fails below, the terminal event is written once
+        live.phase = Phase.FINISHED  # whatever fails below, the terminal event is written once
         info = live.info
         done = live.done
         ending = classify(
             turn_id=info.turn_id,
             thread_id=live.spec.thread_id,
-            intent=live.intent,
-            intent_message=live.intent_message,
+            intent=live.stop.intent,
+            intent_message=live.stop.message,
             done_outcome=done.outcome if done else None,
             done_message=done.message if done else "",
             result_json=done.result if done else b"",
@@ -499,7 +507,8 @@ class Relay:
                 live.output.close()
             except OSError as exc:
                 live.log.error("output_close_failed", error=str(exc))
-            info.output_bytes, info.output_dropped = live.output.kept, live.output.dropped
+            with self.table.lock:
+                info.output_bytes, info.output_dropped = live.output.kept, live.output.dropped
         lines = []
         seq = info.last_seq
         if info.status is TurnStatus.STARTING:  # died before Ready: still one RUN_STARTED first
@@ -507,7 +516,7 @@ class Relay:
             lines.append(self._started_line(live, seq))
         seq += 1
         lines.append(event_line(seq, ending.terminal))
-        with self.lock:  # ended and its last seq together: a reader never sees one without the other
+        with self.table.lock:  # ended and its last seq together: a reader never sees one without the other
             info.status = ending.status
             info.error = ending.error
             info.ended_at = time.time()
@@ -517,8 +526,8 @@ class Relay:
         try:
             self._commit(live, lines, seq, end=True)
             try:
-                self.eventlog.close(info.turn_id)
-                self.eventlog.write_meta(info)
+                self.events.close(info.turn_id)
+                self.records.put(info_copy(info))
             except OSError as exc:
                 live.log.error("event_log_close_failed", error=str(exc))
             live.reader.close()
@@ -527,10 +536,7 @@ class Relay:
             except ValueError:  # still "running" to multiprocessing: its sentinel is dropped anyway
                 pass
         finally:
-            with self.lock:  # never left in the live table, whatever failed above
-                self.live.pop(info.turn_id, None)
-                self.past[info.turn_id] = info
-            live.ended.set()
+            self.table.end(info)  # never left live, whatever failed above
         live.log.info("turn_ended", status=info.status.value,
                       error=info.error.code if info.error else None, last_seq=seq)
         if self.on_ended is not None:

@@ -201,7 +201,7 @@ class Daemon:
         await asyncio.wait({serving, stop}, return_when=asyncio.FIRST_COMPLETED)
         started = time.monotonic()
         sdnotify.notify("STOPPING=1", "STATUS=shutting down")
-        log.info("runnerd_stopping", open_streams=self.streams.count, running=len(self.sup.relay.live))
+        log.info("runnerd_stopping", open_streams=self.streams.count, running=self.sup.table.running)
         watchdog.cancel()
         self.streams.close_all()  # final frame on every stream; new requests get 503
         server.should_exit = True  # uvicorn stops accepting and waits for connections
@@ -236,7 +236,7 @@ class Daemon:
             await asyncio.sleep(period)
             relay = self.sup.relay
             healthy = relay.alive and time.monotonic() - relay.heartbeat < WATCHDOG_STALE_S
-            running = len(relay.live)
+            running = self.sup.table.running
             lines = [f"STATUS={running} turns running, {self.streams.count} streams open"]
             if interval and healthy:
                 lines.append("WATCHDOG=1")

@@ -151,7 +151,7 @@ class Api:
 
     async def health(self, request: Request) -> Response:
         healthy = self.sup.relay.alive and not self.streams.closing
-        running = len(self.sup.relay.live)
+        running = self.sup.table.running
         body = {"status": "ok" if healthy else "unavailable", "running": running,
                 "open_streams": self.streams.count}
         return json_response(body, 200 if healthy else 503)

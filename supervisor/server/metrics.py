@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
 from typing import TYPE_CHECKING
 
 from supervisor.turns import TurnStatus
@@ -14,10 +13,8 @@ if TYPE_CHECKING:
 
 
 def render_metrics(sup: Supervisor, streams: StreamSet) -> bytes:
-    with sup.relay.lock:
-        statuses = Counter(live.info.status for live in sup.relay.live.values())
-        statuses.update(info.status for info in sup.relay.past.values())
-        running = len(sup.relay.live)
+    statuses = sup.table.counts()
+    running = sup.table.running
     _, buffered = sup.registry.stats()
     lines = [
         "# HELP runnerd_turns Turns known to the daemon, by status.",

@@ -9,41 +9,20 @@ a write torn by a crash is never returned.
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
-import msgspec
-
-from ipc.events import RunError, RunFinished, decode_event
 from supervisor.errors import InvalidTurnId, StateDirError
 from supervisor.ids import validate_turn_id
 from supervisor.logs import get_logger
 from supervisor.storage.lines import line_seq, seq_or_none
-from supervisor.turns import TurnError, TurnInfo, TurnStatus
 
 log = get_logger("runnerd.eventlog")
 
 _BLOCK = 64 * 1024
 READ_BUDGET = 8 << 20  # bytes one read may return (always at least one line)
-class EventLog(Protocol):
-    """What the supervisor needs from durable storage; a Redis Streams backend fits too."""
-
-    def create(self, info: TurnInfo) -> None: ...
-    def append(self, turn_id: str, lines: list[bytes]) -> None: ...
-    def close(self, turn_id: str) -> None: ...
-    def write_meta(self, info: TurnInfo, *, durable: bool = True) -> None: ...
-    def read_meta(self, turn_id: str) -> TurnInfo | None: ...
-    def list_meta(self) -> list[TurnInfo]: ...
-    def read_after(self, turn_id: str, after: int, limit: int, upto: int) -> list[bytes]: ...
-    def tail(self, turn_id: str, limit: int, upto: int) -> list[bytes]: ...
-
-
-_meta_decoder = msgspec.json.Decoder(TurnInfo)
-
-
 class FileEventLog:
-    """``<state_dir>/turns/<id>.jsonl`` and ``<id>.meta.json``."""
+    """The file backend of ``EventStore``: ``<state_dir>/turns/<id>.jsonl`` (+ ``.compact.jsonl``)."""
 
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         self.dir = Path(state_dir) / "turns"
@@ -59,15 +38,11 @@ class FileEventLog:
     def _log_path(self, turn_id: str) -> Path:
         return self.dir / f"{validate_turn_id(turn_id)}.jsonl"
 
-    def _meta_path(self, turn_id: str) -> Path:
-        return self.dir / f"{validate_turn_id(turn_id)}.meta.json"
-
     # -- writing (relay thread) --------------------------------------------
 
-    def create(self, info: TurnInfo) -> None:
-        fd = os.open(self._log_path(info.turn_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        self._fds[info.turn_id] = fd
-        self.write_meta(info, durable=False)
+    def create(self, turn_id: str) -> None:
+        fd = os.open(self._log_path(turn_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._fds[turn_id] = fd
 
     def reopen(self, turn_id: str) -> int:
         """Open an existing log for appending after cutting a torn last line; return its last seq."""
@@ -77,8 +52,8 @@ class FileEventLog:
             end = self._complete_end(f)
         os.ftruncate(fd, end)
         self._fds[turn_id] = fd
-        last = self.tail(turn_id, 1, 1 << 62)
-        return line_seq(last[0]) if last else 0
+        last = self.last_line(turn_id)
+        return line_seq(last) if last is not None else 0
 
     def append(self, turn_id: str, lines: list[bytes]) -> None:
         fd = self._fds[turn_id]
@@ -95,24 +70,6 @@ class FileEventLog:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-
-    def write_meta(self, info: TurnInfo, *, durable: bool = True) -> None:
-        """Replace atomically: temp file, (fsync,) rename.
-
-        ``durable=False`` skips the fsync for intermediate states (created,
-        running): a daemon crash keeps them (the page cache survives it);
-        only a power loss could, and the log itself still names the turn.
-        """
-        path = self._meta_path(info.turn_id)
-        tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")  # one per writer thread
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, msgspec.json.encode(info))
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
 
     def _compact_path(self, turn_id: str) -> Path:
         return self.dir / f"{validate_turn_id(turn_id)}.compact.jsonl"
@@ -144,13 +101,12 @@ class FileEventLog:
         return _unlink(self._log_path(turn_id))
 
     def remove(self, turn_id: str) -> int:
-        """Delete everything of a turn; return the bytes freed."""
-        freed = _unlink(self._log_path(turn_id)) + _unlink(self._compact_path(turn_id))
-        return freed + _unlink(self._meta_path(turn_id))
+        """Delete the turn's events in both forms; return the bytes freed."""
+        return _unlink(self._log_path(turn_id)) + _unlink(self._compact_path(turn_id))
 
     def size(self, turn_id: str) -> int:
         total = 0
-        for path in (self._log_path(turn_id), self._compact_path(turn_id), self._meta_path(turn_id)):
+        for path in (self._log_path(turn_id), self._compact_path(turn_id)):
             try:
                 total += path.stat().st_size
             except FileNotFoundError:
@@ -159,59 +115,20 @@ class FileEventLog:
 
     # -- reading (any thread) -----------------------------------------------
 
-    def read_meta(self, turn_id: str) -> TurnInfo | None:
-        try:
-            return _meta_decoder.decode(self._meta_path(turn_id).read_bytes())
-        except FileNotFoundError:
-            return None
-        except msgspec.DecodeError as exc:
-            log.warning("turn_metadata_corrupt", turn_id=turn_id, error=str(exc))
-            return None
-
-    def list_meta(self) -> list[TurnInfo]:
-        """Every turn on disk; a missing or corrupt metadata file is rebuilt from the log."""
-        ids = {p.name.split(".", 1)[0] for p in self.dir.iterdir()
-               if p.name.endswith((".meta.json", ".jsonl")) and not p.name.startswith(".")}
-        out = []
-        for turn_id in sorted(ids):
-            try:
-                validate_turn_id(turn_id)
-            except InvalidTurnId:
-                continue  # not ours
-            info = self.read_meta(turn_id)
-            if info is None:
-                info = self._rebuild_meta(turn_id)
-                if info is None:
-                    continue
-                log.warning("turn_metadata_rebuilt", turn_id=turn_id, status=info.status.value)
-            out.append(info)
+    def turn_ids(self) -> set[str]:
+        """Every turn with events on disk (valid ids only)."""
+        out = set()
+        for p in self.dir.iterdir():
+            if p.name.endswith(".jsonl") and not p.name.startswith("."):
+                try:
+                    out.add(validate_turn_id(p.name.split(".", 1)[0]))
+                except InvalidTurnId:
+                    continue  # not ours
         return out
 
-    def ending_from_log(self, turn_id: str) -> TurnInfo | None:
-        """The turn's ending as its log's last event tells it, if that is a terminal event."""
-        info = self._rebuild_meta(turn_id)
-        return info if info is not None and info.ended else None
-
-    def _rebuild_meta(self, turn_id: str) -> TurnInfo | None:
-        """From the log alone: last seq, and the ending if the terminal event is there."""
-        if not self.has_raw(turn_id):
-            return None
-        info = TurnInfo(turn_id=turn_id, agent="unknown", status=TurnStatus.STARTING)
+    def last_line(self, turn_id: str) -> bytes | None:
         last = self.tail(turn_id, 1, 1 << 62)
-        if not last:
-            return info
-        info.last_seq = line_seq(last[0])
-        try:
-            event = decode_event(last[0])
-        except msgspec.DecodeError:
-            return info
-        if isinstance(event, RunFinished):
-            info.status = TurnStatus.CANCELLED if event.outcome.type == "cancelled" else TurnStatus.SUCCEEDED
-        elif isinstance(event, RunError):
-            info.status = {"timeout": TurnStatus.TIMED_OUT, "lost": TurnStatus.LOST}.get(
-                event.code, TurnStatus.FAILED)
-            info.error = TurnError(event.code, event.message)
-        return info
+        return last[0] if last else None
 
     def read_after(self, turn_id: str, after: int, limit: int, upto: int,
                    max_bytes: int = READ_BUDGET) -> list[bytes]:

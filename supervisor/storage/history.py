@@ -11,17 +11,16 @@ import queue
 import threading
 import time
 
-import msgspec
-
 from supervisor.config import RetentionConfig
+from supervisor.errors import UnknownTurn
 from supervisor.logs import get_logger
 from supervisor.runtime.registry import StreamRegistry
-from supervisor.runtime.relay import Relay
+from supervisor.runtime.turntable import TurnTable
 from supervisor.storage.compaction import CompactionError, compact
-from supervisor.storage.eventlog import FileEventLog
 from supervisor.storage.lines import is_terminal_line, line_seq
 from supervisor.storage.retention import Candidate, PruneReport, plan
-from supervisor.turns import TurnInfo, info_copy
+from supervisor.storage.stores import EventStore, TurnStore
+from supervisor.turns import TurnInfo
 
 log = get_logger("runnerd.history")
 _CHUNK = 10_000
@@ -29,10 +28,11 @@ MAX_COMPACT_BYTES = 256 << 20
 
 
 class HistoryKeeper:
-    def __init__(self, *, eventlog: FileEventLog, relay: Relay, registry: StreamRegistry,
+    def __init__(self, *, events: EventStore, records: TurnStore, table: TurnTable, registry: StreamRegistry,
                  retention: RetentionConfig, compact_finished: bool) -> None:
-        self.eventlog = eventlog
-        self.relay = relay
+        self.events = events
+        self.records = records
+        self.table = table
         self.registry = registry
         self.retention = retention
         self.compact_finished = compact_finished
@@ -87,14 +87,14 @@ class HistoryKeeper:
         info = self._past(turn_id)
         if info is None or info.raw_removed:
             return
-        size = self.eventlog.size(turn_id)
+        size = self.events.size(turn_id)
         if size > MAX_COMPACT_BYTES:  # folding holds the turn in memory: bound it
             self._update(turn_id, compaction="failed",
                          compaction_error=f"{size} bytes is over the {MAX_COMPACT_BYTES}-byte compaction bound")
             return
         try:
             lines = self._all_lines(turn_id, info.last_seq)
-            self.eventlog.write_compact(turn_id, compact(lines))
+            self.events.write_compact(turn_id, compact(lines))
         except CompactionError as exc:
             log.warning("compaction_failed", turn_id=turn_id, error=str(exc))
             self._update(turn_id, compaction="failed", compaction_error=str(exc))
@@ -109,7 +109,7 @@ class HistoryKeeper:
     def _all_lines(self, turn_id: str, last_seq: int) -> list[bytes]:
         lines: list[bytes] = []
         while len(lines) < last_seq:
-            chunk = self.eventlog.read_after(turn_id, len(lines), _CHUNK, last_seq)
+            chunk = self.events.read_after(turn_id, len(lines), _CHUNK, last_seq)
             if not chunk:
                 break
             lines += chunk
@@ -121,7 +121,7 @@ class HistoryKeeper:
         """The compacted form, if present and consistent with the turn's status."""
         if info.compaction != "done":
             return None
-        lines = self.eventlog.read_compact(info.turn_id)
+        lines = self.events.read_compact(info.turn_id)
         if not lines or not is_terminal_line(lines[-1], info.last_seq):
             log.warning("compacted_file_disagrees", turn_id=info.turn_id)
             if not info.raw_removed:
@@ -134,9 +134,8 @@ class HistoryKeeper:
 
     def prune(self, *, dry_run: bool = False, now: float | None = None) -> PruneReport:
         with self._prune_lock:
-            with self.relay.lock:
-                past = [info_copy(i) for i in self.relay.past.values()]
-            candidates = [Candidate(i, self.eventlog.size(i.turn_id)) for i in past]
+            past = self.table.ended_records()
+            candidates = [Candidate(i, self.events.size(i.turn_id)) for i in past]
             chosen = plan(candidates, self.retention, time.time() if now is None else now)
             sizes = {c.info.turn_id: c.size for c in candidates}
             report = PruneReport(removed=chosen.remove, raw_removed=chosen.remove_raw, dry_run=dry_run)
@@ -144,12 +143,11 @@ class HistoryKeeper:
                 report.bytes_freed = sum(sizes[t] for t in chosen.remove)
                 return report
             for turn_id in chosen.remove:
-                with self.relay.lock:
-                    self.relay.past.pop(turn_id, None)
+                self.table.forget(turn_id)
                 self.registry.forget(turn_id)
-                report.bytes_freed += self.eventlog.remove(turn_id)
+                report.bytes_freed += self.events.remove(turn_id) + self.records.remove(turn_id)
             for turn_id in chosen.remove_raw:
-                report.bytes_freed += self.eventlog.remove_raw(turn_id)
+                report.bytes_freed += self.events.remove_raw(turn_id)
                 self._update(turn_id, raw_removed=True)
             if chosen.remove or chosen.remove_raw:
                 log.info("pruned", turns=len(chosen.remove), raw_logs=len(chosen.remove_raw),
@@ -159,21 +157,19 @@ class HistoryKeeper:
     # -- the past table ---------------------------------------------------------
 
     def _past(self, turn_id: str) -> TurnInfo | None:
-        with self.relay.lock:
-            info = self.relay.past.get(turn_id)
-            return info_copy(info) if info else None
+        try:
+            info = self.table.get(turn_id)
+        except UnknownTurn:
+            return None
+        return info if info.ended else None
 
     def _update(self, turn_id: str, **changes: object) -> None:
-        # Snapshot and write under one lock: a stale snapshot never lands last.
+        # Change and write under one lock: a stale record never lands last.
         with self._meta_lock:
-            with self.relay.lock:
-                info = self.relay.past.get(turn_id)
-                if info is None:
-                    return
-                for key, value in changes.items():
-                    setattr(info, key, value)
-                snapshot = msgspec.structs.replace(info)
+            snapshot = self.table.update_ended(turn_id, **changes)
+            if snapshot is None:
+                return
             try:
-                self.eventlog.write_meta(snapshot)
+                self.records.put(snapshot)
             except OSError as exc:
                 log.error("metadata_write_failed", turn_id=turn_id, error=str(exc))
