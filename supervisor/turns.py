@@ -1,8 +1,7 @@
-"""The turn record: status, lifecycle and how an ending is classified.
+"""The API's value types (``TurnInfo``, ``TurnStatus``, ``ExportPage``) and how an ending is classified.
 
 Lifecycle: ``queued -> starting -> running -> succeeded | failed | cancelled |
-timed_out | lost``. The relay thread is the only writer of a ``Turn``; other
-threads read ``info()`` snapshots.
+timed_out | lost``. Light on purpose: the ``Client`` imports it without the runtime.
 """
 
 from __future__ import annotations

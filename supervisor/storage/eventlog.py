@@ -1,4 +1,4 @@
-"""Durable event log: one append-only JSONL file per turn plus a metadata file.
+"""The file backend of ``EventStore``: one append-only JSONL file per turn (and its compacted form).
 
 Every line is one event as served, ``{"seq":N,"type":...}``. Reading after a
 cursor binary-searches the file by byte offset and reading the tail reads
