@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from supervisor.errors import UnknownTurn
+from supervisor.storage.lines import line_seq
 
 
 @dataclass
@@ -73,12 +74,13 @@ class StreamRegistry:
         return turn_id in self._streams
 
     def append(self, turn_id: str, lines: list[bytes], *, end: bool = False) -> int:
-        """Add events numbered ``last_seq + 1 …`` in order; return the new last seq."""
+        """Add stored lines that follow ``last_seq`` without a hole; return the new last seq."""
         with self._lock:
             s = self._streams[turn_id]
             s.items.extend(lines)
             s.nbytes += sum(map(len, lines))
-            s.last_seq += len(lines)
+            if lines:
+                s.last_seq = line_seq(lines[-1])  # the relay numbered them; nothing is counted twice
             if end:
                 s.ended = True
                 s.ended_at = time.monotonic()
