@@ -14,7 +14,7 @@ import pytest
 from conftest import make_config, wait_for
 from ipc import events as ev
 from supervisor.embedded import Supervisor
-from supervisor.errors import InvalidRequest, InvalidTurnId, SessionBusy, UnknownAgent, UnknownTurn
+from supervisor.errors import InvalidRequest, InvalidSessionId, InvalidTurnId, SessionBusy, UnknownAgent, UnknownTurn
 from supervisor.ids import new_turn_id
 from supervisor.turns import TurnStatus
 
@@ -180,7 +180,7 @@ def test_bad_arguments(sup: Supervisor) -> None:
         sup.start_turn("count", {"n": object()})
     with pytest.raises(InvalidRequest, match="timeout_s"):
         sup.start_turn("count", {"n": 1}, timeout_s=-1)
-    with pytest.raises(InvalidTurnId, match="session id"):
+    with pytest.raises(InvalidSessionId, match="session id"):
         sup.start_turn("count", {"n": 1}, session_id="../x")
     turn = sup.start_turn("count", {"n": 3})
     sup.wait(turn.turn_id, 10)
