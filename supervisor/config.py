@@ -151,6 +151,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("max_running_turns must be >= 1 and max_queued >= 0")
         if self.max_event_bytes < 1024:
             raise ValueError("max_event_bytes must be at least 1024")
+        if self.max_page_bytes < 1024:
+            raise ValueError("max_page_bytes must be at least 1024")
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -23,7 +23,7 @@ from supervisor.errors import (
     HistoryGap, InvalidCursor, InvalidRequest, QueueFull, ResourceUnavailable, SessionBusy, SupervisorClosed, UnknownAgent, UnknownTurn,
 )
 from supervisor.storage.eventlog import FileEventLog
-from supervisor.storage.lines import line_seq
+from supervisor.storage.lines import bound_page, line_seq
 from supervisor.ids import new_turn_id, validate_session_id, validate_turn_id
 from supervisor.storage.history import HistoryKeeper
 from supervisor.runtime.proctree import Escalation, TurnTree
@@ -75,7 +75,8 @@ class Supervisor:
         self._uid, self._gid = _resolve_user(self.config.limits.user, self.config.limits.group)
         self.keeper = HistoryKeeper(eventlog=self.eventlog, relay=self.relay, registry=self.registry,
                                     retention=self.config.retention,
-                                    compact_finished=self.config.compact_finished)
+                                    compact_finished=self.config.compact_finished,
+                                    max_event_bytes=self.config.max_event_bytes)
         self.scheduler = Scheduler(max_running=self.config.max_running_turns,
                                    max_queued=self.config.max_queued, start=self._launch,
                                    cancel_running=self._interrupt)
@@ -353,6 +354,8 @@ class Supervisor:
             else:
                 lines, total, _ = self._read(turn_id, after, limit)
                 truncated = (line_seq(lines[-1]) if lines else after) < total
+        lines, cut = bound_page(lines, self.config.max_page_bytes, keep_tail=after is None)  # bytes too
+        truncated = truncated or cut
         next_after = line_seq(lines[-1]) if lines else (after or 0) if after is not None else total
         info.last_seq = max(info.last_seq, total)
         page = ExportPage(turn=info, events=[msgspec.Raw(line) for line in lines], total=total,
