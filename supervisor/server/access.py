@@ -122,6 +122,6 @@ class AccessGuard:
         refusal = _refusal(scope, self.tcp)
         if refusal is not None:
             # Closing: the body (if any) of a refused request is never read.
-            await send_error(send, *refusal, close=scope["method"] not in ("GET", "HEAD"))
+            await send_error(send, *refusal, close=True)
             return
         await self.app(scope, receive, send)
