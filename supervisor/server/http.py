@@ -53,7 +53,7 @@ class Api:
                  connections: ConnectionStats | None = None) -> None:
         self.send_timeout_s = send_timeout_s
         self.connections = connections
-        self._openapi = build()
+        self._openapi = build(agents=list(sup.agents))
         self.sup = sup
         self.max_body_bytes = max_body_bytes
         self.keepalive_s = keepalive_s

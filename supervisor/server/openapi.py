@@ -76,6 +76,12 @@ def _json(name: str) -> dict[str, Any]:
 
 _TURN_ID = {"name": "turn_id", "in": "path", "required": True,
             "schema": {"type": "string", "pattern": TURN_ID_PATTERN}}
+# One parsed SSE event (OpenAPI 3.1: the media type's schema is per event): an AG-UI event
+# with its seq as ``id``, or the ``gap``/``shutdown`` notices (comments are not events).
+_SSE_EVENT = {"type": "object", "required": ["data"],
+              "properties": {"event": {"type": "string", "enum": ["message", "gap", "shutdown"]},
+                             "id": {"type": "string", "pattern": "^[0-9]+$"},
+                             "data": {"type": "string", "contentMediaType": "application/json"}}}
 _CURSOR = {"type": "integer", "minimum": 0, "maximum": MAX_CURSOR}
 _BOOL = {"type": "string", "enum": ["true", "false", "1", "0"]}
 
@@ -98,13 +104,16 @@ def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema}
 
 
-def build() -> dict[str, Any]:
+def build(agents: list[str] | None = None) -> dict[str, Any]:
+    """``agents``: the configured names, listed as the enum of ``StartBody.agent``."""
     _, components = msgspec.json.schema_components(
         [StartBody, CancelBody, PruneBody, ErrorBody, TurnList, TurnInfo, ExportPage, PruneReport,
          AgentList, Health],
         ref_template="#/components/schemas/{name}")
     components["StartBody"]["properties"]["session_id"] = {
         "anyOf": [{"type": "string", "pattern": SESSION_PATTERN}, {"type": "null"}], "default": None}
+    if agents:
+        components["StartBody"]["properties"]["agent"] = {"type": "string", "enum": sorted(agents)}
     statuses = [s.value for s in TurnStatus]
     paths: dict[str, Any] = {
         "/v1/turns": {
@@ -126,8 +135,7 @@ def build() -> dict[str, Any]:
                                    {"name": "Last-Event-ID", "in": "header", "required": False,
                                     "schema": {"type": "string", "pattern": "^[0-9]{0,19}$"}}],
                     "responses": {"200": {"description": "event stream (id: <seq>, data: <event JSON>)",
-                                          "content": {"text/event-stream": {
-                                              "schema": {"type": "string", "format": "event-stream"}}}},
+                                          "content": {"text/event-stream": {"schema": _SSE_EVENT}}},
                                   **_errors(404, 500)}}},
         "/v1/turns/{turn_id}/export": {
             "get": {"summary": "A page of history as plain JSON (bounded in count and bytes); never waits",
