@@ -37,11 +37,18 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     socket: str = msgspec.field(default_factory=default_socket_path)
     socket_mode: str = "0660"  # octal, as a string
     socket_group: str | None = None
-    tcp: str | None = None  # "127.0.0.1:8765"; non-loopback only with token_file
+    tcp: str | None = None  # "127.0.0.1:8765"; needs token_file (or tcp_insecure_loopback on loopback)
     token_file: str | None = None
+    tcp_insecure_loopback: bool = False  # loopback TCP without a token: open to every local user
+    tcp_host_names: list[str] = msgspec.field(default_factory=list)  # extra Host names the TCP listener answers
+    max_tcp_connections: int = 1024  # also bounded by RLIMIT_NOFILE (see server/connections.py)
+    max_tcp_connections_per_peer: int = 128
+    header_timeout_s: float = 10.0  # a request's headers must be complete within this
+    body_timeout_s: float = 30.0  # and its body within this after the headers
+    idle_timeout_s: float = 30.0  # a keep-alive connection with no new request is closed
     max_body_bytes: int = 1 << 20
     keepalive_s: float = 15.0
-    send_timeout_s: float = 30.0  # an SSE subscriber that takes no write this long is dropped
+    send_timeout_s: float = 30.0  # a client that takes no write (JSON or SSE) this long is dropped
     shutdown_timeout_s: float = 10.0
     shutdown_mode: str = "cancel"  # or "drain": let running turns finish first
 
@@ -56,6 +63,11 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("server.shutdown_mode must be 'cancel' or 'drain'")
         if self.max_body_bytes < 1024:
             raise ValueError("server.max_body_bytes must be at least 1024")
+        if self.max_tcp_connections < 1 or self.max_tcp_connections_per_peer < 1:
+            raise ValueError("server.max_tcp_connections and max_tcp_connections_per_peer must be >= 1")
+        for name in ("header_timeout_s", "body_timeout_s", "idle_timeout_s", "send_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"server.{name} must be > 0")
 
 
 class RetentionConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -117,6 +129,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_running_turns: int = 32  # beyond this, turns wait in a FIFO queue
     max_queued: int = 1000  # beyond this, a start is refused (HTTP 429)
     max_event_bytes: int = 1 << 20
+    max_page_bytes: int = 4 << 20  # of events in one export page (at least one event is always returned)
     buffer_bytes: int = 4 << 20  # per turn, recent events kept in memory
     ended_memory_s: float = 30.0  # an ended turn's events leave memory after this long
     log_level: str = "info"
@@ -138,6 +151,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("max_running_turns must be >= 1 and max_queued >= 0")
         if self.max_event_bytes < 1024:
             raise ValueError("max_event_bytes must be at least 1024")
+        if self.max_page_bytes < 1024:
+            raise ValueError("max_page_bytes must be at least 1024")
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -91,9 +91,10 @@ class Supervisor:
         self.keeper = HistoryKeeper(events=self.event_store, records=self.turn_store, table=self.table,
                                     registry=self.registry,
                                     retention=self.config.retention,
-                                    compact_finished=self.config.compact_finished)
+                                    compact_finished=self.config.compact_finished,
+                                    max_event_bytes=self.config.max_event_bytes)
         self.reader = Reader(store=self.event_store, registry=self.registry, status=self.status,
-                             compacted=self.keeper.compacted)
+                             compacted=self.keeper.compacted, max_page_bytes=self.config.max_page_bytes)
         self.scheduler = Scheduler(max_running=self.config.max_running_turns,
                                    max_queued=self.config.max_queued, start=self._launch,
                                    cancel_running=self._interrupt)

@@ -15,6 +15,11 @@ class InvalidTurnId(RunnerdError, ValueError):
     status = 400
 
 
+class InvalidSessionId(RunnerdError, ValueError):
+    code = "invalid_session_id"
+    status = 400
+
+
 class UnknownTurn(RunnerdError, KeyError):
     code = "unknown_turn"
     status = 404

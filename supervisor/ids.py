@@ -9,11 +9,13 @@ import os
 import re
 import time
 
-from supervisor.errors import InvalidTurnId
+from supervisor.errors import InvalidSessionId, InvalidTurnId
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_ID_RE = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}\Z")
-_SESSION_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
+TURN_ID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"
+_ID_RE = re.compile(TURN_ID_PATTERN.rstrip("$") + r"\Z")
+SESSION_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+_SESSION_RE = re.compile(SESSION_PATTERN.rstrip("$") + r"\Z")
 
 
 def new_turn_id() -> str:
@@ -36,5 +38,5 @@ def validate_turn_id(turn_id: object) -> str:
 def validate_session_id(session_id: object) -> str:
     if not isinstance(session_id, str) or not _SESSION_RE.match(session_id):
         shown = repr(session_id)[:40]
-        raise InvalidTurnId(f"invalid session id {shown}: 1-128 of A-Z a-z 0-9 . _ : -")
+        raise InvalidSessionId(f"invalid session id {shown}: 1-128 of A-Z a-z 0-9 . _ : -")
     return session_id

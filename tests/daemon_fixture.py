@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -19,17 +20,21 @@ TESTS = Path(__file__).parent
 
 
 def write_config(tmp: Path, *, retention: dict[str, object] | None = None,
-                 top: dict[str, object] | None = None, **server: object) -> Path:
-    agents = dict(TEST_AGENTS, demo="worker.demos:chat", sleep="worker.demos:sleeper")
+                 top: dict[str, object] | None = None, limits: dict[str, object] | None = None,
+                 only_agents: dict[str, str] | None = None, **server: object) -> Path:
+    agents = only_agents or dict(TEST_AGENTS, demo="worker.demos:chat", sleep="worker.demos:sleeper")
     lines = [f'state_dir = "{tmp / "state"}"', "cancel_grace_s = 0.3", "kill_grace_s = 0.3"]
     lines += [f"{k} = {v!r}".replace("'", '"') for k, v in (top or {}).items()]
     lines += ["", "[agents]"]
     lines += [f'{name} = "{target}"' for name, target in agents.items()]
     if retention:
         lines += ["", "[retention]"] + [f"{k} = {v!r}" for k, v in retention.items()]
+    if limits:
+        lines += ["", "[limits]"] + [f"{k} = {v!r}" for k, v in limits.items()]
     lines += ["", "[server]", f'socket = "{tmp / "run" / "runnerd.sock"}"']
     for key, value in server.items():
-        lines.append(f"{key} = {value!r}".replace("'", '"'))
+        shown = str(value).lower() if isinstance(value, bool) else repr(value).replace("'", '"')
+        lines.append(f"{key} = {shown}")
     path = tmp / "runnerd.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -59,16 +64,19 @@ class Daemon:
 
 def start_daemon(tmp: Path, *, extra_env: dict[str, str] | None = None,
                  retention: dict[str, object] | None = None, top: dict[str, object] | None = None,
-                 **server: object) -> Daemon:
-    config = write_config(tmp, retention=retention, top=top, **server)
+                 limits: dict[str, object] | None = None, nofile: int | None = None,
+                 only_agents: dict[str, str] | None = None, **server: object) -> Daemon:
+    """``nofile``: the daemon's RLIMIT_NOFILE (soft and hard), to probe descriptor exhaustion."""
+    config = write_config(tmp, retention=retention, top=top, limits=limits, only_agents=only_agents, **server)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
     env.pop("NOTIFY_SOCKET", None)
     env.update(extra_env or {})
     log = tmp / "runnerd.log"
     with open(log, "ab") as logf:
+        limit = None if nofile is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         proc = subprocess.Popen([str(BIN / "runnerd"), "--config", str(config)], stdout=logf, stderr=logf,
-                                env=env)
+                                env=env, preexec_fn=limit)
     d = Daemon(proc, str(tmp / "run" / "runnerd.sock"), config, log, env)
 
     def ready() -> bool:

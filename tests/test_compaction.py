@@ -172,3 +172,83 @@ def test_a_compacted_file_that_disagrees_with_its_log_is_ignored_and_rebuilt(sup
     wait_for(lambda: sup.status(turn.turn_id).compaction == "done" and
              path.read_bytes().splitlines() == lines)  # folded again from the full log
     assert sup.export(turn.turn_id, compact=True).compacted
+
+
+# -- bounded in bytes ------------------------------------------------------------
+
+def _apply(events: list[dict[str, object]]) -> list[dict[str, object]]:
+    """What an AG-UI client's message list becomes after these events (the subset we write)."""
+    messages: list[dict[str, object]] = []
+    by_id: dict[str, dict[str, object]] = {}
+    calls: dict[str, dict[str, object]] = {}
+    for e in events:
+        kind = e["type"]
+        if kind == "MESSAGES_SNAPSHOT":
+            messages = [dict(m) for m in e["messages"]]  # type: ignore[attr-defined]
+            by_id = {str(m["id"]): m for m in messages}
+        elif kind == "TEXT_MESSAGE_START":
+            by_id[str(e["messageId"])] = {"id": e["messageId"], "role": e["role"], "content": ""}
+            messages.append(by_id[str(e["messageId"])])
+        elif kind == "TEXT_MESSAGE_CONTENT":
+            by_id[str(e["messageId"])]["content"] = str(by_id[str(e["messageId"])]["content"]) + str(e["delta"])
+        elif kind == "TOOL_CALL_START":
+            parent = by_id.get(str(e["parentMessageId"]))
+            if parent is None:
+                parent = by_id[str(e["parentMessageId"])] = {"id": e["parentMessageId"], "role": "assistant"}
+                messages.append(parent)
+            call = {"id": e["toolCallId"], "type": "function",
+                    "function": {"name": e["toolCallName"], "arguments": ""}}
+            parent.setdefault("toolCalls", []).append(call)  # type: ignore[attr-defined]
+            calls[str(e["toolCallId"])] = call
+        elif kind == "TOOL_CALL_ARGS":
+            fn = calls[str(e["toolCallId"])]["function"]
+            fn["arguments"] += str(e["delta"])  # type: ignore[index]
+        elif kind == "TOOL_CALL_RESULT":
+            by_id[str(e["messageId"])] = {"id": e["messageId"], "role": "tool", "content": e["content"],
+                                          "toolCallId": e["toolCallId"]}
+            messages.append(by_id[str(e["messageId"])])
+    return messages
+
+
+def _huge_history(pieces: int, size: int) -> list[bytes]:
+    text = "é\"x" * (size // 3)  # escapes: the cut counts encoded bytes
+    return _lines(
+        ev.RunStarted(thread_id="t", run_id="r"),
+        ev.TextMessageStart(message_id="small"), ev.TextMessageContent(message_id="small", delta="hi"),
+        ev.TextMessageEnd(message_id="small"),
+        ev.TextMessageStart(message_id="big"),
+        *(ev.TextMessageContent(message_id="big", delta=text) for _ in range(pieces)),
+        ev.TextMessageEnd(message_id="big"),
+        ev.ToolCallStart(tool_call_id="t1", tool_call_name="search", parent_message_id="big"),
+        *(ev.ToolCallArgs(tool_call_id="t1", delta=text) for _ in range(pieces)),
+        ev.ToolCallEnd(tool_call_id="t1"),
+        ev.ToolCallResult(message_id="r1", tool_call_id="t1", content="found"),
+        ev.TextMessageStart(message_id="after"), ev.TextMessageContent(message_id="after", delta="bye"),
+        ev.TextMessageEnd(message_id="after"),
+        ev.RunFinished(thread_id="t", run_id="r", outcome=ev.Outcome("success")),
+    )
+
+
+def test_a_history_over_max_event_bytes_is_restated_in_bounded_events() -> None:
+    """50 deltas of ~3 KB: the one snapshot would be ~300 KB; the cap is 8 KiB."""
+    history = _huge_history(50, 3000)
+    whole = compact(history, max_event_bytes=1 << 20)
+    assert len(whole) == 3 and max(len(x) for x in whole) > 200_000  # the unbounded form, for reference
+    cap = 8192
+    bounded = compact(history, max_event_bytes=cap)
+    assert max(len(x) for x in bounded) <= cap
+    for line in bounded:  # every piece is a valid AG-UI event
+        ev.decode_event(line)
+    seqs = [msgspec.json.decode(x)["seq"] for x in bounded]
+    assert seqs == sorted(set(seqs)) and seqs[-1] == len(history)  # distinct, increasing, terminal last
+    events = _decode(bounded)
+    assert events[1]["type"] == "MESSAGES_SNAPSHOT" and [m["id"] for m in events[1]["messages"]] == ["small"]
+    assert _apply(events) == _apply(_decode(whole))  # a client ends with the same messages
+
+
+def test_a_history_that_cannot_be_restated_keeps_its_raw_log() -> None:
+    # One delta of 6 KB under an 8 KiB cap becomes one content event, but a 2 KiB cap needs
+    # more pieces than the turn had events: refused, rather than an oversized event.
+    history = _huge_history(1, 6000)
+    with pytest.raises(CompactionError, match="more than the"):
+        compact(history, max_event_bytes=2048)

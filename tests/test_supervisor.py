@@ -16,6 +16,7 @@ from ipc import events as ev
 from supervisor.embedded import Supervisor
 from supervisor.errors import (
     InvalidRequest,
+    InvalidSessionId,
     InvalidTurnId,
     SessionBusy,
     UnknownAgent,
@@ -186,7 +187,7 @@ def test_bad_arguments(sup: Supervisor) -> None:
         sup.start_turn("count", {"n": object()})
     with pytest.raises(InvalidRequest, match="timeout_s"):
         sup.start_turn("count", {"n": 1}, timeout_s=-1)
-    with pytest.raises(InvalidTurnId, match="session id"):
+    with pytest.raises(InvalidSessionId, match="session id"):
         sup.start_turn("count", {"n": 1}, session_id="../x")
     turn = sup.start_turn("count", {"n": 3})
     sup.wait(turn.turn_id, 10)

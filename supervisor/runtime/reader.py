@@ -18,7 +18,7 @@ import msgspec
 from supervisor.errors import HistoryGap, InvalidCursor, InvalidRequest
 from supervisor.runtime.registry import StreamRegistry
 from supervisor.storage.eventlog import FileEventLog
-from supervisor.storage.lines import line_seq
+from supervisor.storage.lines import bound_page, line_seq
 from supervisor.turns import ExportPage, Gap, SeqRange, TurnInfo
 
 READ_CHUNK = 1000
@@ -68,8 +68,10 @@ class Reader:
 
     def __init__(self, *, store: FileEventLog, registry: StreamRegistry,
                  status: Callable[[str], TurnInfo],
-                 compacted: Callable[[TurnInfo], list[bytes] | None]) -> None:
+                 compacted: Callable[[TurnInfo], list[bytes] | None],
+                 max_page_bytes: int = 8 << 20) -> None:
         self.store = store
+        self.max_page_bytes = max_page_bytes
         self.registry = registry
         self.status = status
         self.compacted = compacted
@@ -152,6 +154,8 @@ class Reader:
             else:
                 lines, total, _ = self.read(turn_id, after, limit)
                 truncated = (line_seq(lines[-1]) if lines else after) < total
+        lines, cut = bound_page(lines, self.max_page_bytes, keep_tail=after is None)  # bytes too
+        truncated = truncated or cut
         next_after = line_seq(lines[-1]) if lines else (after or 0) if after is not None else total
         info.last_seq = max(info.last_seq, total)
         page = ExportPage(turn=info, events=[msgspec.Raw(line) for line in lines], total=total,

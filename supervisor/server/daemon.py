@@ -25,11 +25,18 @@ from pathlib import Path
 import click
 import uvicorn
 
-from supervisor.config import Config, load_config
+from supervisor.config import Config, ServerConfig, load_config
 from supervisor.embedded import Supervisor
 from supervisor.errors import RunnerdError
 from supervisor.logs import configure_logging, get_logger
 from supervisor.server import sdnotify
+from supervisor.server.access import TcpPolicy, listener_hosts
+from supervisor.server.connections import (
+    ConnectionStats,
+    protocol_class,
+    quiet_uvicorn,
+    tcp_connection_cap,
+)
 from supervisor.server.http import create_app
 from supervisor.server.sse import StreamSet
 
@@ -96,25 +103,29 @@ def bind_unix(path: str, mode: int, group: str | None) -> socket.socket:
     return sock
 
 
-def bind_tcp(spec: str, token_file: str | None) -> tuple[socket.socket, str | None]:
+def bind_tcp(server: ServerConfig) -> tuple[socket.socket, TcpPolicy]:
+    """Bind ``server.tcp``: a token is required (loopback included) unless
+    ``tcp_insecure_loopback`` on a loopback address."""
+    spec = server.tcp or ""
     host, sep, port = spec.rpartition(":")
     host = host.strip("[]")
     if not sep or not port.isdigit():
         raise StartupError(f"server.tcp must be HOST:PORT, got {spec!r}")
     token = None
-    if token_file is not None:
+    if server.token_file is not None:
         try:
-            token = Path(token_file).read_text().strip()
+            token = Path(server.token_file).read_text().strip()
         except OSError as exc:
-            raise StartupError(f"cannot read token file {token_file}: {exc.strerror}") from None
+            raise StartupError(f"cannot read token file {server.token_file}: {exc.strerror}") from None
         if len(token) < 16:
-            raise StartupError(f"the token in {token_file} is shorter than 16 characters")
+            raise StartupError(f"the token in {server.token_file} is shorter than 16 characters")
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
-    if not loopback and token is None:
-        raise StartupError(f"refusing to listen on {host} without server.token_file (only loopback is open)")
+    if token is None and not (server.tcp_insecure_loopback and loopback):
+        raise StartupError(f"refusing to listen on {spec} without server.token_file "
+                           "(tcp_insecure_loopback = true allows a loopback address without one)")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -132,14 +143,25 @@ def bind_tcp(spec: str, token_file: str | None) -> tuple[socket.socket, str | No
         raise StartupError(f"cannot listen on {spec}: {exc.strerror}") from None
     sock.listen(1024)
     sock.set_inheritable(False)
-    return sock, token
+    hosts = listener_hosts(host, sock.getsockname()[1], loopback=loopback, extra=server.tcp_host_names)
+    if token is None:
+        log.warning("tcp_insecure_loopback", tcp=spec,
+                    message="TCP without a token: every local user can start agents as this daemon's user")
+        click.echo(f"runnerd: WARNING: {spec} accepts requests without a token "
+                   "(tcp_insecure_loopback): every local user can start agents", err=True)
+    return sock, TcpPolicy(hosts=hosts, token=token, insecure_loopback=token is None)
 
 
 class Daemon:
     """One run of runnerd: owns the Supervisor, the listeners and the shutdown."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, nofile: int = 1024) -> None:
         self.config = config
+        server = config.server
+        self.connections = ConnectionStats(
+            max_tcp=tcp_connection_cap(nofile, config.max_running_turns, server.max_tcp_connections),
+            max_per_peer=server.max_tcp_connections_per_peer, header_timeout_s=server.header_timeout_s,
+            body_timeout_s=server.body_timeout_s, send_timeout_s=server.send_timeout_s)
         self.stop_requested = asyncio.Event()
         self.streams = StreamSet()
         self.sup: Supervisor | None = None
@@ -149,39 +171,53 @@ class Daemon:
         """Signal handler: only enqueue."""
         self.stop_requested.set()
 
-    def _listeners(self) -> tuple[list[socket.socket], str | None]:
+    def _listeners(self) -> tuple[list[socket.socket], TcpPolicy | None]:
         server = self.config.server
         inherited = sdnotify.listen_fds()  # systemd socket activation
-        token = None
+        policy = None
         if inherited:
             sockets = inherited
         else:
             sockets = [bind_unix(server.socket, int(server.socket_mode, 8), server.socket_group)]
             self._owned_socket = server.socket
         if server.tcp:
-            tcp, token = bind_tcp(server.tcp, server.token_file)
+            try:
+                tcp, policy = bind_tcp(server)
+            except StartupError:
+                for s in sockets:
+                    s.close()
+                raise
             sockets.append(tcp)
-        return sockets, token
+        return sockets, policy
 
     async def run(self) -> int:
+        try:
+            return await self._run()
+        except StartupError:
+            self._remove_socket()  # a failed start leaves no socket file behind
+            raise
+
+    async def _run(self) -> int:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self.connections.accept_error_handler)
         server_cfg = self.config.server
-        sockets, token = self._listeners()
+        sockets, policy = self._listeners()
         try:
             self.sup = await asyncio.to_thread(Supervisor(self.config).start)
         except (RunnerdError, OSError) as exc:
             for s in sockets:
                 s.close()
-            self._remove_socket()
             raise StartupError(f"cannot start the supervisor: {exc}") from None
         app = create_app(self.sup, max_body_bytes=server_cfg.max_body_bytes,
-                         keepalive_s=server_cfg.keepalive_s, token=token, streams=self.streams,
-                         send_timeout_s=server_cfg.send_timeout_s)
+                         keepalive_s=server_cfg.keepalive_s, tcp=policy, streams=self.streams,
+                         send_timeout_s=server_cfg.send_timeout_s, connections=self.connections)
+        quiet_uvicorn()
         uv_config = uvicorn.Config(
             app, lifespan="off", log_config=None, access_log=False, server_header=False,
+            http=protocol_class(self.connections),
             timeout_graceful_shutdown=max(1, int(server_cfg.shutdown_timeout_s / 2)),
-            h11_max_incomplete_event_size=16 * 1024,  # caps request line + headers
-            timeout_keep_alive=30,
+            h11_max_incomplete_event_size=16 * 1024,  # caps request line + headers arriving in pieces
+            timeout_keep_alive=max(1, round(server_cfg.idle_timeout_s)),
         )
         server = _Server(uv_config)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -194,7 +230,8 @@ class Daemon:
             serving.result()
             raise StartupError("the HTTP server failed to start")
         where = self.config.server.socket if self._owned_socket else "inherited sockets"
-        log.info("runnerd_ready", listen=where, tcp=server_cfg.tcp, pid=os.getpid())
+        log.info("runnerd_ready", listen=where, tcp=server_cfg.tcp, pid=os.getpid(),
+                 max_tcp_connections=self.connections.max_tcp)
         sdnotify.notify("READY=1", f"STATUS=serving on {where}; 0 turns running")
         watchdog = asyncio.ensure_future(self._watchdog())
         stop = asyncio.ensure_future(self.stop_requested.wait())
@@ -258,9 +295,9 @@ def raise_nofile_limit() -> int:
 def run(config: Config) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit code."""
     configure_logging(config.log_level)
-    raise_nofile_limit()
+    nofile = raise_nofile_limit()
     try:
-        return asyncio.run(Daemon(config).run())
+        return asyncio.run(Daemon(config, nofile).run())
     except StartupError as exc:
         log.error("startup_failed", error=str(exc))
         click.echo(f"runnerd: {exc}", err=True)

@@ -8,17 +8,15 @@ The host that mounts ``create_app`` starts and stops the Supervisor itself.
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from supervisor.embedded import Supervisor
 from supervisor.errors import (
@@ -28,26 +26,30 @@ from supervisor.errors import (
     SessionBusy,
     SupervisorClosed,
 )
-from supervisor.ids import validate_turn_id
+from supervisor.ids import validate_session_id, validate_turn_id
 from supervisor.logs import get_logger
 from supervisor.runtime.reader import MAX_EXPORT_LIMIT
+from supervisor.server.access import AccessGuard, TcpPolicy
+from supervisor.server.connections import ConnectionStats
 from supervisor.server.metrics import render_metrics
-from supervisor.server.openapi import CancelBody, PruneBody, StartBody, build
+from supervisor.server.openapi import (
+    MAX_CURSOR,
+    MAX_LIST_LIMIT,
+    CancelBody,
+    PruneBody,
+    StartBody,
+    build,
+)
 from supervisor.server.sse import EventStream, StreamSet
 from supervisor.turns import TurnStatus
 
 _json = msgspec.json.Encoder()
-MAX_HEADER_BYTES = 16 * 1024
+MAX_JSON_DEPTH = 64  # of a request body; deeper is a 400, never a RecursionError
 
 
 class BodyTooLarge(RunnerdError):
     code = "body_too_large"
     status = 413
-
-
-class Unauthorized(RunnerdError):
-    code = "unauthorized"
-    status = 401
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -62,9 +64,11 @@ class Api:
     """Route handlers bound to one Supervisor; owns nothing but its limits."""
 
     def __init__(self, sup: Supervisor, *, max_body_bytes: int, keepalive_s: float,
-                 streams: StreamSet, send_timeout_s: float = 30.0) -> None:
+                 streams: StreamSet, send_timeout_s: float = 30.0,
+                 connections: ConnectionStats | None = None) -> None:
         self.send_timeout_s = send_timeout_s
-        self._openapi = build()
+        self.connections = connections
+        self._openapi = build(agents=list(sup.agents))
         self.sup = sup
         self.max_body_bytes = max_body_bytes
         self.keepalive_s = keepalive_s
@@ -85,11 +89,19 @@ class Api:
         if not body.strip():
             body = b"{}"
         try:
-            return msgspec.json.decode(body, type=kind)
+            value = msgspec.json.decode(body, type=kind)
         except msgspec.ValidationError as exc:
             raise InvalidRequest(f"invalid request body: {exc}") from None
         except msgspec.DecodeError as exc:
             raise InvalidRequest(f"malformed JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidRequest(f"request body nested deeper than {MAX_JSON_DEPTH}") from None
+        _check_depth(value, MAX_JSON_DEPTH)
+        return value
+
+    async def turns(self, request: Request) -> Response:
+        """One route per path, so a 405 names every method of it in ``Allow``."""
+        return await (self.start_turn(request) if request.method == "POST" else self.list_turns(request))
 
     async def start_turn(self, request: Request) -> Response:
         body: StartBody = await self._body(request, StartBody)
@@ -103,8 +115,11 @@ class Api:
         status = q.get("status")
         if status is not None and status not in {s.value for s in TurnStatus}:
             raise InvalidRequest(f"unknown status {status[:32]!r}")
-        limit = _int_param(q.get("limit"), "limit", default=100, lo=1, hi=10_000)
-        turns = self.sup.list_turns(status=status, session_id=q.get("session_id"), limit=limit)
+        limit = _int_param(q.get("limit"), "limit", default=100, lo=1, hi=MAX_LIST_LIMIT)
+        session_id = q.get("session_id")
+        if session_id is not None:
+            validate_session_id(session_id)
+        turns = self.sup.list_turns(status=status, session_id=session_id, limit=limit)
         return json_response({"turns": turns})
 
     async def get_turn(self, request: Request) -> Response:
@@ -121,7 +136,7 @@ class Api:
         turn_id = validate_turn_id(request.path_params["turn_id"])
         q = request.query_params
         limit = _int_param(q.get("limit"), "limit", default=200, lo=0, hi=MAX_EXPORT_LIMIT)
-        after = _int_param(q.get("after"), "after", default=None, lo=0, hi=1 << 62)
+        after = _int_param(q.get("after"), "after", default=None, lo=0, hi=MAX_CURSOR)
         compact = _bool_param(q.get("compact"), "compact")
         page = await run_in_threadpool(lambda: self.sup.export(turn_id, limit=limit, after=after,
                                                                compact=compact))
@@ -131,9 +146,9 @@ class Api:
         turn_id = validate_turn_id(request.path_params["turn_id"])
         header = request.headers.get("last-event-id")
         if header is not None and header.strip() != "":
-            after = _int_param(header.strip(), "Last-Event-ID", default=0, lo=0, hi=1 << 62)
+            after = _int_param(header.strip(), "Last-Event-ID", default=0, lo=0, hi=MAX_CURSOR)
         else:
-            after = _int_param(request.query_params.get("after"), "after", default=0, lo=0, hi=1 << 62)
+            after = _int_param(request.query_params.get("after"), "after", default=0, lo=0, hi=MAX_CURSOR)
         info = self.sup.status(turn_id)
         if after > info.last_seq:
             raise InvalidCursor(f"cursor {after} is beyond the last seq {info.last_seq}")
@@ -160,11 +175,24 @@ class Api:
         return json_response(self._openapi)
 
     async def metrics(self, request: Request) -> Response:
-        return Response(render_metrics(self.sup, self.streams), media_type="text/plain; version=0.0.4")
+        return Response(render_metrics(self.sup, self.streams, self.connections), media_type="text/plain; version=0.0.4")
+
+
+def _check_depth(value: Any, limit: int) -> None:
+    """Iteratively, so a deep value costs no stack: no container nested deeper than ``limit``."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list, msgspec.Struct)):
+            if depth >= limit:
+                raise InvalidRequest(f"request body nested deeper than {limit}")
+            children = item.values() if isinstance(item, dict) else item if isinstance(item, list) \
+                else (getattr(item, f) for f in item.__struct_fields__)
+            stack.extend((child, depth + 1) for child in children)
 
 
 def _bool_param(raw: str | None, name: str) -> bool:
-    if raw is None or raw in ("", "0", "false"):
+    if raw is None or raw in ("0", "false"):
         return False
     if raw in ("1", "true"):
         return True
@@ -172,7 +200,7 @@ def _bool_param(raw: str | None, name: str) -> bool:
 
 
 def _int_param(raw: str | None, name: str, *, default: int | None, lo: int, hi: int) -> Any:
-    if raw is None or raw == "":
+    if raw is None:
         return default
     if not (raw.isascii() and raw.isdigit()) or not lo <= int(raw) <= hi:  # "²".isdigit() is True
         raise InvalidRequest(f"{name} must be an integer in [{lo}, {hi}], got {raw[:32]!r}")
@@ -182,13 +210,24 @@ def _int_param(raw: str | None, name: str, *, default: int | None, lo: int, hi: 
 async def _runnerd_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RunnerdError)
     extra = {"active_turn_id": exc.active_turn_id} if isinstance(exc, SessionBusy) else {}
-    return error_response(exc.status, exc.code, str(exc), **extra)
+    response = error_response(exc.status, exc.code, str(exc), **extra)
+    if isinstance(exc, BodyTooLarge):
+        response.headers["connection"] = "close"  # the rest of the body is never read
+    return response
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     codes = {404: "not_found", 405: "method_not_allowed"}
-    return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+    response = error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+    response.headers.update(exc.headers or {})  # Allow on 405
+    return response
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client closed the connection mid-body: nobody to answer, nothing went wrong here."""
+    get_logger("runnerd.http").debug("client_disconnected", path=request.url.path)
+    return Response(status_code=400)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
@@ -196,48 +235,16 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal", "internal error; see the daemon's log")
 
 
-class Guard:
-    """ASGI middleware: bearer token on TCP, 503 while shutting down."""
-
-    def __init__(self, app: ASGIApp, *, token: str | None, streams: StreamSet) -> None:
-        self.app = app
-        self.token = token.encode() if token else None
-        self.streams = streams
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if self.streams.closing:
-            await error_response(503, "shutting_down", "runnerd is shutting down")(scope, receive, send)
-            return
-        header_bytes = (sum(len(k) + len(v) for k, v in scope["headers"]) + len(scope.get("raw_path") or b"")
-                        + len(scope.get("query_string") or b""))
-        if header_bytes > MAX_HEADER_BYTES:  # the parser only bounds what arrives in pieces
-            await error_response(431, "headers_too_large",
-                                 f"request line and headers over {MAX_HEADER_BYTES} bytes")(scope, receive, send)
-            return
-        server = scope.get("server")
-        over_tcp = server is not None and server[1] is not None  # a unix socket has no port
-        if self.token is not None and over_tcp:
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, b"Bearer " + self.token):
-                await error_response(401, Unauthorized.code, "a valid bearer token is required")(
-                    scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 def create_app(sup: Supervisor, *, max_body_bytes: int = 1 << 20, keepalive_s: float = 15.0,
-               token: str | None = None, streams: StreamSet | None = None,
-               send_timeout_s: float = 30.0) -> Starlette:
-    """The ASGI app. ``streams`` lets the daemon close every open SSE stream at shutdown."""
+               tcp: TcpPolicy | None = None, streams: StreamSet | None = None,
+               send_timeout_s: float = 30.0, connections: ConnectionStats | None = None) -> Starlette:
+    """The ASGI app. ``streams`` lets the daemon close every open SSE stream at shutdown;
+    ``tcp`` is what a request on a TCP listener must carry (see ``access``)."""
     streams = streams or StreamSet()
     api = Api(sup, max_body_bytes=max_body_bytes, keepalive_s=keepalive_s, streams=streams,
-              send_timeout_s=send_timeout_s)
+              send_timeout_s=send_timeout_s, connections=connections)
     routes = [
-        Route("/v1/turns", api.start_turn, methods=["POST"]),
-        Route("/v1/turns", api.list_turns, methods=["GET"]),
+        Route("/v1/turns", api.turns, methods=["GET", "POST"]),
         Route("/v1/turns/{turn_id}", api.get_turn, methods=["GET"]),
         Route("/v1/turns/{turn_id}/events", api.events, methods=["GET"]),
         Route("/v1/turns/{turn_id}/export", api.export, methods=["GET"]),
@@ -251,11 +258,12 @@ def create_app(sup: Supervisor, *, max_body_bytes: int = 1 << 20, keepalive_s: f
     app = Starlette(
         routes=routes,
         exception_handlers={RunnerdError: _runnerd_error, HTTPException: _http_error,
-                            Exception: _internal_error},
+                            ClientDisconnect: _client_gone, Exception: _internal_error},
     )
+    app.router.redirect_slashes = False  # "/v1/turns/" is a 404, not a 307 to elsewhere
     app.state.streams = streams
     app.state.supervisor = sup
-    app.add_middleware(Guard, token=token, streams=streams)
+    app.add_middleware(AccessGuard, tcp=tcp, is_closing=lambda: streams.closing)
     return app
 
 

@@ -9,10 +9,11 @@ from supervisor.turns import TurnStatus
 
 if TYPE_CHECKING:
     from supervisor.embedded import Supervisor
+    from supervisor.server.connections import ConnectionStats
     from supervisor.server.sse import StreamSet
 
 
-def render_metrics(sup: Supervisor, streams: StreamSet) -> bytes:
+def render_metrics(sup: Supervisor, streams: StreamSet, connections: ConnectionStats | None = None) -> bytes:
     statuses = sup.table.counts()
     running = sup.table.running
     _, buffered = sup.registry.stats()
@@ -45,4 +46,14 @@ def render_metrics(sup: Supervisor, streams: StreamSet) -> bytes:
         "# TYPE runnerd_buffered_bytes gauge",
         f"runnerd_buffered_bytes {buffered}",
     ]
+    if connections is not None:
+        for name, kind, value, text in (
+            ("tcp_connections", "gauge", connections.tcp_open, "Open TCP connections."),
+            ("tcp_connections_max", "gauge", connections.max_tcp, "Cap on open TCP connections."),
+            ("connections_refused_total", "counter", connections.refused, "TCP connections closed at accept (over a cap)."),
+            ("request_timeouts_total", "counter", connections.timed_out, "Requests whose headers or body came too late."),
+            ("send_aborted_total", "counter", connections.send_aborted, "Connections aborted for not reading a response."),
+            ("accept_errors_total", "counter", connections.accept_errors, "accept() failures for lack of descriptors."),
+        ):
+            lines += [f"# HELP runnerd_{name} {text}", f"# TYPE runnerd_{name} {kind}", f"runnerd_{name} {value}"]
     return ("\n".join(lines) + "\n").encode()

@@ -9,6 +9,18 @@ Seq: a kept event keeps its seq; each snapshot carries the seq of the last
 event it folds and sits at that position. So the compacted form is still in
 seq order, and a reader resuming at any N reads N+1 … from the full log while
 that exists (the compacted form is for replay from the start).
+
+Bounded: no event of the compacted form exceeds ``max_event_bytes``. When the
+one ``MESSAGES_SNAPSHOT`` would, the history is restated in pieces AG-UI
+clients apply in order: a ``MESSAGES_SNAPSHOT`` of the longest prefix of
+messages that fits (a snapshot replaces the list, so there is only this one),
+then each later message as ``TEXT_MESSAGE_START``/``CONTENT``…/``END`` (its
+text cut into pieces), its tool calls as ``TOOL_CALL_START``/``ARGS``…/``END``,
+tool results as ``TOOL_CALL_RESULT``. The pieces take the seqs of the folded
+message events, in order (the last one keeps the last folded seq), so the form
+keeps distinct, increasing seqs; a history that cannot be restated so (more
+pieces than folded events, a final state over the cap) is a ``CompactionError``
+and the turn keeps its full log.
 """
 
 from __future__ import annotations
@@ -22,7 +34,7 @@ import jsonpointer
 import msgspec
 
 from ipc import events as ev
-from supervisor.storage.lines import event_line
+from supervisor.storage.lines import splice
 
 _KEPT = frozenset({"RUN_STARTED", "RUN_FINISHED", "RUN_ERROR", "STEP_STARTED", "STEP_FINISHED", "RAW", "CUSTOM"})
 _MESSAGE_TYPES = frozenset({"TEXT_MESSAGE_START", "TEXT_MESSAGE_CONTENT", "TEXT_MESSAGE_END",
@@ -44,18 +56,19 @@ _head = msgspec.json.Decoder(_Head)
 _any = msgspec.json.Decoder()
 
 
-def compact(lines: Iterable[bytes]) -> list[bytes]:
+def compact(lines: Iterable[bytes], *, max_event_bytes: int = 1 << 20) -> list[bytes]:
     """Fold a turn's stored lines (``{"seq":N,"type":…}``) into the compacted form."""
     try:
-        return _compact(lines)
+        return _compact(lines, max_event_bytes)
     except (KeyError, TypeError, AttributeError, msgspec.DecodeError) as exc:
         # Validated events keep their fields, but an agent's own MESSAGES_SNAPSHOT
         # or state can hold anything: never let that kill the keeper thread.
         raise CompactionError(f"unexpected event content: {exc!r}") from None
 
 
-def _compact(lines: Iterable[bytes]) -> list[bytes]:
+def _compact(lines: Iterable[bytes], max_event_bytes: int) -> list[bytes]:
     kept: list[tuple[int, bytes]] = []
+    message_seqs: list[int] = []  # of every folded message event: the seqs the pieces may take
     messages: list[dict[str, Any]] = []
     by_id: dict[str, dict[str, Any]] = {}
     open_messages: set[str] = set()
@@ -93,6 +106,7 @@ def _compact(lines: Iterable[bytes]) -> list[bytes]:
         if kind not in _MESSAGE_TYPES:
             raise CompactionError(f"unknown event type {kind} at seq {head.seq}")
         last_message_seq = head.seq
+        message_seqs.append(head.seq)
         if kind == "TEXT_MESSAGE_START":
             if e["messageId"] not in by_id:
                 started = {"id": e["messageId"], "role": e.get("role", "assistant"), "content": []}
@@ -147,10 +161,80 @@ def _compact(lines: Iterable[bytes]) -> list[bytes]:
                 call["function"]["arguments"] = "".join(call["function"]["arguments"])
     out = list(kept)
     if last_message_seq:
-        snap = ev.MessagesSnapshot(messages=messages)
-        out.append((last_message_seq, event_line(last_message_seq, snap)))
+        pieces = _restate(messages, max_event_bytes)
+        if len(pieces) > len(message_seqs):
+            raise CompactionError(f"the messages need {len(pieces)} events of at most {max_event_bytes} bytes, "
+                                  f"more than the {len(message_seqs)} they fold")
+        seqs = message_seqs[len(message_seqs) - len(pieces):]  # increasing; the last is last_message_seq
+        out += [(seq, splice(seq, piece)) for seq, piece in zip(seqs, pieces)]
     if state_seen:
-        snap_state = ev.StateSnapshot(snapshot=state)
-        out.append((last_state_seq, event_line(last_state_seq, snap_state)))
+        line = splice(last_state_seq, ev.encode_event(ev.StateSnapshot(snapshot=state)))
+        if len(line) > max_event_bytes:
+            raise CompactionError(f"the final state is {len(line)} bytes, over max_event_bytes {max_event_bytes}")
+        out.append((last_state_seq, line))
     out.sort(key=lambda item: item[0])
     return [line for _, line in out]
+
+
+_SEQ_ROOM = 32  # '{"seq":<up to 19 digits>,' and slack
+
+
+def _restate(messages: list[Any], max_event_bytes: int) -> list[bytes]:
+    """The messages as events of at most ``max_event_bytes`` (with their seq): one snapshot
+    when it fits, else a snapshot of the prefix that fits and the rest as streamed events."""
+    cap = max_event_bytes - _SEQ_ROOM
+    whole = ev.encode_event(ev.MessagesSnapshot(messages=messages))
+    if len(whole) <= cap:
+        return [whole]
+    sizes = [len(msgspec.json.encode(m)) + 1 for m in messages]
+    base = len(ev.encode_event(ev.MessagesSnapshot(messages=[])))
+    prefix, used = 0, base
+    while prefix < len(messages) and used + sizes[prefix] <= cap:
+        used += sizes[prefix]
+        prefix += 1
+    pieces = [ev.encode_event(ev.MessagesSnapshot(messages=messages[:prefix]))] if prefix else []
+    for message in messages[prefix:]:
+        pieces += _message_events(message, cap)
+    return pieces
+
+
+def _cut(text: str, room: int) -> list[str]:
+    """``text`` in pieces whose JSON encoding fits ``room`` bytes (escapes counted)."""
+    out: list[str] = []
+    start = 0
+    while start < len(text):
+        n = min(len(text) - start, room)
+        while len(msgspec.json.encode(text[start:start + n])) > room:
+            n = max(1, n // 2)
+        out.append(text[start:start + n])
+        start += n
+    return out
+
+
+def _message_events(message: Any, cap: int) -> list[bytes]:
+    if not isinstance(message, dict) or not isinstance(message.get("id"), str):
+        raise CompactionError("a message without an id cannot be restated in pieces")
+    role, mid = message.get("role", "assistant"), message["id"]
+    content = message.get("content")
+    events: list[ev.Event] = []
+    if role == "tool":
+        events.append(ev.ToolCallResult(message_id=mid, tool_call_id=str(message.get("toolCallId", "")),
+                                        content=str(content or ""), role="tool"))
+    elif role in ("assistant", "user", "system", "developer") and isinstance(content, (str, type(None))):
+        if content or not message.get("toolCalls"):
+            room = cap - len(ev.encode_event(ev.TextMessageContent(message_id=mid, delta="x"))) + 3
+            events += [ev.TextMessageStart(message_id=mid, role=role),
+                       *(ev.TextMessageContent(message_id=mid, delta=d) for d in _cut(content or "", room)),
+                       ev.TextMessageEnd(message_id=mid)]
+    else:
+        raise CompactionError(f"message {mid[:64]!r} (role {str(role)[:16]!r}) cannot be restated in pieces")
+    for call in message.get("toolCalls") or []:
+        cid, function = call["id"], call["function"]
+        room = cap - len(ev.encode_event(ev.ToolCallArgs(tool_call_id=cid, delta="x"))) + 3
+        events += [ev.ToolCallStart(tool_call_id=cid, tool_call_name=function["name"], parent_message_id=mid),
+                   *(ev.ToolCallArgs(tool_call_id=cid, delta=d) for d in _cut(function.get("arguments") or "", room)),
+                   ev.ToolCallEnd(tool_call_id=cid)]
+    encoded = [ev.encode_event(e) for e in events]
+    if any(len(e) > cap for e in encoded):
+        raise CompactionError(f"message {mid[:64]!r} has a part over max_event_bytes")
+    return encoded

@@ -9,6 +9,7 @@ a write torn by a crash is never returned.
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
 
@@ -78,8 +79,12 @@ class FileEventLog:
         """The compacted form, written whole and atomically (temp, fsync, rename)."""
         path = self._compact_path(turn_id)
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(b"".join(line + b"\n" for line in lines))
+        with suppress(FileNotFoundError):
+            tmp.unlink()  # a leftover from a crash may have another mode
+        # 0600 like the raw log: the history is no one else's to read.
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+            for line in lines:
+                f.write(line + b"\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -7,9 +7,11 @@ same thread every ``retention.interval_s`` and on demand (``prune``).
 
 from __future__ import annotations
 
+import ctypes
 import queue
 import threading
 import time
+from collections.abc import Iterator
 
 from supervisor.config import RetentionConfig
 from supervisor.errors import UnknownTurn
@@ -23,14 +25,23 @@ from supervisor.storage.stores import EventStore, TurnStore
 from supervisor.turns import TurnInfo
 
 log = get_logger("runnerd.history")
+
+
+def _give_back_memory() -> None:
+    """Return the heap a large fold grew to the system (glibc keeps freed arenas otherwise)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the memory is reused by the next fold instead
 _CHUNK = 10_000
 MAX_COMPACT_BYTES = 256 << 20
 
 
 class HistoryKeeper:
     def __init__(self, *, events: EventStore, records: TurnStore, table: TurnTable, registry: StreamRegistry,
-                 retention: RetentionConfig, compact_finished: bool) -> None:
+                 retention: RetentionConfig, compact_finished: bool, max_event_bytes: int = 1 << 20) -> None:
         self.events = events
+        self.max_event_bytes = max_event_bytes
         self.records = records
         self.table = table
         self.registry = registry
@@ -93,8 +104,9 @@ class HistoryKeeper:
                          compaction_error=f"{size} bytes is over the {MAX_COMPACT_BYTES}-byte compaction bound")
             return
         try:
-            lines = self._all_lines(turn_id, info.last_seq)
-            self.events.write_compact(turn_id, compact(lines))
+            folded = compact(self._lines(turn_id, info.last_seq), max_event_bytes=self.max_event_bytes)
+            self.events.write_compact(turn_id, folded)
+            del folded
         except CompactionError as exc:
             log.warning("compaction_failed", turn_id=turn_id, error=str(exc))
             self._update(turn_id, compaction="failed", compaction_error=str(exc))
@@ -103,19 +115,23 @@ class HistoryKeeper:
             log.error("compaction_write_failed", turn_id=turn_id, error=str(exc))
             self._update(turn_id, compaction="failed", compaction_error=f"cannot write: {exc.strerror}")
             return
+        finally:
+            _give_back_memory()
         self._update(turn_id, compaction="done", compaction_error=None)
-        log.info("turn_compacted", turn_id=turn_id, events=len(lines))
+        log.info("turn_compacted", turn_id=turn_id, events=info.last_seq)
 
-    def _all_lines(self, turn_id: str, last_seq: int) -> list[bytes]:
-        lines: list[bytes] = []
-        while len(lines) < last_seq:
-            chunk = self.events.read_after(turn_id, len(lines), _CHUNK, last_seq)
+    def _lines(self, turn_id: str, last_seq: int) -> Iterator[bytes]:
+        """The full log in chunks: only the folded form is held, not the raw lines too."""
+        count = last = 0
+        while count < last_seq:
+            chunk = self.events.read_after(turn_id, count, _CHUNK, last_seq)
             if not chunk:
                 break
-            lines += chunk
-        if len(lines) != last_seq or (lines and line_seq(lines[-1]) != last_seq):
-            raise CompactionError(f"the log holds {len(lines)} readable events, status says {last_seq}")
-        return lines
+            count += len(chunk)
+            last = line_seq(chunk[-1])
+            yield from chunk
+        if count != last_seq or (count and last != last_seq):
+            raise CompactionError(f"the log holds {count} readable events, status says {last_seq}")
 
     def compacted(self, info: TurnInfo) -> list[bytes] | None:
         """The compacted form, if present and consistent with the turn's status."""

@@ -39,3 +39,17 @@ def is_terminal_line(line: bytes, seq: int) -> bool:
     """Is ``line`` the terminal event (``RUN_FINISHED``/``RUN_ERROR``) with this seq?"""
     return line.startswith(b'{"seq":%d,"type":"RUN_' % seq) and not line.startswith(
         b'{"seq":%d,"type":"RUN_STARTED"' % seq)
+def bound_page(lines: list[bytes], max_bytes: int, *, keep_tail: bool) -> tuple[list[bytes], bool]:
+    """At most ``max_bytes`` of ``lines`` (but always one), from the head or the tail;
+    and whether any were cut."""
+    total = 0
+    ordered = reversed(lines) if keep_tail else iter(lines)
+    count = 0
+    for line in ordered:
+        total += len(line) + 1
+        if count and total > max_bytes:
+            break
+        count += 1
+    if count == len(lines):
+        return lines, False
+    return (lines[len(lines) - count:] if keep_tail else lines[:count]), True
