@@ -29,6 +29,7 @@ from supervisor.storage.history import HistoryKeeper
 from supervisor.runtime.proctree import Escalation, TurnTree
 from supervisor.logs import configure_logging
 from supervisor.runtime.capture import OutputSink
+from supervisor.runtime.cgroups import Cgroups, Containment, TurnCgroup
 from supervisor.runtime.recovery import recover_lost
 from supervisor.runtime.registry import StreamRegistry
 from supervisor.storage.retention import PruneReport
@@ -73,6 +74,7 @@ class Supervisor:
             poll_exit=self.config.start_method == "spawn",
         )
         self._uid, self._gid = _resolve_user(self.config.limits.user, self.config.limits.group)
+        self.cgroups = Cgroups(self.config.state_dir, self.config.limits)
         self.keeper = HistoryKeeper(eventlog=self.eventlog, relay=self.relay, registry=self.registry,
                                     retention=self.config.retention,
                                     compact_finished=self.config.compact_finished)
@@ -95,7 +97,10 @@ class Supervisor:
             configure_logging(self.config.log_level)
         if self._subreaper:
             become_subreaper()
-        past = recover_lost(self.eventlog)
+        containment = self.cgroups.setup()  # before the forkserver: v2 may move this process
+        log.info("containment", mode=containment.mode, controllers=containment.controllers,
+                 reason=containment.reason)
+        past = recover_lost(self.eventlog, self.cgroups)
         for info in past:
             self.relay.past[info.turn_id] = info
         self.spawner.warm_up()
@@ -135,6 +140,8 @@ class Supervisor:
                 time.sleep(0.005)  # a launch in flight: it finishes in milliseconds
         self.relay.stop(max(0.1, deadline - time.monotonic()))
         self.keeper.stop(max(0.1, deadline - time.monotonic()))
+        if not self.relay.live:
+            self.cgroups.close()
         log.info("supervisor_stopped")
 
     def __enter__(self) -> Supervisor:
@@ -143,6 +150,11 @@ class Supervisor:
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+    @property
+    def containment(self) -> Containment:
+        """What contains turns: cgroup v2, cgroup v1, or polling only (and why)."""
+        return self.cgroups.containment
 
     @property
     def agents(self) -> dict[str, str]:
@@ -184,7 +196,8 @@ class Supervisor:
                         max_event_bytes=self.config.max_event_bytes, log_level=self.config.log_level,
                         env_allowlist=tuple(limits.env_allowlist) if limits.env_allowlist is not None else None,
                         open_files=limits.open_files, core_dumps=limits.core_dumps,
-                        uid=self._uid, gid=self._gid)
+                        uid=self._uid, gid=self._gid,
+                        nproc=limits.max_processes if self._uid is not None and not self.cgroups.enabled else None)
         try:
             self.eventlog.create(info)
         except OSError as exc:  # EMFILE, ENOSPC, EAGAIN …: nothing was started
@@ -214,10 +227,16 @@ class Supervisor:
         with self._lock:
             info.status = TurnStatus.STARTING
         try:
+            cgroup: TurnCgroup | None = None
             try:
+                if self.cgroups.enabled:  # made, with its limits, before the child exists
+                    cgroup = self.cgroups.create(info.turn_id)
+                    spec = msgspec.structs.replace(spec, cgroup_procs=cgroup.procs_files)
                 spawned = self.spawner.spawn(spec)
             except (OSError, ValueError, RuntimeError) as exc:
                 log.error("spawn_failed", turn_id=info.turn_id, error=repr(exc))
+                if cgroup is not None:
+                    cgroup.remove()
                 message = f"could not start the turn's process: {exc}"
                 self.relay.end_unstarted(info, spec, Ending(
                     TurnStatus.FAILED, ev.RunError(message=message, code="crashed"), TurnError("crashed", message)))
@@ -226,7 +245,7 @@ class Supervisor:
             output = OutputSink(spawned.output, self.eventlog.dir / f"{info.turn_id}.output",
                                 self.config.limits.output_bytes)
             info.pid = spawned.process.pid
-            live = Live(info=info, spec=spec, spawned=spawned, reader=reader, output=output)
+            live = Live(info=info, spec=spec, spawned=spawned, reader=reader, output=output, cgroup=cgroup)
             with self._lock:  # a cancel (or close) that came while we spawned applies now
                 if info.cancel_requested or self._closed:
                     info.cancel_requested = True

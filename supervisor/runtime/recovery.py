@@ -1,7 +1,8 @@
 """Start-up recovery: turns that were running when the daemon died end ``lost``.
 
 Each gets exactly one ``RUN_ERROR`` with code ``lost``; any process of it that
-survived is killed, matched by pid *and* create time, never by a bare pid.
+survived is killed: by the dead daemon's turn cgroups when there are cgroups,
+and by pid *and* create time (never a bare pid) and by the turn's marks.
 """
 
 from __future__ import annotations
@@ -13,14 +14,19 @@ import structlog
 
 from ipc import events as ev
 from supervisor.storage.eventlog import FileEventLog
+from supervisor.runtime.cgroups import Cgroups
 from supervisor.runtime.proctree import TurnTree, kill_marked
 from supervisor.turns import TurnError, TurnInfo, TurnStatus
 
 log = structlog.get_logger("runnerd.recovery")
 
 
-def recover_lost(eventlog: FileEventLog) -> list[TurnInfo]:
+def recover_lost(eventlog: FileEventLog, cgroups: Cgroups | None = None) -> list[TurnInfo]:
     """Load every turn's metadata; close the ones a dead daemon left open."""
+    if cgroups is not None and cgroups.enabled:  # by cgroup first: it holds even renamed, setsid'd escapees
+        killed, removed = cgroups.sweep_stale()
+        if killed or removed:
+            log.warning("stale_cgroups_removed", processes_killed=killed, cgroups_removed=removed)
     infos = eventlog.list_meta()
     lost = {i.turn_id for i in infos if not i.ended}
     for info in infos:

@@ -29,6 +29,7 @@ from ipc.protocol import TurnSpec
 from ipc.wire import Batch, Done, FrameReader, Ready
 from supervisor.config import LimitsConfig
 from supervisor.storage.eventlog import EventLog
+from supervisor.runtime.cgroups import TurnCgroup
 from supervisor.runtime.proctree import Escalation, TurnTree
 from supervisor.runtime.limits import LimitGuard
 from supervisor.runtime.capture import OutputSink
@@ -71,6 +72,7 @@ class Live:
     leftovers: int | None = None  # processes the exit's sweep found still alive
     event_bytes: int = 0
     next_poll: float = 0.0
+    cgroup: TurnCgroup | None = None  # kernel containment (supervisor.runtime.cgroups), when on
 
 
 class Relay:
@@ -170,6 +172,9 @@ class Relay:
                 handles[live.spawned.process.sentinel] = (live, "exit")
             if live.output is not None and not live.output.eof:
                 handles[live.output.fd] = (live, "output")
+            if live.cgroup is not None and not live.exited:
+                for fd in live.cgroup.watch:
+                    handles[fd] = (live, "cgroup")
         ready = wait([self._wake_r, *handles], self._timeout(now))
         self._drain_commands()
         for obj in ready:
@@ -183,6 +188,10 @@ class Relay:
             elif kind == "output":
                 assert live.output is not None
                 live.output.drain()
+            elif kind == "cgroup":
+                assert live.cgroup is not None
+                live.cgroup.drain_events()
+                self._kernel_breach(live)
             else:
                 self._on_exit(live)
         self._poll_exits()
@@ -310,6 +319,9 @@ class Relay:
     def _poll_tree(self, live: Live, now: float) -> None:
         """Memory and process count of the whole tree, every ``limits.poll_s``."""
         live.next_poll = now + self.limits.poll_s
+        if live.cgroup is not None:  # the kernel enforces; this reads its counters (v1 pids.events has no event)
+            self._kernel_breach(live)
+            return
         if live.tree is None or live.intent is not Intent.NONE:
             return
         verdict = self.guard.check_tree(live.tree.processes())
@@ -317,6 +329,18 @@ class Relay:
             live.intent, live.intent_message = verdict
             live.log.warning("turn_stopped", reason=live.intent_message)
             self._signal(live, signal.SIGKILL)
+
+    def _kernel_breach(self, live: Live) -> None:
+        """An OOM kill or a refused fork in the turn's cgroup ends the whole turn."""
+        assert live.cgroup is not None
+        if live.intent is not Intent.NONE:
+            return
+        verdict = live.cgroup.breach()
+        if verdict is not None:
+            live.intent, live.intent_message = verdict  # recorded before the kill
+            live.log.warning("turn_stopped", reason=live.intent_message, by="kernel")
+            if not live.exited:
+                self._signal(live, signal.SIGKILL)
 
     def _started_line(self, live: Live, seq: int) -> bytes:
         live.info.status = TurnStatus.RUNNING
@@ -367,9 +391,11 @@ class Relay:
         # The turn is over; whatever it left running goes now.
         live.reap_until = time.monotonic() + REAP_TIMEOUT_S
         live.term_at = live.kill_at = live.timeout_at = None
+        if live.cgroup is not None:
+            self._kernel_breach(live)  # an OOM kill of the root may beat its event here
         # Finished in _check_deadlines, after this step's ready list: finishing here
         # would close fds that list may still name (and a new turn may reuse).
-        live.leftovers = live.tree.sweep(signal.SIGKILL) if live.tree is not None else 0
+        live.leftovers = self._sweep(live)
 
     def _root_alive(self, live: Live) -> bool:
         tree = live.tree
@@ -412,7 +438,7 @@ class Relay:
             if live.leftovers is not None:  # the exit's own sweep: no second scan
                 remaining, live.leftovers = live.leftovers, None
             else:
-                remaining = live.tree.sweep(signal.SIGKILL) if live.tree else 0
+                remaining = self._sweep(live)
             if remaining and now < live.reap_until:
                 return
             if remaining:
@@ -442,8 +468,22 @@ class Relay:
         live.term_at, live.kill_at = self.escalation.deadlines(time.monotonic())
 
     def _signal(self, live: Live, sig: int) -> None:
+        if live.cgroup is not None:  # every member, however it left the tree
+            if sig == signal.SIGKILL:
+                live.cgroup.kill()
+            else:
+                live.cgroup.signal(sig)
         if live.tree is not None:
             live.tree.signal(sig)
+
+    def _sweep(self, live: Live) -> int:
+        """SIGKILL what is left of an exited turn, reap adopted zombies; how many live."""
+        remaining = live.tree.sweep(signal.SIGKILL) if live.tree is not None else 0
+        if live.cgroup is None:
+            return remaining
+        live.cgroup.kill()
+        live.cgroup.reap(keep=live.tree.root_pid if live.tree is not None else 0)
+        return len(live.cgroup.members())  # "all gone" = the cgroup is empty
 
     def end_unstarted(self, info: TurnInfo, spec: TurnSpec, ending: Ending) -> None:
         """End a turn that never got a process (cancelled in the queue, failed to spawn).
@@ -500,6 +540,9 @@ class Relay:
             except OSError as exc:
                 live.log.error("output_close_failed", error=str(exc))
             info.output_bytes, info.output_dropped = live.output.kept, live.output.dropped
+        if live.cgroup is not None:
+            info.usage = live.cgroup.usage()
+            live.cgroup.remove()
         lines = []
         seq = info.last_seq
         if info.status is TurnStatus.STARTING:  # died before Ready: still one RUN_STARTED first
