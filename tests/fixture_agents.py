@@ -258,11 +258,15 @@ def exponential_fork_bomb(ctx: TurnContext, input: Any) -> None:
 
 
 def memory_hog_tree(ctx: TurnContext, input: Any) -> None:
-    """Three processes, each touching 16 MiB more every few ms, without end."""
+    """Three child processes, each touching 16 MiB more every few ms, without end;
+    the agent's own process only waits (so an OOM kill never hits it first)."""
     ctx.custom("ready", os.getpid())
-    for _ in range(2):
+    for _ in range(3):
         if os.fork() == 0:
             break
+    else:
+        while True:
+            time.sleep(1)
     hoard = []
     while True:
         block = bytearray(16 << 20)
