@@ -104,3 +104,35 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if left:  # pragma: no cover - only on a leak
         print(f"\nLEFTOVER turn processes: {[p.pid for p in left]}", file=sys.stderr)
         session.exitstatus = 1
+    cgroups = leftover_cgroups()
+    if cgroups:  # pragma: no cover - only on a leak
+        print(f"\nLEFTOVER cgroups: {cgroups}", file=sys.stderr)
+        session.exitstatus = 1
+
+
+def _runnerd_cgroups() -> set[str]:
+    """The daemons' base cgroups (``runnerd-<state hash>-<pid>``) and the hostile
+    tests' outer ones below this test run's own cgroups."""
+    found = set()
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for c in controllers.split(",") if controllers else ["unified"]:
+            parent = Path("/sys/fs/cgroup", c, path.lstrip("/"))
+            if parent.is_dir():
+                found |= {str(d) for d in parent.iterdir()
+                          if d.is_dir() and d.name.startswith(("runnerd-", f"rdtest-{os.getpid()}-"))}
+    return found
+
+
+_CGROUPS_BEFORE = _runnerd_cgroups()
+
+
+def leftover_cgroups() -> list[str]:
+    """Cgroups made during this run that outlived their daemon (a live daemon's
+    base may belong to another run on this machine)."""
+    left = []
+    for d in sorted(_runnerd_cgroups() - _CGROUPS_BEFORE):
+        pid = d.rsplit("-", 1)[-1]
+        if "/rdtest-" in d or not psutil.pid_exists(int(pid)):
+            left.append(d)
+    return left
