@@ -205,7 +205,8 @@ def introspect(ctx: TurnContext, input: Any) -> dict[str, Any]:
     import resource
     return {"env": sorted(os.environ), "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             "core": resource.getrlimit(resource.RLIMIT_CORE)[1], "pgid_is_pid": os.getpgid(0) == os.getpid(),
-            "sid_is_pid": os.getsid(0) == os.getpid(), "uid": os.getuid(), "gid": os.getgid()}
+            "sid_is_pid": os.getsid(0) == os.getpid(), "uid": os.getuid(), "gid": os.getgid(),
+            "nproc": resource.getrlimit(resource.RLIMIT_NPROC)[0]}
 
 
 def many_events(ctx: TurnContext, input: Any) -> None:

@@ -263,3 +263,26 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+def test_rlimit_nproc_only_without_cgroups_for_a_dedicated_user(tmp_path: Path) -> None:
+    import pwd
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("this machine has no user 'nobody'")
+    seen = {}
+    for mode in ("off", "auto"):
+        config = Config(state_dir=str(tmp_path / mode), agents=dict(TEST_AGENTS),
+                        limits=LimitsConfig(cgroups=mode, max_processes=7, user="nobody"))
+        with Supervisor(config) as sup:
+            turn = sup.start_turn("introspect")
+            list(sup.events(turn.turn_id, timeout=20))
+            info = sup.status(turn.turn_id)
+            assert info.status.value == "succeeded", info
+            seen[sup.containment.mode] = sup.export(turn.turn_id).items()[-1][1]
+    assert seen["polling"].result["nproc"] == 7  # type: ignore[attr-defined]
+    if "cgroup-v1" in seen or "cgroup-v2" in seen:  # pids.max does it: no per-user cap on top
+        cgroup_result = next(v for k, v in seen.items() if k != "polling")
+        assert cgroup_result.result["nproc"] != 7  # type: ignore[attr-defined]

@@ -31,6 +31,7 @@ import msgspec
 import structlog
 
 from supervisor.config import LimitsConfig
+from supervisor.errors import ResourceUnavailable
 from supervisor.turns import Intent, TurnUsage
 
 log = structlog.get_logger("runnerd.cgroups")
@@ -225,7 +226,7 @@ class Cgroups:
             reasons.append(why)
         self.containment = Containment("polling", [], "; ".join(reasons))
         if self.limits.cgroups == "require":
-            raise RuntimeError(f"limits.cgroups = require, but no cgroup can be used: {self.containment.reason}")
+            raise ResourceUnavailable(f"limits.cgroups = require, but no cgroup can be used: {self.containment.reason}")
         return self.containment
 
     def _setup_v2(self) -> str | None:
