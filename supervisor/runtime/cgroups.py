@@ -300,6 +300,8 @@ class Cgroups:
         name = f"turn-{turn_id}"
         dirs: dict[str, str] = {}
         for c, base in self.bases.items():
+            if c == "cpu" and self.limits.cpu_quota is None and base != self.bases.get("cpuacct"):
+                continue  # v1 cpu alone only carries the quota: one directory less per start
             d = os.path.join(base, name)
             if not os.path.isdir(d):
                 os.mkdir(d)
