@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from conftest import TEST_AGENTS, wait_for
 from daemon_fixture import BIN, TESTS, write_config
 from supervisor.config import Config, LimitsConfig
 from supervisor.embedded import Supervisor
-from supervisor.runtime.cgroups import Cgroups
+from supervisor.runtime.cgroups import Cgroups, TurnCgroup
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -286,3 +287,54 @@ def test_rlimit_nproc_only_without_cgroups_for_a_dedicated_user(tmp_path: Path) 
     if "cgroup-v1" in seen or "cgroup-v2" in seen:  # pids.max does it: no per-user cap on top
         cgroup_result = next(v for k, v in seen.items() if k != "polling")
         assert cgroup_result.result["nproc"] != 7  # type: ignore[attr-defined]
+
+
+_HIDER = """
+import ctypes, os, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        ctypes.CDLL(None).prctl(15, b"innocent", 0, 0, 0)
+        print(os.getpid(), flush=True)
+        while True: time.sleep(1)
+    os._exit(0)
+while True: time.sleep(1)
+"""
+
+
+def test_cgroup_v2_kill_takes_every_member(tmp_path: Path) -> None:
+    # The unified hierarchy here has no pids/memory controllers, but cgroup.kill,
+    # cgroup.procs and cpu.stat are core v2 files: the v2 kill and figures run for real.
+    own = own_cgroups().get("")
+    parent = Path("/sys/fs/cgroup/unified", (own or "/").lstrip("/"))
+    if os.geteuid() != 0 or own is None or not parent.is_dir():
+        pytest.skip("needs root and a cgroup2 mount at /sys/fs/cgroup/unified")
+    d = parent / f"rdtest-{os.getpid()}-v2"
+    d.mkdir()
+    proc = None
+    try:
+        if not (d / "cgroup.kill").exists():
+            pytest.skip("this kernel has no cgroup.kill (before 5.14)")
+        script = f'echo $$ > {d / "cgroup.procs"} && exec "$@"'
+        proc = subprocess.Popen(["sh", "-c", script, "sh", sys.executable, "-c", _HIDER],
+                                stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        hidden = int(proc.stdout.readline())
+        turn = TurnCgroup(2, {"": str(d)}, LimitsConfig())
+        assert set(turn.members()) == {proc.pid, hidden}
+        assert turn.kill() == 2
+        wait_for(lambda: not turn.members())
+        assert proc.wait(10) == -signal.SIGKILL
+        assert not _alive(hidden)
+        usage = turn.usage()
+        assert usage.source == "cgroup-v2" and usage.cpu_seconds is not None and usage.cpu_seconds > 0
+        assert turn.remove() and not d.exists()
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        if d.exists():
+            (d / "cgroup.kill").write_text("1")
+            wait_for(lambda: (d / "cgroup.procs").read_text() == "")
+            d.rmdir()

@@ -130,14 +130,16 @@ class TurnCgroup:
         so the signals land.
         """
         self.sample_pids()
+        if not self.members():
+            return 0  # nobody inside can fork: nothing to stop
         d = self.dirs.get("")
         if self.version == 2 and d is not None and os.path.exists(os.path.join(d, "cgroup.kill")):
             count = len(self.members())
-            _write(os.path.join(d, "cgroup.kill"), "1")
+            _try_write(os.path.join(d, "cgroup.kill"), "1")
             return count
         pids = self._dir("pids")
         if pids is not None:
-            _write(os.path.join(pids, "pids.max"), "0")
+            _try_write(os.path.join(pids, "pids.max"), "0")
         freezer = self._dir("freezer")
         frozen = freezer is not None and _freeze(freezer)
         count = 0
@@ -152,7 +154,7 @@ class TurnCgroup:
             if frozen:
                 break  # nobody ran since the freeze: that list was complete
         if frozen and freezer is not None:
-            _write(os.path.join(freezer, "freezer.state"), "THAWED")
+            _try_write(os.path.join(freezer, "freezer.state"), "THAWED")
         return count
 
     def reap(self, keep: int) -> None:
@@ -241,18 +243,27 @@ class Cgroups:
             return f"v2: pids and memory not available in {parent} (has: {' '.join(sorted(available)) or 'none'})"
         wanted: list[str] = [c for c in ("pids", "memory", "cpu") if c in available]
         base = os.path.join(parent, self.base_name)
+        leaf = os.path.join(base, "daemon")
+        moved = False
         try:
             os.makedirs(base, exist_ok=True)
             if own != "/":
                 # No internal processes (cgroup-v2.rst): the daemon leaves its own
                 # cgroup for a leaf before controllers can be enabled below it.
-                leaf = os.path.join(base, "daemon")
                 os.makedirs(leaf, exist_ok=True)
                 _write(os.path.join(leaf, "cgroup.procs"), str(os.getpid()))
+                moved = True
             enable = " ".join("+" + c for c in wanted)
             _write(os.path.join(parent, "cgroup.subtree_control"), enable)
             _write(os.path.join(base, "cgroup.subtree_control"), enable)
         except OSError as exc:
+            # EBUSY: other processes share our cgroup (a host embedding us, an older
+            # forkserver). Undo, leaving the daemon where it was.
+            if moved:
+                _try_write(os.path.join(parent, "cgroup.procs"), str(os.getpid()))
+            for d in (leaf, base):
+                if os.path.isdir(d):
+                    _rmdir(d)
             return f"v2: cannot set up {base}: {exc.strerror or exc}"
         self.version, self.bases, self.parents = 2, {"": base}, {"": parent}
         self.containment = Containment("cgroup-v2", wanted, f"cgroup v2 at {base}")
@@ -447,6 +458,14 @@ def _counters(path: str) -> dict[str, int]:
 def _write(path: str, value: str) -> None:
     with open(path, "w") as f:
         f.write(value)
+
+
+def _try_write(path: str, value: str) -> None:
+    """A write on the kill path: logged if refused, never raised into the relay."""
+    try:
+        _write(path, value)
+    except OSError as exc:
+        log.warning("cgroup_write_failed", path=path, error=exc.strerror)
 
 
 def _write_if_there(path: str, value: str) -> None:
