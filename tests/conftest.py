@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -132,7 +133,7 @@ def leftover_cgroups() -> list[str]:
     base may belong to another run on this machine)."""
     left = []
     for d in sorted(_runnerd_cgroups() - _CGROUPS_BEFORE):
-        pid = d.rsplit("-", 1)[-1]
-        if "/rdtest-" in d or not psutil.pid_exists(int(pid)):
+        base = re.search(r"/runnerd-[0-9a-f]{10}-(\d+)\Z", d)  # supervisor.runtime.cgroups' naming
+        if "/rdtest-" in d or (base is not None and not psutil.pid_exists(int(base.group(1)))):
             left.append(d)
     return left

@@ -138,6 +138,12 @@ def test_exponential_fork_bomb_is_held_at_max_processes(outer: Outer, tmp_path: 
         wait_for(lambda: outer.pids() <= d.family(), 10, 0.02)  # nothing of the bomb left
         again = d.start("count", {"n": 3})  # the daemon still starts turns
         assert d.ended(again)["status"] == "succeeded"
+        with d.http() as c:
+            assert c.get(f"/v1/turns/{bomb}/export").json()["turn"]["usage"] == info["usage"]
+            metrics = c.get("/metrics").text
+        assert 'runnerd_containment{mode="cgroup-v1"} 1' in metrics
+        peak = next(line for line in metrics.splitlines() if line.startswith("runnerd_turn_tasks_peak_max "))
+        assert int(peak.split()[1]) == info["usage"]["tasks_peak"]
     finally:
         d.stop()
 
@@ -338,3 +344,23 @@ def test_cgroup_v2_kill_takes_every_member(tmp_path: Path) -> None:
             (d / "cgroup.kill").write_text("1")
             wait_for(lambda: (d / "cgroup.procs").read_text() == "")
             d.rmdir()
+
+
+@pytest.mark.skipif(V1_SKIP is not None, reason=f"needs a v1 cgroup: {V1_SKIP}")
+def test_cpu_quota_throttles_a_busy_turn(tmp_path: Path) -> None:
+    config = Config(state_dir=str(tmp_path / "state"), agents=dict(TEST_AGENTS),
+                    limits=LimitsConfig(cpu_quota=0.25))
+    with Supervisor(config) as sup:
+        if "cpu" not in sup.cgroups.bases:
+            pytest.skip("no v1 cpu controller")
+        turn = sup.start_turn("busy_loop")
+        cpu_dir = Path(sup.cgroups.bases["cpu"], f"turn-{turn.turn_id}")
+        wait_for(lambda: sup.status(turn.turn_id).status.value == "running")
+        assert (cpu_dir / "cpu.cfs_quota_us").read_text().strip() == "25000"
+        assert (cpu_dir / "cpu.cfs_period_us").read_text().strip() == "100000"
+        # The kernel throttles it: a busy loop exhausts 25 ms of each 100 ms period.
+        wait_for(lambda: int(dict(line.split() for line in (cpu_dir / "cpu.stat").read_text().splitlines())
+                             ["nr_throttled"]) > 0, 10, 0.02)
+        sup.cancel(turn.turn_id)
+        list(sup.events(turn.turn_id))
+        assert not cpu_dir.exists()
