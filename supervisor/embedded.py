@@ -140,8 +140,7 @@ class Supervisor:
                 time.sleep(0.005)  # a launch in flight: it finishes in milliseconds
         self.relay.stop(max(0.1, deadline - time.monotonic()))
         self.keeper.stop(max(0.1, deadline - time.monotonic()))
-        if not self.relay.live:
-            self.cgroups.close()
+        self.cgroups.close()
         log.info("supervisor_stopped")
 
     def __enter__(self) -> Supervisor:

@@ -364,3 +364,29 @@ def test_cpu_quota_throttles_a_busy_turn(tmp_path: Path) -> None:
         sup.cancel(turn.turn_id)
         list(sup.events(turn.turn_id))
         assert not cpu_dir.exists()
+
+
+@pytest.mark.skipif(V1_SKIP is not None, reason=f"needs a v1 cgroup: {V1_SKIP}")
+def test_sweep_leaves_another_state_dirs_live_turns_and_removes_its_empty_ones(tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that is surely dead: its "daemon" died
+    parent = Path("/sys/fs/cgroup/pids", own_cgroups()["pids"].lstrip("/"))
+    foreign = parent / f"runnerd-0123456789-{gone.pid}"
+    (foreign / "turn-EMPTY").mkdir(parents=True)
+    (foreign / "turn-BUSY").mkdir()
+    sleeper = subprocess.Popen(["sh", "-c", f'echo $$ > {foreign / "turn-BUSY" / "cgroup.procs"} && exec sleep 60'])
+    try:
+        wait_for(lambda: (foreign / "turn-BUSY" / "cgroup.procs").read_text().strip() == str(sleeper.pid))
+        cg = Cgroups(str(tmp_path), LimitsConfig())
+        assert cg.setup().mode == "cgroup-v1"
+        cg.sweep_stale()
+        assert not (foreign / "turn-EMPTY").exists()  # empty: nothing of it to recover
+        assert (foreign / "turn-BUSY").exists() and sleeper.poll() is None  # not ours to kill
+        cg.close()
+    finally:
+        sleeper.kill()
+        sleeper.wait(5)
+        wait_for(lambda: (foreign / "turn-BUSY" / "cgroup.procs").read_text() == "")
+        for d in (foreign / "turn-BUSY", foreign / "turn-EMPTY", foreign):
+            if d.exists():
+                d.rmdir()

@@ -370,13 +370,15 @@ class Cgroups:
             os.close(ofd)
 
     def sweep_stale(self) -> tuple[int, int]:
-        """Kill what dead daemons of this state directory left in their cgroups; remove those.
+        """Clear the cgroups of dead daemons; returns (processes killed, cgroups removed).
 
-        Returns (processes killed, cgroups removed). A base whose daemon is alive
-        is left alone.
+        Those of this state directory (same hash) are killed and removed: their
+        turns are being recovered as lost. Those of another state directory are
+        only removed where already empty, which loses nothing its own next start
+        would need. A base whose daemon is alive is left alone.
         """
         killed = removed = 0
-        pattern = re.compile(re.escape(self.prefix) + r"(\d+)\Z")
+        pattern = re.compile(r"runnerd-[0-9a-f]{10}-(\d+)\Z")
         for c, parent in self.parents.items():
             try:
                 names = os.listdir(parent)
@@ -386,23 +388,26 @@ class Cgroups:
                 match = pattern.match(name)
                 if match is None or name == self.base_name or _pid_alive(int(match.group(1))):
                     continue
+                ours = name.startswith(self.prefix)
                 base = os.path.join(parent, name)
                 for child in sorted(os.listdir(base)):
                     d = os.path.join(base, child)
                     if not os.path.isdir(d):
                         continue
                     stale = TurnCgroup(self.version, {"" if self.version == 2 else c: d}, self.limits)
-                    if c in ("pids", ""):  # a process is in every hierarchy: one kill suffices
+                    if ours and c in ("pids", ""):  # a process is in every hierarchy: one kill suffices
                         killed += stale.kill()
-                    removed += _wait_rmdir(d)
-                removed += _wait_rmdir(base)
+                    if ours or not stale.members():
+                        removed += _wait_rmdir(d)
+                if ours or not any(os.path.isdir(os.path.join(base, x)) for x in os.listdir(base)):
+                    removed += _wait_rmdir(base, timeout=2.0 if ours else 0.0)
         return killed, removed
 
     def close(self) -> None:
-        """Remove the base (turn cgroups are gone by now); a v2 base holding the daemon stays."""
+        """Remove the base; one still holding a turn (or, v2, the daemon) stays for the next sweep."""
         for base in set(self.bases.values()):
             if self.version == 2 and os.path.isdir(os.path.join(base, "daemon")):
-                continue  # we are in it; the next start's sweep removes it
+                continue  # we are in it
             _rmdir(base)
 
 
