@@ -8,6 +8,7 @@ below the outer one, then removes the outer one.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -119,6 +120,8 @@ def test_exponential_fork_bomb_is_held_at_max_processes(outer: Outer, tmp_path: 
     try:
         with d.http() as c:
             assert c.get("/v1/health").json()["containment"]["mode"] == "cgroup-v1"
+        logged = [json.loads(line) for line in d.log.read_text().splitlines() if '"containment"' in line]
+        assert logged and logged[0]["mode"] == "cgroup-v1"  # said at start, in the log
         neighbour = d.start("paced", {"n": 40, "interval": 0.01})
         bomb = d.start("exponential_fork_bomb")
         info = d.ended(bomb)
@@ -390,3 +393,10 @@ def test_sweep_leaves_another_state_dirs_live_turns_and_removes_its_empty_ones(t
         for d in (foreign / "turn-BUSY", foreign / "turn-EMPTY", foreign):
             if d.exists():
                 d.rmdir()
+
+
+def test_bad_containment_settings_are_refused_with_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="limits.cgroups must be 'auto', 'require' or 'off'"):
+        LimitsConfig(cgroups="maybe")
+    with pytest.raises(ValueError, match="limits.cpu_quota must be >= 0.01"):
+        LimitsConfig(cpu_quota=0.0)
