@@ -28,6 +28,7 @@ class ExitCode(enum.IntEnum):
     AGENT_ERROR = 3
     AGENT_UNAVAILABLE = 4
     CANCELLED = 5
+    CONTAINMENT_FAILED = 6  # could not join the turn's cgroup: no agent code ran
 
 
 class TurnSpec(msgspec.Struct, frozen=True):
@@ -45,3 +46,5 @@ class TurnSpec(msgspec.Struct, frozen=True):
     core_dumps: bool = False  # RLIMIT_CORE 0 unless True
     uid: int | None = None  # drop to this user/group before loading the agent
     gid: int | None = None
+    cgroup_procs: tuple[str, ...] = ()  # cgroup.procs files the child joins before anything else
+    nproc: int | None = None  # RLIMIT_NPROC (only without cgroups, with uid: counts that user's processes)

@@ -95,8 +95,10 @@ DEFAULT_ENV_ALLOWLIST = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TM
 class LimitsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Per-turn limits (``[limits]``). None: no limit."""
 
-    memory_bytes: int | None = None  # RSS of the turn's whole process tree -> memory_limit
-    max_processes: int | None = None  # processes in the turn's tree -> limit_exceeded
+    memory_bytes: int | None = None  # the turn's memory (cgroup limit, else polled RSS) -> memory_limit
+    max_processes: int | None = None  # the turn's processes (cgroup pids.max, else polled) -> limit_exceeded
+    cpu_quota: float | None = None  # CPUs' worth of time per turn (cgroup cpu quota; 0.5 = half a CPU)
+    cgroups: str = "auto"  # "auto": a cgroup per turn when possible | "require": refuse to start without | "off"
     max_events: int | None = None  # events per turn -> limit_exceeded
     max_turn_bytes: int | None = None  # event bytes per turn -> limit_exceeded
     open_files: int | None = 1024  # RLIMIT_NOFILE of the turn's process
@@ -112,6 +114,10 @@ class LimitsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"limits.{name} must be >= 1")
+        if self.cgroups not in ("auto", "require", "off"):
+            raise ValueError(f"limits.cgroups must be 'auto', 'require' or 'off', not {self.cgroups!r}")
+        if self.cpu_quota is not None and not self.cpu_quota >= 0.01:
+            raise ValueError("limits.cpu_quota must be >= 0.01 (CPUs)")
         if self.poll_s <= 0 or self.output_bytes < 0:
             raise ValueError("limits.poll_s must be > 0 and limits.output_bytes >= 0")
 

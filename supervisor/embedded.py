@@ -28,6 +28,7 @@ from supervisor.errors import (
 from supervisor.ids import new_turn_id, validate_session_id, validate_turn_id
 from supervisor.logs import get_logger
 from supervisor.runtime.capture import OutputSink
+from supervisor.runtime.cgroups import Cgroups, Containment, TurnCgroup
 from supervisor.runtime.reader import Reader
 from supervisor.runtime.recovery import recover_lost
 from supervisor.runtime.registry import StreamRegistry
@@ -88,6 +89,7 @@ class Supervisor:
             poll_exit=self.config.start_method == "spawn",
         )
         self._uid, self._gid = _resolve_user(self.config.limits.user, self.config.limits.group)
+        self.cgroups = Cgroups(self.config.state_dir, self.config.limits)
         self.keeper = HistoryKeeper(events=self.event_store, records=self.turn_store, table=self.table,
                                     registry=self.registry,
                                     retention=self.config.retention,
@@ -110,7 +112,10 @@ class Supervisor:
             return self
         if self._subreaper:
             become_subreaper()
-        past = recover_lost(self.event_store, self.turn_store)
+        containment = self.cgroups.setup()  # before the forkserver: v2 may move this process
+        log.info("containment", mode=containment.mode, controllers=containment.controllers,
+                 reason=containment.reason)
+        past = recover_lost(self.event_store, self.turn_store, self.cgroups)
         self.table.load(past)
         self.spawner.warm_up()
         self.relay.start()
@@ -143,6 +148,7 @@ class Supervisor:
             self.table.wait_for_end(0.05)  # woken by a turn's end, or re-check soon (a launch in flight)
         self.relay.stop(max(0.1, deadline - time.monotonic()))
         self.keeper.stop(max(0.1, deadline - time.monotonic()))
+        self.cgroups.close()
         log.info("supervisor_stopped")
 
     def __enter__(self) -> Supervisor:
@@ -151,6 +157,11 @@ class Supervisor:
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+    @property
+    def containment(self) -> Containment:
+        """What contains turns: cgroup v2, cgroup v1, or polling only (and why)."""
+        return self.cgroups.containment
 
     @property
     def agents(self) -> dict[str, str]:
@@ -192,7 +203,8 @@ class Supervisor:
                         max_event_bytes=self.config.max_event_bytes, log_level=self.config.log_level,
                         env_allowlist=tuple(limits.env_allowlist) if limits.env_allowlist is not None else None,
                         open_files=limits.open_files, core_dumps=limits.core_dumps,
-                        uid=self._uid, gid=self._gid)
+                        uid=self._uid, gid=self._gid,
+                        nproc=limits.max_processes if self._uid is not None and not self.cgroups.enabled else None)
         try:
             self.event_store.create(turn_id)
             self.turn_store.put(info, durable=False)
@@ -225,10 +237,16 @@ class Supervisor:
         info, spec = pending.payload
         with self.table.lock:
             info.status = TurnStatus.STARTING
+        cgroup: TurnCgroup | None = None
         try:
+            if self.cgroups.enabled:  # made, with its limits, before the child exists
+                cgroup = self.cgroups.create(info.turn_id)
+                spec = msgspec.structs.replace(spec, cgroup_procs=cgroup.procs_files)
             spawned = self.spawner.spawn(spec)
         except (OSError, ValueError, RuntimeError) as exc:
             log.error("spawn_failed", turn_id=info.turn_id, error=repr(exc))
+            if cgroup is not None:
+                cgroup.remove()
             message = f"could not start the turn's process: {exc}"
             self.relay.end_unstarted(info, spec, Ending(
                 TurnStatus.FAILED, ev.RunError(message=message, code="crashed"), TurnError("crashed", message)))
@@ -241,7 +259,7 @@ class Supervisor:
             if self._closed and not info.cancel_requested:  # closing: it is cancelled as it starts
                 info.cancel_requested, info.cancel_reason = True, "supervisor shutdown"
         live = Live(info=info, spec=spec, spawned=spawned, reader=reader, output=output,
-                    stop=StopPolicy(self.escalation))
+                    stop=StopPolicy(self.escalation), cgroup=cgroup)
         self.relay.add(live)  # the relay applies a cancel that came while we spawned
 
     def status(self, turn_id: str) -> TurnInfo:

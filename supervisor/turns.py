@@ -37,8 +37,26 @@ _ENDED = frozenset({TurnStatus.SUCCEEDED, TurnStatus.FAILED, TurnStatus.CANCELLE
 
 
 class TurnError(msgspec.Struct, frozen=True):
-    code: str  # agent_error | agent_unavailable | crashed | timeout | memory_limit | lost | storage_error
+    code: str  # agent_error | agent_unavailable | crashed | timeout | memory_limit | limit_exceeded | lost | storage_error
     message: str
+
+
+class TurnUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """What the turn's cgroup counted, read when the turn ended.
+
+    ``memory_peak_bytes``: the cgroup's memory high-water mark (v1
+    ``memory.max_usage_in_bytes``, v2 ``memory.peak``: page cache and kernel
+    memory included). ``cpu_seconds``: user + system CPU time of every process
+    that ran in it. ``tasks_peak``: most tasks (threads count) at once, from
+    ``pids.peak``; ``tasks_peak_sampled`` says it was sampled instead (no
+    ``pids.peak`` on this kernel), so a short burst may be missed.
+    """
+
+    memory_peak_bytes: int | None = None
+    cpu_seconds: float | None = None
+    tasks_peak: int | None = None
+    tasks_peak_sampled: bool = False
+    source: str = ""  # "cgroup-v1" | "cgroup-v2"
 
 
 class TurnInfo(msgspec.Struct, kw_only=True):
@@ -66,6 +84,7 @@ class TurnInfo(msgspec.Struct, kw_only=True):
     queue_position: int | None = None  # 1-based, while queued
     output_bytes: int = 0  # the turn's stdout/stderr kept in <id>.output
     output_dropped: int = 0  # beyond limits.output_bytes: counted, not kept
+    usage: TurnUsage | None = None  # from the turn's cgroup, once ended (None without cgroups)
 
     @property
     def ended(self) -> bool:
@@ -135,6 +154,8 @@ def classify(
         return error(TurnStatus.FAILED, "agent_error", done_message)
     if done_outcome == "agent_unavailable" and exitcode == ExitCode.AGENT_UNAVAILABLE:
         return error(TurnStatus.FAILED, "agent_unavailable", done_message)
+    if done_outcome == "containment_failed" and exitcode == ExitCode.CONTAINMENT_FAILED:
+        return error(TurnStatus.FAILED, "crashed", done_message)
     if done_outcome == "cancelled" and exitcode == ExitCode.CANCELLED:  # nobody asked for a cancel
         return error(TurnStatus.FAILED, "agent_error", "the agent raised Cancelled, but no cancel was requested")
     return error(TurnStatus.FAILED, "crashed", describe_exit(exitcode))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +27,8 @@ TEST_AGENTS = {
     name: f"fixture_agents:{name}"
     for name in ("count", "paced", "cooperative", "async_agent", "ignore_token", "ignore_sigterm",
                  "grandchildren", "fail", "exit3", "segfault", "wait_forever", "bad_events",
-                 "garbage", "close_pipe", "result_value", "big_event", "fork_bomb", "memory_hog", "busy_loop", "chatty", "introspect", "many_events", "forged_seq", "kill_forkserver", "leave_helper", "emit_many_big", "huge_result")
+                 "garbage", "close_pipe", "result_value", "big_event", "fork_bomb", "memory_hog", "busy_loop", "chatty", "introspect", "many_events", "forged_seq", "kill_forkserver", "leave_helper", "emit_many_big", "huge_result",
+                 "exponential_fork_bomb", "memory_hog_tree", "escapee")
 }
 TEST_AGENTS["broken"] = "fixture_broken_agent:run"
 
@@ -103,3 +105,35 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if left:  # pragma: no cover - only on a leak
         print(f"\nLEFTOVER turn processes: {[p.pid for p in left]}", file=sys.stderr)
         session.exitstatus = 1
+    cgroups = leftover_cgroups()
+    if cgroups:  # pragma: no cover - only on a leak
+        print(f"\nLEFTOVER cgroups: {cgroups}", file=sys.stderr)
+        session.exitstatus = 1
+
+
+def _runnerd_cgroups() -> set[str]:
+    """The daemons' base cgroups (``runnerd-<state hash>-<pid>``) and the hostile
+    tests' outer ones below this test run's own cgroups."""
+    found = set()
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for c in controllers.split(",") if controllers else ["unified"]:
+            parent = Path("/sys/fs/cgroup", c, path.lstrip("/"))
+            if parent.is_dir():
+                found |= {str(d) for d in parent.iterdir()
+                          if d.is_dir() and d.name.startswith(("runnerd-", f"rdtest-{os.getpid()}-"))}
+    return found
+
+
+_CGROUPS_BEFORE = _runnerd_cgroups()
+
+
+def leftover_cgroups() -> list[str]:
+    """Cgroups made during this run that outlived their daemon (a live daemon's
+    base may belong to another run on this machine)."""
+    left = []
+    for d in sorted(_runnerd_cgroups() - _CGROUPS_BEFORE):
+        base = re.search(r"/runnerd-[0-9a-f]{10}-(\d+)\Z", d)  # supervisor.runtime.cgroups' naming
+        if "/rdtest-" in d or (base is not None and not psutil.pid_exists(int(base.group(1)))):
+            left.append(d)
+    return left

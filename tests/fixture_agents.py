@@ -205,7 +205,8 @@ def introspect(ctx: TurnContext, input: Any) -> dict[str, Any]:
     import resource
     return {"env": sorted(os.environ), "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             "core": resource.getrlimit(resource.RLIMIT_CORE)[1], "pgid_is_pid": os.getpgid(0) == os.getpid(),
-            "sid_is_pid": os.getsid(0) == os.getpid(), "uid": os.getuid(), "gid": os.getgid()}
+            "sid_is_pid": os.getsid(0) == os.getpid(), "uid": os.getuid(), "gid": os.getgid(),
+            "nproc": resource.getrlimit(resource.RLIMIT_NPROC)[0]}
 
 
 def many_events(ctx: TurnContext, input: Any) -> None:
@@ -244,3 +245,59 @@ def emit_many_big(ctx: TurnContext, input: Any) -> None:
 
 def huge_result(ctx: TurnContext, input: Any) -> str:
     return "r" * (2 << 20)
+
+
+def exponential_fork_bomb(ctx: TurnContext, input: Any) -> None:
+    """Every process forks again, forever: the count doubles each round (what a
+    shell's ``:(){ :|:& };:`` does). Run only under a kernel pids limit."""
+    ctx.custom("ready", os.getpid())
+    while True:
+        try:
+            os.fork()  # parent and child both go round again
+        except OSError:
+            time.sleep(0.001)  # EAGAIN at the pids limit: try again, as a bomb does
+
+
+def memory_hog_tree(ctx: TurnContext, input: Any) -> None:
+    """Three child processes, each touching 16 MiB more every few ms, without end;
+    the agent's own process only waits (so an OOM kill never hits it first)."""
+    ctx.custom("ready", os.getpid())
+    for _ in range(3):
+        if os.fork() == 0:
+            break
+    else:
+        while True:
+            time.sleep(1)
+    hoard = []
+    while True:
+        block = bytearray(16 << 20)
+        block[::4096] = b"x" * len(block[::4096])  # touched pages: charged to the cgroup
+        hoard.append(block)
+        time.sleep(0.005)
+
+
+_ESCAPEE = ("import ctypes, signal, time\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "ctypes.CDLL(None).prctl(15, b'innocent', 0, 0, 0)\n"
+            "while True: time.sleep(1)\n")
+
+
+def escapee(ctx: TurnContext, input: Any) -> None:
+    """Ignores SIGTERM and the cancel; leaves a grandchild that called setsid,
+    double-forked, renamed itself and exec'd with an empty environment (so no
+    mark of the turn is left on it), and reports that grandchild's pid."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    r, w = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.close(r)
+            os.write(w, str(os.getpid()).encode())
+            os.close(w)
+            os.execve(sys.executable, [sys.executable, "-c", _ESCAPEE], {})
+        os._exit(0)
+    os.close(w)
+    pid = int(os.read(r, 32))
+    ctx.custom("escapee", pid)
+    while True:
+        time.sleep(0.01)

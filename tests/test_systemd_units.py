@@ -108,6 +108,15 @@ def test_service_lifecycle_settings() -> None:
     assert one(unit, "Service", "StateDirectory") == "runnerd"
 
 
+def test_service_delegates_a_writable_cgroup_subtree() -> None:
+    # A cgroup per turn (supervisor.runtime.cgroups) needs the service's subtree
+    # with the controllers it sets limits with, and writable.
+    unit = parse_unit(SERVICE)
+    assert set(one(unit, "Service", "Delegate").split()) == {"pids", "memory", "cpu"}
+    assert unit["Service"].get("ProtectControlGroups", ["no"]) == ["no"]
+    assert one(unit, "Service", "OOMPolicy") == "continue"  # one turn's OOM never stops the service
+
+
 def test_stop_timeout_outlasts_the_daemons_own_shutdown() -> None:
     config = load_config(EXAMPLE)
     unit = parse_unit(SERVICE)

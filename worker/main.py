@@ -44,8 +44,13 @@ def run(spec: TurnSpec, conn: Connection, token: CancelToken, output: Connection
         os.dup2(output.fileno(), 1)
         os.dup2(output.fileno(), 2)
         output.close()
-    _isolate(spec)
     writer = FrameWriter(conn)
+    try:
+        _join_cgroups(spec.cgroup_procs)
+    except OSError as exc:
+        _finish(writer, Done("containment_failed", message=f"cannot join the turn's cgroup: {exc}"),
+                ExitCode.CONTAINMENT_FAILED)
+    _isolate(spec)
     log = structlog.get_logger("runnerd.worker").bind(turn_id=spec.turn_id)
     try:
         agent = _load(spec.agent_target)
@@ -70,6 +75,15 @@ def run(spec: TurnSpec, conn: Connection, token: CancelToken, output: Connection
     _finish(writer, Done("success", result=result), ExitCode.OK)
 
 
+def _join_cgroups(procs_files: tuple[str, ...]) -> None:
+    """Move this process into the turn's cgroup, first: still one thread, no agent
+    code imported, so every process the agent ever forks is born inside."""
+    pid = str(os.getpid())
+    for path in procs_files:
+        with open(path, "w") as f:
+            f.write(pid)
+
+
 def _isolate(spec: TurnSpec) -> None:
     os.setsid()  # own session and process group: killed as a group
     for sig in _RESET_SIGNALS:
@@ -87,6 +101,8 @@ def _isolate(spec: TurnSpec) -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if spec.open_files is not None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (spec.open_files, spec.open_files))
+    if spec.nproc is not None:  # without a cgroup: counts every process of the (dedicated) user
+        resource.setrlimit(resource.RLIMIT_NPROC, (spec.nproc, spec.nproc))
     if spec.gid is not None:
         os.setgroups([])
         os.setgid(spec.gid)

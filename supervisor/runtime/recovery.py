@@ -1,7 +1,8 @@
 """Start-up recovery: turns that were running when the daemon died end ``lost``.
 
 Each gets exactly one ``RUN_ERROR`` with code ``lost``; any process of it that
-survived is killed, matched by pid *and* create time, never by a bare pid.
+survived is killed: by the dead daemon's turn cgroups when there are cgroups,
+and by pid *and* create time (never a bare pid) and by the turn's marks.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import time
 
 from ipc import events as ev
 from supervisor.logs import get_logger
+from supervisor.runtime.cgroups import Cgroups
 from supervisor.runtime.proctree import TurnTree, kill_marked
 from supervisor.storage.lines import event_line
 from supervisor.storage.stores import EventStore, TurnStore
@@ -19,8 +21,12 @@ from supervisor.turns import TurnError, TurnInfo, TurnStatus
 log = get_logger("runnerd.recovery")
 
 
-def recover_lost(events: EventStore, records: TurnStore) -> list[TurnInfo]:
+def recover_lost(events: EventStore, records: TurnStore, cgroups: Cgroups | None = None) -> list[TurnInfo]:
     """Load every turn's record; close the ones a dead daemon left open."""
+    if cgroups is not None and cgroups.enabled:  # by cgroup first: it holds even renamed, setsid'd escapees
+        killed, removed = cgroups.sweep_stale()
+        if killed or removed:
+            log.warning("stale_cgroups_removed", processes_killed=killed, cgroups_removed=removed)
     infos = records.load_all()
     lost = {i.turn_id for i in infos if not i.ended}
     for info in infos:

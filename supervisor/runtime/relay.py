@@ -31,6 +31,7 @@ from ipc.wire import EVENT_PREFIX, Batch, Done, FrameReader, Ready
 from supervisor.config import LimitsConfig
 from supervisor.logs import get_logger
 from supervisor.runtime.capture import OutputSink
+from supervisor.runtime.cgroups import TurnCgroup
 from supervisor.runtime.limits import LimitGuard
 from supervisor.runtime.proctree import TurnTree
 from supervisor.runtime.registry import StreamRegistry
@@ -76,6 +77,7 @@ class Live:
     watch_root: bool = False  # the forkserver died: liveness from psutil, not the sentinel
     event_bytes: int = 0
     next_poll: float = 0.0
+    cgroup: TurnCgroup | None = None  # kernel containment (supervisor.runtime.cgroups), when on
 
 
 class Relay:
@@ -184,6 +186,9 @@ class Relay:
                 handles[live.spawned.process.sentinel] = (live, "exit")
             if live.output is not None and not live.output.eof:
                 handles[live.output.fd] = (live, "output")
+            if live.cgroup is not None and live.phase is Phase.RUNNING:
+                for fd in live.cgroup.watch:
+                    handles[fd] = (live, "cgroup")
         ready = wait([self._wake_r, *handles], self._timeout(now))
         self._drain_commands()
         for obj in ready:
@@ -197,6 +202,10 @@ class Relay:
             elif kind == "output":
                 assert live.output is not None
                 live.output.drain()
+            elif kind == "cgroup":
+                assert live.cgroup is not None
+                live.cgroup.drain_events()
+                self._kernel_breach(live)
             else:
                 self._on_exit(live)
         self._poll_exits()
@@ -328,6 +337,9 @@ class Relay:
     def _poll_tree(self, live: Live, now: float) -> None:
         """Memory and process count of the whole tree, every ``limits.poll_s``."""
         live.next_poll = now + self.limits.poll_s
+        if live.cgroup is not None:  # the kernel enforces; this reads its counters (v1 pids.events has no event)
+            self._kernel_breach(live)
+            return
         if live.tree is None or live.stop.stopping:
             return
         breach = self.guard.check_tree(live.tree.processes())
@@ -339,6 +351,17 @@ class Relay:
         if live.stop.request(intent, message, time.monotonic()):
             live.log.warning("turn_stopped", reason=message)
         self._signal(live, signal.SIGKILL)
+
+    def _kernel_breach(self, live: Live) -> None:
+        """An OOM kill or a refused fork in the turn's cgroup ends the whole turn."""
+        assert live.cgroup is not None
+        if live.stop.stopping:
+            return
+        breach = live.cgroup.breach()
+        if breach is not None and live.stop.request(breach.intent, breach.message, time.monotonic()):
+            live.log.warning("turn_stopped", reason=breach.message, by="kernel")  # recorded before the kill
+            if live.phase is Phase.RUNNING:
+                self._signal(live, signal.SIGKILL)
 
     def _started_line(self, live: Live, seq: int) -> bytes:
         with self.table.lock:
@@ -389,9 +412,11 @@ class Relay:
         # The turn is over; whatever it left running goes now.
         live.reap_until = time.monotonic() + REAP_TIMEOUT_S
         live.stop.disarm()
+        if live.cgroup is not None:
+            self._kernel_breach(live)  # an OOM kill of the root may beat its event here
         # Finished in _check_deadlines, after this step's ready list: finishing here
         # would close fds that list may still name (and a new turn may reuse).
-        live.leftovers = live.tree.sweep(signal.SIGKILL) if live.tree is not None else 0
+        live.leftovers = self._sweep(live)
 
     def _root_alive(self, live: Live) -> bool:
         tree = live.tree
@@ -430,7 +455,7 @@ class Relay:
             if live.leftovers is not None:  # the exit's own sweep: no second scan
                 remaining, live.leftovers = live.leftovers, None
             else:
-                remaining = live.tree.sweep(signal.SIGKILL) if live.tree else 0
+                remaining = self._sweep(live)
             if remaining and now < live.reap_until:
                 return
             if remaining:
@@ -451,8 +476,22 @@ class Relay:
                 self._signal(live, SIGNALS[due])
 
     def _signal(self, live: Live, sig: int) -> None:
+        if live.cgroup is not None:  # every member, however it left the tree
+            if sig == signal.SIGKILL:
+                live.cgroup.kill()
+            else:
+                live.cgroup.signal(sig)
         if live.tree is not None:
             live.tree.signal(sig)
+
+    def _sweep(self, live: Live) -> int:
+        """SIGKILL what is left of an exited turn, reap adopted zombies; how many live."""
+        remaining = live.tree.sweep(signal.SIGKILL) if live.tree is not None else 0
+        if live.cgroup is None:
+            return remaining
+        live.cgroup.kill()
+        live.cgroup.reap(keep=live.tree.root_pid if live.tree is not None else 0)
+        return len(live.cgroup.members())  # "all gone" = the cgroup is empty
 
     def end_unstarted(self, info: TurnInfo, spec: TurnSpec, ending: Ending) -> None:
         """End a turn that never got a process (cancelled in the queue, failed to spawn).
@@ -509,6 +548,11 @@ class Relay:
                 live.log.error("output_close_failed", error=str(exc))
             with self.table.lock:
                 info.output_bytes, info.output_dropped = live.output.kept, live.output.dropped
+        if live.cgroup is not None:
+            usage = live.cgroup.usage()
+            with self.table.lock:
+                info.usage = usage
+            live.cgroup.remove()
         lines = []
         seq = info.last_seq
         if info.status is TurnStatus.STARTING:  # died before Ready: still one RUN_STARTED first

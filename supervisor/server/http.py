@@ -168,7 +168,8 @@ class Api:
         healthy = self.sup.relay.alive and not self.streams.closing
         running = self.sup.table.running
         body = {"status": "ok" if healthy else "unavailable", "running": running,
-                "open_streams": self.streams.count}
+                "open_streams": self.streams.count,
+                "containment": msgspec.to_builtins(self.sup.containment)}
         return json_response(body, 200 if healthy else 503)
 
     async def openapi(self, request: Request) -> Response:

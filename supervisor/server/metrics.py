@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 def render_metrics(sup: Supervisor, streams: StreamSet, connections: ConnectionStats | None = None) -> bytes:
     statuses = sup.table.counts()
     running = sup.table.running
+    usages = [info.usage for info in sup.table.ended_records() if info.usage is not None]
     _, buffered = sup.registry.stats()
     lines = [
         "# HELP runnerd_turns Turns known to the daemon, by status.",
@@ -45,6 +46,18 @@ def render_metrics(sup: Supervisor, streams: StreamSet, connections: ConnectionS
         "# HELP runnerd_buffered_bytes Event bytes held in memory for recent turns.",
         "# TYPE runnerd_buffered_bytes gauge",
         f"runnerd_buffered_bytes {buffered}",
+        "# HELP runnerd_containment What contains each turn's processes (1 for the mode in effect).",
+        "# TYPE runnerd_containment gauge",
+        f'runnerd_containment{{mode="{sup.containment.mode}"}} 1',
+        "# HELP runnerd_turn_cpu_seconds_total CPU seconds of the ended turns the daemon holds, from their cgroups.",
+        "# TYPE runnerd_turn_cpu_seconds_total counter",
+        f"runnerd_turn_cpu_seconds_total {sum(u.cpu_seconds or 0.0 for u in usages):.6f}",
+        "# HELP runnerd_turn_memory_peak_bytes_max Highest cgroup memory peak among those turns.",
+        "# TYPE runnerd_turn_memory_peak_bytes_max gauge",
+        f"runnerd_turn_memory_peak_bytes_max {max((u.memory_peak_bytes or 0 for u in usages), default=0)}",
+        "# HELP runnerd_turn_tasks_peak_max Most tasks at once in one of those turns' cgroups.",
+        "# TYPE runnerd_turn_tasks_peak_max gauge",
+        f"runnerd_turn_tasks_peak_max {max((u.tasks_peak or 0 for u in usages), default=0)}",
     ]
     if connections is not None:
         for name, kind, value, text in (
