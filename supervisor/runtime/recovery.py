@@ -1,6 +1,7 @@
 """Start-up recovery: turns that were running when the daemon died end ``lost``.
 
-Each gets exactly one ``RUN_ERROR`` with code ``lost``; any process of it that
+Each gets exactly one ``RUN_ERROR`` with code ``lost``, after closing what it
+left open (``supervisor.runtime.openitems``); any process of it that
 survived is killed, matched by pid *and* create time, never by a bare pid.
 """
 
@@ -8,12 +9,15 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterator
 
 import structlog
 
 from ipc import events as ev
 from supervisor.storage.eventlog import FileEventLog
+from supervisor.runtime.openitems import closing_lines, open_items_of
 from supervisor.runtime.proctree import TurnTree, kill_marked
+from supervisor.storage.lines import line_seq
 from supervisor.turns import TurnError, TurnInfo, TurnStatus
 
 log = structlog.get_logger("runnerd.recovery")
@@ -47,7 +51,9 @@ def recover_lost(eventlog: FileEventLog) -> list[TurnInfo]:
                                     timestamp=now_ms)
             lines.append(b'{"seq":%d,' % last + ev.encode_event(started)[1:])
         message = "the daemon stopped while this turn was running"
-        last += 1
+        closing = closing_lines(open_items_of(_stored(eventlog, info.turn_id, last)), last, "lost")
+        lines += closing  # what it left open is closed before its RUN_ERROR, as for any ending
+        last += len(closing) + 1
         lines.append(b'{"seq":%d,' % last + ev.encode_event(ev.RunError(message=message, code="lost",
                                                                       timestamp=now_ms))[1:])
         eventlog.append(info.turn_id, lines)
@@ -62,3 +68,13 @@ def recover_lost(eventlog: FileEventLog) -> list[TurnInfo]:
         killed = kill_marked(lost)
         log.info("lost_turn_processes_killed", count=killed)
     return infos
+
+
+def _stored(eventlog: FileEventLog, turn_id: str, last: int) -> Iterator[bytes]:
+    after = 0
+    while after < last:
+        page = eventlog.read_after(turn_id, after, 10_000, last)
+        if not page:
+            return
+        yield from page
+        after = line_seq(page[-1])

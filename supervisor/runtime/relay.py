@@ -31,6 +31,7 @@ from supervisor.config import LimitsConfig
 from supervisor.storage.eventlog import EventLog
 from supervisor.runtime.proctree import Escalation, TurnTree
 from supervisor.runtime.limits import LimitGuard
+from supervisor.runtime.openitems import OpenItemTracker
 from supervisor.runtime.capture import OutputSink
 from supervisor.runtime.registry import StreamRegistry
 from supervisor.runtime.spawn import Spawned, exitcode
@@ -99,6 +100,7 @@ class Relay:
         self.escalation = escalation
         self.max_event_bytes = max_event_bytes
         self.on_ended = on_ended
+        self.open_items = OpenItemTracker()  # closed before each terminal event
         self.lock = threading.Lock()  # guards the two tables below
         self.live: dict[str, Live] = {}
         self.past: dict[str, TurnInfo] = {}
@@ -258,7 +260,7 @@ class Relay:
         for frame in frames:
             if isinstance(frame, Batch):
                 for data in frame.events:
-                    problem = self._invalid(data) or self._over_limit(live, seq, len(data))
+                    problem = self._over_limit(live, seq, len(data)) or self._invalid(live, data)
                     if problem:
                         break
                     seq += 1
@@ -285,7 +287,7 @@ class Relay:
             live.log.warning("turn_stopped", reason=live.intent_message)
             self._signal(live, signal.SIGKILL)
 
-    def _invalid(self, data: bytes) -> str | None:
+    def _invalid(self, live: Live, data: bytes) -> str | None:
         if len(data) > self.max_event_bytes:
             return f"event of {len(data)} bytes over the {self.max_event_bytes}-byte cap"
         try:
@@ -300,6 +302,7 @@ class Relay:
             return "event not encoded by the worker (type must come first)"
         if isinstance(event.timestamp, int):
             self.lag_s = max(0.0, time.time() - event.timestamp / 1000)
+        self.open_items.follow(live.info.turn_id, event)
         return None
 
     def _over_limit(self, live: Live, seq: int, size: int) -> str | None:
@@ -505,7 +508,9 @@ class Relay:
         if info.status is TurnStatus.STARTING:  # died before Ready: still one RUN_STARTED first
             seq += 1
             lines.append(self._started_line(live, seq))
-        seq += 1
+        closing = self.open_items.close(info.turn_id, seq, ending.error.code if ending.error else ending.status.value)
+        lines += closing  # innermost first, before the terminal event (see runtime/openitems.py)
+        seq += len(closing) + 1
         lines.append(b'{"seq":%d,' % seq + ev.encode_event(ending.terminal)[1:])
         with self.lock:  # ended and its last seq together: a reader never sees one without the other
             info.status = ending.status

@@ -1,0 +1,57 @@
+"""Agents that leave AG-UI items open, for the ending tests (imported in the turn's process)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+from ipc import events as ev
+from worker.context import TurnContext
+
+
+def _open_everything(ctx: TurnContext) -> None:
+    """A step, a subagent, a reasoning span, a text message and a tool call, left open on purpose."""
+    ctx.emit(ev.StepStarted(step_name="plan"))
+    ctx.emit(ev.SubagentStarted(subagent_run_id="sub-1", name="researcher"))
+    ctx.emit(ev.ReasoningStart(message_id="r1", subagent_run_id="sub-1"))
+    ctx.emit(ev.TextMessageStart(message_id="m1", subagent_run_id="sub-1"))
+    ctx.emit(ev.TextMessageContent(message_id="m1", delta="half a sent", subagent_run_id="sub-1"))
+    ctx.emit(ev.ToolCallStart(tool_call_id="c1", tool_call_name="search", parent_message_id="m1",
+                              subagent_run_id="sub-1"))
+    ctx.emit(ev.ToolCallArgs(tool_call_id="c1", delta='{"q":', subagent_run_id="sub-1"))
+
+
+def leave_open(ctx: TurnContext, input: Any) -> Any:
+    """``mode``: return (success), hang (cancel/timeout: SIGTERM ends it), ignore_term (SIGKILL), crash."""
+    mode = (input or {}).get("mode", "hang")
+    if mode == "ignore_term":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _open_everything(ctx)
+    ctx.custom("ready", os.getpid())
+    if mode == "return":
+        return {"ok": True}
+    if mode == "crash":
+        os._exit(9)
+    while True:
+        time.sleep(0.01)
+
+
+def helpers(ctx: TurnContext, input: Any) -> None:
+    """The TurnContext helpers, cancelled midway: they close themselves (finally)."""
+    with ctx.step("work"), ctx.message() as m, ctx.tool_call("search") as call:
+        m.write("partial")
+        call.args('{"q": 1}')
+        ctx.custom("ready", os.getpid())
+        while True:
+            ctx.check_cancelled()
+            time.sleep(0.005)
+
+
+async def async_helpers(ctx: TurnContext, input: Any) -> None:
+    with ctx.step("work"), ctx.message() as m:
+        m.write("partial")
+        ctx.custom("ready", os.getpid())
+        await asyncio.sleep(3600)
