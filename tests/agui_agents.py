@@ -55,3 +55,30 @@ async def async_helpers(ctx: TurnContext, input: Any) -> None:
         m.write("partial")
         ctx.custom("ready", os.getpid())
         await asyncio.sleep(3600)
+
+
+def agui_chat(ctx: TurnContext, input: Any) -> dict[str, Any]:
+    """Answers a RunAgentInput: steps, a tool call, state, a streamed reply; ``forwardedProps.mode`` misbehaves."""
+    props = input.get("forwardedProps") or {}
+    mode = props.get("mode", "ok")
+    last = next((m.get("content") for m in reversed(input["messages"]) if m.get("role") == "user"), "")
+    if mode == "ignore_term":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ctx.state_snapshot({"thread": input["threadId"], "phase": "thinking", "seen": len(input["messages"])})
+    with ctx.step("lookup"):
+        with ctx.tool_call("search") as call:
+            call.args('{"q": "runnerd"}')
+            call.result("a supervisor daemon")
+    ctx.state_delta([{"op": "replace", "path": "/phase", "value": "answering"}])
+    if mode == "error":
+        raise RuntimeError("the agent failed on purpose")
+    with ctx.message() as m:
+        m.write(f"you said: {last}")
+        if mode in ("hang", "ignore_term"):
+            ctx.custom("ready", os.getpid())
+            while True:  # hang mid-message: a cancel (hang) or only SIGKILL (ignore_term) ends it
+                if mode == "hang":
+                    ctx.check_cancelled()
+                time.sleep(0.01)
+    ctx.state_delta([{"op": "replace", "path": "/phase", "value": "done"}])
+    return {"answered": True}

@@ -20,8 +20,9 @@ TESTS = Path(__file__).parent
 
 
 def write_config(tmp: Path, *, retention: dict[str, object] | None = None,
-                 top: dict[str, object] | None = None, **server: object) -> Path:
-    agents = dict(TEST_AGENTS, demo="worker.demos:chat", sleep="worker.demos:sleeper")
+                 top: dict[str, object] | None = None, agents: dict[str, str] | None = None,
+                 **server: object) -> Path:
+    agents = dict(TEST_AGENTS, demo="worker.demos:chat", sleep="worker.demos:sleeper", **(agents or {}))
     lines = [f'state_dir = "{tmp / "state"}"', "cancel_grace_s = 0.3", "kill_grace_s = 0.3"]
     lines += [f"{k} = {v!r}".replace("'", '"') for k, v in (top or {}).items()]
     lines += ["", "[agents]"]
@@ -60,8 +61,8 @@ class Daemon:
 
 def start_daemon(tmp: Path, *, extra_env: dict[str, str] | None = None,
                  retention: dict[str, object] | None = None, top: dict[str, object] | None = None,
-                 **server: object) -> Daemon:
-    config = write_config(tmp, retention=retention, top=top, **server)
+                 agents: dict[str, str] | None = None, **server: object) -> Daemon:
+    config = write_config(tmp, retention=retention, top=top, agents=agents, **server)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
     env.pop("NOTIFY_SOCKET", None)

@@ -47,7 +47,7 @@ def recover_lost(eventlog: FileEventLog) -> list[TurnInfo]:
         lines = []
         if last == 0:  # it never started: keep RUN_STARTED first
             last += 1
-            started = ev.RunStarted(thread_id=info.session_id or info.turn_id, run_id=info.turn_id,
+            started = ev.RunStarted(thread_id=info.session_id or info.turn_id, run_id=info.agui_run_id,
                                     timestamp=now_ms)
             lines.append(b'{"seq":%d,' % last + ev.encode_event(started)[1:])
         message = "the daemon stopped while this turn was running"

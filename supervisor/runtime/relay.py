@@ -324,7 +324,7 @@ class Relay:
     def _started_line(self, live: Live, seq: int) -> bytes:
         live.info.status = TurnStatus.RUNNING
         live.info.started_at = time.time()
-        event = ev.RunStarted(thread_id=live.spec.thread_id, run_id=live.info.turn_id,
+        event = ev.RunStarted(thread_id=live.spec.thread_id, run_id=live.info.agui_run_id,
                               timestamp=time.time_ns() // 1_000_000)
         return b'{"seq":%d,' % seq + ev.encode_event(event)[1:]
 
@@ -453,7 +453,7 @@ class Relay:
 
         Called from any thread: nobody else writes this turn's log.
         """
-        started = ev.RunStarted(thread_id=spec.thread_id, run_id=info.turn_id,
+        started = ev.RunStarted(thread_id=spec.thread_id, run_id=info.agui_run_id,
                                 timestamp=time.time_ns() // 1_000_000)
         lines = [b'{"seq":1,' + ev.encode_event(started)[1:],
                  b'{"seq":2,' + ev.encode_event(ending.terminal)[1:]]
@@ -488,7 +488,7 @@ class Relay:
         info = live.info
         done = live.done
         ending = classify(
-            turn_id=info.turn_id,
+            run_id=info.agui_run_id,
             thread_id=live.spec.thread_id,
             intent=live.intent,
             intent_message=live.intent_message,

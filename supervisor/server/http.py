@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from supervisor.embedded import MAX_EXPORT_LIMIT, Supervisor
 from supervisor.errors import InvalidCursor, InvalidRequest, RunnerdError, SessionBusy, SupervisorClosed
 from supervisor.ids import validate_turn_id
+from supervisor.server.agui import agui_routes
 from supervisor.server.metrics import render_metrics
 from supervisor.server.openapi import CancelBody, PruneBody, StartBody, build
 from supervisor.server.sse import EventStream, StreamSet
@@ -240,6 +241,8 @@ def create_app(sup: Supervisor, *, max_body_bytes: int = 1 << 20, keepalive_s: f
         Route("/v1/health", api.health, methods=["GET"]),
         Route("/v1/openapi.json", api.openapi, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
+        *agui_routes(sup, streams=streams, max_body_bytes=max_body_bytes, keepalive_s=keepalive_s,
+                     send_timeout_s=send_timeout_s),
     ]
     app = Starlette(
         routes=routes,
