@@ -82,3 +82,37 @@ def agui_chat(ctx: TurnContext, input: Any) -> dict[str, Any]:
                 time.sleep(0.01)
     ctx.state_delta([{"op": "replace", "path": "/phase", "value": "done"}])
     return {"answered": True}
+
+
+async def _framework(mode: str) -> Any:
+    """A stand-in framework: an async generator of AG-UI events, as pydantic-ai's or LangGraph's."""
+    from ag_ui import core
+    yield core.RunStartedEvent(thread_id="fw-thread", run_id="fw-run")
+    yield {"type": "TEXT_MESSAGE_CHUNK", "messageId": "m1", "delta": "hel"}
+    yield {"type": "TEXT_MESSAGE_CHUNK", "delta": "lo"}
+    yield core.StepStartedEvent(step_name="think")
+    yield {"type": "SOMETHING_FROM_2030", "x": 1}
+    yield {"type": "TOOL_CALL_ARGS", "toolCallId": "never-started", "delta": "{"}
+    if mode == "hang":
+        try:
+            yield core.CustomEvent(name="ready", value=os.getpid())
+            await asyncio.sleep(3600)
+        finally:
+            yield_from_finally = core.CustomEvent(name="framework_cancelled", value=True)
+            _CTX[0].emit(yield_from_finally)  # the cancel reached the framework's own code
+    yield core.StepFinishedEvent(step_name="think")
+    if mode == "error":
+        yield core.RunErrorEvent(message="the model refused", code="refusal")
+        return
+    if mode == "raise":
+        raise ValueError("framework exploded")
+    yield core.RunFinishedEvent(thread_id="fw-thread", run_id="fw-run", result={"from": "framework"})
+
+
+_CTX: list[TurnContext] = []
+
+
+async def framework_free(ctx: TurnContext, input: Any) -> Any:
+    from worker.adapters.stream import run_stream
+    _CTX[:] = [ctx]
+    return await run_stream(ctx, _framework((input or {}).get("mode", "ok")))

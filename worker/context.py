@@ -268,6 +268,17 @@ def _from_pydantic(model: Any) -> dict[str, Any]:
     return data
 
 
+def wire_form(event: EventLike) -> dict[str, Any]:
+    """Any event-like (struct, ``ag_ui.core`` model, dict) as a wire-form dict."""
+    if isinstance(event, ev.Event.__args__):  # type: ignore[attr-defined]
+        return _wire_dict(event)
+    if hasattr(event, "model_dump"):
+        return _from_pydantic(event)
+    if isinstance(event, Mapping):
+        return dict(event)
+    raise TypeError(f"not an event: {type(event).__name__}")
+
+
 def _parse(event: EventLike) -> tuple[ev.Event, dict[str, Any] | None]:
     """An event, plus the fields of a dict runnerd's structs do not name (kept on the wire)."""
     if isinstance(event, ev.Event.__args__):  # type: ignore[attr-defined]

@@ -1,0 +1,75 @@
+"""worker.adapters: a framework's AG-UI stream as a runnerd turn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import make_config
+from ipc import events as ev
+from supervisor.embedded import Supervisor
+from supervisor.turns import TurnStatus
+from test_openitems import verify
+
+pytest.importorskip("ag_ui.core")
+
+AGENTS = {"framework_free": "agui_agents:framework_free", "pydantic_ai": "agui_agents:pydantic_ai_agent"}
+
+
+@pytest.fixture
+def sup(tmp_path: Path) -> Any:
+    with Supervisor(make_config(tmp_path, agents=AGENTS)) as s:
+        yield s
+
+
+def _run(sup: Supervisor, agent: str, input: Any, cancel_on_ready: bool = False) -> list[ev.Event]:
+    turn = sup.start_turn(agent, input)
+    if cancel_on_ready:
+        for _, e in sup.events(turn.turn_id, timeout=20):
+            if isinstance(e, ev.Custom) and e.name == "ready":
+                sup.cancel(turn.turn_id)
+                break
+    sup.wait(turn.turn_id, 30)
+    events = [e for _, e in sup.events(turn.turn_id)]
+    verify(events)
+    return events
+
+
+def tags(events: list[ev.Event]) -> list[str]:
+    return [type(e).__struct_config__.tag for e in events]
+
+
+@pytest.mark.timeout(60)
+def test_the_framework_lifecycle_becomes_the_turns(sup: Supervisor) -> None:
+    events = _run(sup, "framework_free", {"mode": "ok"})
+    assert tags(events) == [
+        "RUN_STARTED", "TEXT_MESSAGE_START", "TEXT_MESSAGE_CONTENT", "TEXT_MESSAGE_CONTENT", "TEXT_MESSAGE_END",
+        "STEP_STARTED", "RAW", "RAW", "STEP_FINISHED", "RUN_FINISHED"]
+    assert isinstance(events[0], ev.RunStarted) and events[0].run_id != "fw-run"  # the turn's, not the framework's
+    raws = [e for e in events if isinstance(e, ev.Raw)]
+    assert [r.source for r in raws] == ["agui-adapter:unknown-type", "agui-adapter:refused"]
+    assert isinstance(events[-1], ev.RunFinished) and events[-1].result == {"from": "framework"}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode, kept", [("error", {"code": "refusal", "message": "the model refused"}),
+                                        ("raise", {"type": "ValueError", "message": "framework exploded"})])
+def test_a_framework_error_keeps_its_code_or_traceback(sup: Supervisor, mode: str, kept: dict[str, str]) -> None:
+    events = _run(sup, "framework_free", {"mode": mode})
+    error = next(e for e in events if isinstance(e, ev.Custom) and e.name == "runnerd.error")
+    assert kept.items() <= error.value.items()
+    if mode == "raise":
+        assert "Traceback" in error.value["traceback"] and "_framework" in error.value["traceback"]
+    assert isinstance(events[-1], ev.RunError) and events[-1].code == "agent_error"
+    assert "refusal" in events[-1].message or "framework exploded" in events[-1].message
+
+
+@pytest.mark.timeout(60)
+def test_cancel_reaches_the_framework(sup: Supervisor) -> None:
+    events = _run(sup, "framework_free", {"mode": "hang"}, cancel_on_ready=True)
+    names = [e.name for e in events if isinstance(e, ev.Custom)]
+    assert names == ["ready", "framework_cancelled"]
+    assert isinstance(events[-1], ev.RunFinished) and events[-1].outcome.type == "cancelled"
+    assert "STEP_FINISHED" in tags(events)  # the open step was closed (by the supervisor)
