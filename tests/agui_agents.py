@@ -116,3 +116,41 @@ async def framework_free(ctx: TurnContext, input: Any) -> Any:
     from worker.adapters.stream import run_stream
     _CTX[:] = [ctx]
     return await run_stream(ctx, _framework((input or {}).get("mode", "ok")))
+
+
+def _pydantic_ai_agent() -> Any:
+    from pydantic_ai import Agent
+    from pydantic_ai.models.test import TestModel
+
+    agent = Agent(TestModel(custom_output_text="four"), name="calc")
+
+    @agent.tool_plain
+    def add(a: int, b: int) -> int:
+        """Adds two numbers."""
+        return a + b
+
+    return agent
+
+
+def pydantic_ai_agent(ctx: TurnContext, input: Any) -> Any:
+    from worker.adapters.pydantic_ai import from_pydantic_ai
+    return from_pydantic_ai(_pydantic_ai_agent())(ctx, input)
+
+
+def pydantic_ai_slow(ctx: TurnContext, input: Any) -> Any:
+    """A FunctionModel that streams a word, then waits forever: for cancel."""
+    from pydantic_ai import Agent
+    from pydantic_ai.models.function import AgentInfo, FunctionModel
+    from worker.adapters.pydantic_ai import from_pydantic_ai
+
+    async def stream(messages: list[Any], info: AgentInfo) -> Any:
+        yield "thinking"
+        ctx.custom("ready", os.getpid())
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            ctx.custom("model_cancelled", True)
+            raise
+        yield "never"
+
+    return from_pydantic_ai(Agent(FunctionModel(stream_function=stream)))(ctx, input)

@@ -73,3 +73,44 @@ def test_cancel_reaches_the_framework(sup: Supervisor) -> None:
     assert names == ["ready", "framework_cancelled"]
     assert isinstance(events[-1], ev.RunFinished) and events[-1].outcome.type == "cancelled"
     assert "STEP_FINISHED" in tags(events)  # the open step was closed (by the supervisor)
+
+
+@pytest.fixture
+def pydantic_sup(tmp_path: Path) -> Any:
+    pytest.importorskip("pydantic_ai")
+    agents = {"calc": "agui_agents:pydantic_ai_agent", "slow": "agui_agents:pydantic_ai_slow"}
+    with Supervisor(make_config(tmp_path, agents=agents)) as s:
+        yield s
+
+
+@pytest.mark.timeout(60)
+def test_a_pydantic_ai_agent_runs_as_a_turn_offline(pydantic_sup: Supervisor) -> None:
+    events = _run(pydantic_sup, "calc", {"threadId": "t", "runId": "r", "tools": [], "context": [],
+                                         "messages": [{"id": "u1", "role": "user", "content": "2+2?"}]})
+    kinds = tags(events)
+    assert kinds[0] == "RUN_STARTED" and kinds[-1] == "RUN_FINISHED"
+    assert {"TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END", "TOOL_CALL_RESULT",
+            "TEXT_MESSAGE_START", "TEXT_MESSAGE_END"} <= set(kinds)
+    text = "".join(e.delta for e in events if isinstance(e, ev.TextMessageContent))
+    assert "four" in text
+    call = next(e for e in events if isinstance(e, ev.ToolCallStart))
+    assert call.tool_call_name == "add"
+    assert sup_status(pydantic_sup) == [TurnStatus.SUCCEEDED]
+
+
+@pytest.mark.timeout(60)
+def test_a_plain_prompt_becomes_one_user_message(pydantic_sup: Supervisor) -> None:
+    events = _run(pydantic_sup, "calc", "what is 2+2?")
+    assert isinstance(events[-1], ev.RunFinished) and events[-1].outcome.type == "success"
+
+
+@pytest.mark.timeout(60)
+def test_cancel_reaches_the_pydantic_ai_model(pydantic_sup: Supervisor) -> None:
+    events = _run(pydantic_sup, "slow", "go", cancel_on_ready=True)
+    assert [e.name for e in events if isinstance(e, ev.Custom)] == ["ready", "model_cancelled"]
+    assert isinstance(events[-1], ev.RunFinished) and events[-1].outcome.type == "cancelled"
+    assert sup_status(pydantic_sup) == [TurnStatus.CANCELLED]
+
+
+def sup_status(sup: Supervisor) -> list[TurnStatus]:
+    return [t.status for t in sup.list_turns()]
