@@ -154,3 +154,35 @@ def pydantic_ai_slow(ctx: TurnContext, input: Any) -> Any:
         yield "never"
 
     return from_pydantic_ai(Agent(FunctionModel(stream_function=stream)))(ctx, input)
+
+
+def _langgraph(slow: bool) -> Any:
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    model = GenericFakeChatModel(messages=iter([AIMessage(content="hello from the graph")]))
+
+    async def chat(state: MessagesState) -> dict[str, Any]:
+        if slow:
+            _CTX[0].custom("ready", os.getpid())
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                _CTX[0].custom("graph_cancelled", True)
+                raise
+        return {"messages": [await model.ainvoke(state["messages"])]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("chat", chat)
+    builder.add_edge(START, "chat")
+    builder.add_edge("chat", END)
+    return builder.compile(checkpointer=InMemorySaver())
+
+
+def langgraph_agent(ctx: TurnContext, input: Any) -> Any:
+    from worker.adapters.langgraph import from_langgraph
+    _CTX[:] = [ctx]
+    return from_langgraph(_langgraph(slow=(input or {}).get("slow", False) if isinstance(input, dict) else False),
+                          emit_raw_events=False)(ctx, input)

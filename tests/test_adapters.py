@@ -114,3 +114,29 @@ def test_cancel_reaches_the_pydantic_ai_model(pydantic_sup: Supervisor) -> None:
 
 def sup_status(sup: Supervisor) -> list[TurnStatus]:
     return [t.status for t in sup.list_turns()]
+
+
+@pytest.fixture
+def langgraph_sup(tmp_path: Path) -> Any:
+    pytest.importorskip("ag_ui_langgraph")
+    with Supervisor(make_config(tmp_path, agents={"graph": "agui_agents:langgraph_agent"})) as s:
+        yield s
+
+
+@pytest.mark.timeout(60)
+def test_a_langgraph_graph_runs_as_a_turn_offline(langgraph_sup: Supervisor) -> None:
+    events = _run(langgraph_sup, "graph", {"threadId": "t", "runId": "r", "tools": [], "context": [],
+                                           "state": {}, "messages": [{"id": "u1", "role": "user", "content": "hi"}]})
+    assert isinstance(events[-1], ev.RunFinished) and events[-1].outcome.type == "success", events[-1]
+    text = "".join(e.delta for e in events if isinstance(e, ev.TextMessageContent))
+    assert text == "hello from the graph"
+    assert [e for e in events if isinstance(e, ev.Raw)] == []  # nothing refused or unknown
+
+
+@pytest.mark.timeout(60)
+def test_cancel_reaches_the_langgraph_node(langgraph_sup: Supervisor) -> None:
+    events = _run(langgraph_sup, "graph", {"threadId": "t", "runId": "r", "tools": [], "context": [],
+                                           "messages": [{"id": "u1", "role": "user", "content": "hi"}],
+                                           "slow": True}, cancel_on_ready=True)
+    assert [e.name for e in events if isinstance(e, ev.Custom)] == ["ready", "graph_cancelled"]
+    assert isinstance(events[-1], ev.RunFinished) and events[-1].outcome.type == "cancelled"
