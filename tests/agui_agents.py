@@ -186,3 +186,31 @@ def langgraph_agent(ctx: TurnContext, input: Any) -> Any:
     _CTX[:] = [ctx]
     return from_langgraph(_langgraph(slow=(input or {}).get("slow", False) if isinstance(input, dict) else False),
                           emit_raw_events=False)(ctx, input)
+
+
+def openai_agents_agent(ctx: TurnContext, input: Any) -> Any:
+    """A ScriptedModel (the SDK's own test double): a tool call, then the answer; or a stream that hangs."""
+    from agents import Agent, function_tool
+    from agents.testing import ModelStep, ScriptedModel, assistant_message, function_call
+    from worker.adapters.openai_agents import from_openai_agents
+
+    @function_tool
+    def add(a: int, b: int) -> int:
+        """Adds two numbers."""
+        return a + b
+
+    if isinstance(input, dict) and input.get("slow"):
+        async def hang(call: Any) -> Any:
+            ctx.custom("ready", os.getpid())
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                ctx.custom("model_cancelled", True)
+                raise
+            yield None  # a generator: the SDK iterates the factory's result
+
+        model = ScriptedModel([ModelStep.stream(hang)])
+    else:
+        model = ScriptedModel([[function_call("add", {"a": 2, "b": 2}, call_id="call-1")],
+                               [assistant_message("four")]])
+    return from_openai_agents(Agent(name="calc", model=model, tools=[add]))(ctx, input)

@@ -140,3 +140,30 @@ def test_cancel_reaches_the_langgraph_node(langgraph_sup: Supervisor) -> None:
                                            "slow": True}, cancel_on_ready=True)
     assert [e.name for e in events if isinstance(e, ev.Custom)] == ["ready", "graph_cancelled"]
     assert isinstance(events[-1], ev.RunFinished) and events[-1].outcome.type == "cancelled"
+
+
+@pytest.fixture
+def openai_sup(tmp_path: Path) -> Any:
+    pytest.importorskip("agents")
+    with Supervisor(make_config(tmp_path, agents={"oa": "agui_agents:openai_agents_agent"})) as s:
+        yield s
+
+
+@pytest.mark.timeout(60)
+def test_an_openai_agents_agent_runs_as_a_turn_offline(openai_sup: Supervisor) -> None:
+    events = _run(openai_sup, "oa", "what is 2+2?")
+    kinds = tags(events)
+    assert isinstance(events[-1], ev.RunFinished) and events[-1].result == "four", events[-1]
+    assert {"STEP_STARTED", "TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END", "TOOL_CALL_RESULT",
+            "TEXT_MESSAGE_START", "TEXT_MESSAGE_CONTENT", "TEXT_MESSAGE_END", "STEP_FINISHED"} <= set(kinds)
+    result = next(e for e in events if isinstance(e, ev.ToolCallResult))
+    assert result.tool_call_id == "call-1" and result.content == "4"
+    assert "".join(e.delta for e in events if isinstance(e, ev.TextMessageContent)) == "four"
+    assert [e for e in events if isinstance(e, ev.Raw)] == []
+
+
+@pytest.mark.timeout(60)
+def test_cancel_reaches_the_openai_agents_model(openai_sup: Supervisor) -> None:
+    events = _run(openai_sup, "oa", {"slow": True, "prompt": "hi"}, cancel_on_ready=True)
+    assert [e.name for e in events if isinstance(e, ev.Custom)] == ["ready", "model_cancelled"]
+    assert isinstance(events[-1], ev.RunFinished) and events[-1].outcome.type == "cancelled"
