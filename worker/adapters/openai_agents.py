@@ -45,7 +45,7 @@ def from_openai_agents(agent: Any, **run_options: Any) -> Callable[[TurnContext,
     return run
 
 
-def _sdk_input(run_input: dict[str, Any]) -> list[dict[str, Any]]:
+def _sdk_input(run_input: dict[str, Any]) -> Any:
     """AG-UI text messages as the SDK's input items (tool history is the SDK's own business)."""
     items = []
     for m in run_input["messages"]:
