@@ -27,6 +27,10 @@ class ChunkExpander:
     def __init__(self) -> None:
         self._current: dict[str, ev.Event] = {}  # kind -> the START it opened
 
+    def __bool__(self) -> bool:
+        """Whether a chunk stream is open."""
+        return bool(self._current)
+
     def copy(self) -> ChunkExpander:
         other = ChunkExpander()
         other._current = dict(self._current)

@@ -29,7 +29,7 @@ __all__ = ["TurnContext", "Cancelled", "EventTooLarge", "InvalidEvent", "Message
 # The supervisor alone writes the lifecycle; an agent emitting these would
 # break "exactly one terminal event".
 _SUPERVISOR_ONLY = ev.LIFECYCLE_TYPES
-_CHUNKS = ("TEXT_MESSAGE_CHUNK", "TOOL_CALL_CHUNK", "REASONING_MESSAGE_CHUNK")
+_CHUNKS = (ev.TextMessageChunk, ev.ToolCallChunk, ev.ReasoningMessageChunk)
 
 EventLike = Union[ev.Event, Mapping[str, Any], Any]  # Any: an ``ag_ui.core`` pydantic event
 
@@ -104,6 +104,15 @@ class TurnContext:
     def _encode_all(self, events: Iterable[EventLike]) -> list[bytes]:
         parsed = [_parse(e) for e in events]
         with self._lock:  # order checks see every earlier emit of every thread
+            if len(parsed) == 1 and not self._chunks and not isinstance(parsed[0][0], _CHUNKS):
+                event, extra = parsed[0]  # the common case: check, encode, then commit
+                try:
+                    self._open.check(event)
+                except OrderError as exc:
+                    raise InvalidEvent(str(exc)) from None
+                data = self._encode(event, extra)
+                self._open.apply(event)
+                return [data]
             # Checked against copies, committed only when every event was good:
             # a batch goes out whole or not at all.
             chunks, state = self._chunks.copy(), self._open.copy()
