@@ -141,3 +141,21 @@ def test_on_disconnect_continue_keeps_the_run_for_a_reattach(daemon: Daemon, how
         assert "RUN_STARTED" not in [e["type"] for _, e in rest]  # a resume is not a new run
         assert rest[-1][1]["type"] == "RUN_FINISHED" and rest[-1][1]["outcome"] == {"type": "cancelled"}
         assert rest[-1][1]["runId"] == "run-1"
+
+
+@pytest.mark.timeout(60)
+def test_a_resume_into_removed_history_gets_a_custom_gap_event_and_no_second_run_started(tmp_path: Path) -> None:
+    for d in stopped(start_daemon(tmp_path, agents=AGENTS,
+                                  retention={"keep_raw_s": 0.0, "interval_s": 3600.0})):
+        with d.http() as c:
+            full = frames(post(c, run_input()).text)
+            turn = c.get("/v1/turns", params={"session_id": "thread-1"}).json()["turns"][0]["turn_id"]
+            wait_for(lambda: c.get(f"/v1/turns/{turn}").json()["compaction"] == "done", 15)
+            assert d.ctl("prune").returncode == 0  # the raw log goes; the snapshot form stays
+            got = frames(post(c, run_input(), headers={"last-event-id": "2"}).text)
+        (no_id, gap), rest = got[0], got[1:]
+        assert no_id is None and gap["type"] == "CUSTOM" and gap["name"] == "runnerd.gap"
+        assert gap["value"]["missing"] == {"from": 3, "to": len(full)} and gap["value"]["after"] == 2
+        assert [e["type"] for _, e in rest][-1] == "RUN_FINISHED" and "RUN_STARTED" not in [e["type"] for _, e in rest]
+        assert all(i is not None and i > 2 and "seq" not in e for i, e in rest)
+        assert {"MESSAGES_SNAPSHOT", "STATE_SNAPSHOT"} <= {e["type"] for _, e in rest}

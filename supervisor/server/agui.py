@@ -202,9 +202,11 @@ class RunStream:
                                                 compact=False)
         if snapshot is not None:  # the raw events are gone: the snapshot form, after saying so
             body = custom_frame("runnerd.gap", gap) if gap is not None else b""
+            # What the client has (RUN_STARTED above all) is not sent again; the
+            # snapshots, numbered with the last seq they fold, come after its cursor.
+            rest = [line for line in snapshot if line_seq(line) > self.after]
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-            await send({"type": "http.response.body", "body": body + agui_frames(snapshot),
-                        "more_body": False})
+            await send({"type": "http.response.body", "body": body + agui_frames(rest), "more_body": False})
             return
         stop = self.e.streams.register()
         wake = asyncio.Event()
