@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -159,3 +160,24 @@ def test_a_resume_into_removed_history_gets_a_custom_gap_event_and_no_second_run
         assert [e["type"] for _, e in rest][-1] == "RUN_FINISHED" and "RUN_STARTED" not in [e["type"] for _, e in rest]
         assert all(i is not None and i > 2 and "seq" not in e for i, e in rest)
         assert {"MESSAGES_SNAPSHOT", "STATE_SNAPSHOT"} <= {e["type"] for _, e in rest}
+
+
+@pytest.mark.timeout(60)
+def test_a_daemon_shutdown_ends_the_stream_with_a_custom_event(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path, agents=AGENTS)
+    for _ in stopped(d):
+        with d.http() as c, c.stream("POST", "/v1/agents/agui_chat/ag-ui",
+                                     json=run_input(forwardedProps={"mode": "hang"})) as r:
+            buf = ""
+            chunks = r.iter_text()
+            for chunk in chunks:
+                buf += chunk
+                if '"name":"ready"' in buf:
+                    break
+            d.proc.send_signal(signal.SIGTERM)
+            buf += "".join(chunks)
+        got = frames(buf)
+        assert got[-1] == (None, {"type": "CUSTOM", "name": "runnerd.shutdown",
+                                  "value": {"reason": "runnerd is shutting down"}})
+        assert "RUN_STARTED" not in [e["type"] for _, e in got[1:]]
+        assert d.proc.wait(20) == 0
