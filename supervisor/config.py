@@ -122,6 +122,16 @@ class LimitsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("limits.poll_s must be > 0 and limits.output_bytes >= 0")
 
 
+class AguiConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``POST /v1/agents/{agent}/ag-ui`` (``[agui]``)."""
+
+    on_disconnect: str = "cancel"  # or "continue": the run goes on for a later reattach
+
+    def __post_init__(self) -> None:
+        if self.on_disconnect not in ("cancel", "continue"):
+            raise ValueError("agui.on_disconnect must be 'cancel' or 'continue'")
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Every knob, with defaults that run a fresh install as it is."""
 
@@ -143,6 +153,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    agui: AguiConfig = msgspec.field(default_factory=AguiConfig)
 
     def __post_init__(self) -> None:
         if self.start_method not in ("forkserver", "spawn"):

@@ -170,13 +170,15 @@ class Supervisor:
     # -- verbs -----------------------------------------------------------------
 
     def start_turn(self, agent: str, input: Any = None, *, session_id: str | None = None,
-                   timeout_s: float | None = None, multitask: str = "reject") -> TurnInfo:
+                   timeout_s: float | None = None, multitask: str = "reject",
+                   run_id: str | None = None) -> TurnInfo:
         """Start ``agent`` (a configured name, never an import path) on ``input``.
 
         ``multitask`` decides when ``session_id`` already has an active turn:
         ``reject`` (``SessionBusy``), ``enqueue`` (run after it) or
         ``interrupt`` (cancel it, then run). Over ``max_running_turns`` the
         turn is ``queued``; over ``max_queued`` it is refused (``QueueFull``).
+        ``run_id`` is an AG-UI client's own run id, echoed in ``RUN_STARTED``/``RUN_FINISHED``.
         """
         if not isinstance(agent, str) or agent not in self.config.agents:
             raise UnknownAgent(f"unknown agent {str(agent)[:64]!r}; configured: {', '.join(sorted(self.config.agents))}")
@@ -184,6 +186,8 @@ class Supervisor:
             validate_session_id(session_id)
         if multitask not in POLICIES:
             raise InvalidRequest(f"multitask must be one of {', '.join(POLICIES)}")
+        if run_id is not None and not (isinstance(run_id, str) and 0 < len(run_id) <= 256):
+            raise InvalidRequest("run_id must be a string of 1-256 characters")
         if timeout_s is None:
             timeout_s = self.config.default_timeout_s
         elif isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s <= 7 * 86400:
@@ -195,7 +199,7 @@ class Supervisor:
         if self._closed or not self._started:
             raise SupervisorClosed("the supervisor is not running")
         turn_id = new_turn_id()
-        info = TurnInfo(turn_id=turn_id, agent=agent, session_id=session_id,
+        info = TurnInfo(turn_id=turn_id, agent=agent, session_id=session_id, run_id=run_id,
                         status=TurnStatus.QUEUED, created_at=time.time(), timeout_s=timeout_s)
         limits = self.config.limits
         spec = TurnSpec(turn_id=turn_id, thread_id=session_id or turn_id, agent_name=agent,
@@ -294,7 +298,7 @@ class Supervisor:
             info.cancel_requested = True
             info.cancel_reason = reason
         self.relay.end_unstarted(info, spec, Ending(TurnStatus.CANCELLED, ev.RunFinished(
-            thread_id=spec.thread_id, run_id=info.turn_id, outcome=ev.Outcome("cancelled"),
+            thread_id=spec.thread_id, run_id=info.agui_run_id, outcome=ev.Outcome("cancelled"),
             timestamp=time.time_ns() // 1_000_000), None))
 
     def _interrupt(self, turn_id: str, reason: str) -> None:

@@ -65,6 +65,7 @@ class TurnInfo(msgspec.Struct, kw_only=True):
     turn_id: str
     agent: str
     session_id: str | None = None
+    run_id: str | None = None  # the AG-UI client's runId (RUN_STARTED/RUN_FINISHED carry it); else the turn id
     status: TurnStatus = TurnStatus.QUEUED
     last_seq: int = 0
     pid: int | None = None
@@ -90,6 +91,10 @@ class TurnInfo(msgspec.Struct, kw_only=True):
     def ended(self) -> bool:
         return self.status.ended
 
+    @property
+    def agui_run_id(self) -> str:
+        return self.run_id or self.turn_id
+
 
 class Intent(str, enum.Enum):
     """Why the supervisor is ending a turn, recorded before any signal."""
@@ -111,7 +116,7 @@ class Ending(msgspec.Struct, frozen=True):
 
 def classify(
     *,
-    turn_id: str,
+    run_id: str,
     thread_id: str,
     intent: Intent,
     intent_message: str,
@@ -131,7 +136,7 @@ def classify(
 
     if intent is Intent.CANCEL:
         return Ending(TurnStatus.CANCELLED,
-                      ev.RunFinished(thread_id=thread_id, run_id=turn_id,
+                      ev.RunFinished(thread_id=thread_id, run_id=run_id,
                                      outcome=ev.Outcome("cancelled"), timestamp=_now_ms()),
                       None)
     if intent is Intent.TIMEOUT:
@@ -145,7 +150,7 @@ def classify(
     if intent is Intent.LIMIT:
         return error(TurnStatus.FAILED, "limit_exceeded", intent_message)
     if done_outcome == "success" and exitcode == ExitCode.OK:
-        finished = ev.RunFinished(thread_id=thread_id, run_id=turn_id,
+        finished = ev.RunFinished(thread_id=thread_id, run_id=run_id,
                                   outcome=ev.Outcome("success"), timestamp=_now_ms())
         if result_json:
             finished.result = msgspec.Raw(result_json)

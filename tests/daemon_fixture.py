@@ -21,8 +21,11 @@ TESTS = Path(__file__).parent
 
 def write_config(tmp: Path, *, retention: dict[str, object] | None = None,
                  top: dict[str, object] | None = None, limits: dict[str, object] | None = None,
-                 only_agents: dict[str, str] | None = None, **server: object) -> Path:
-    agents = only_agents or dict(TEST_AGENTS, demo="worker.demos:chat", sleep="worker.demos:sleeper")
+                 only_agents: dict[str, str] | None = None, agents: dict[str, str] | None = None,
+                 **server: object) -> Path:
+    """``only_agents`` replaces the test agents; ``agents`` adds to them."""
+    agents = only_agents or dict(TEST_AGENTS, demo="worker.demos:chat", sleep="worker.demos:sleeper",
+                                 **(agents or {}))
     lines = [f'state_dir = "{tmp / "state"}"', "cancel_grace_s = 0.3", "kill_grace_s = 0.3"]
     lines += [f"{k} = {v!r}".replace("'", '"') for k, v in (top or {}).items()]
     lines += ["", "[agents]"]
@@ -65,9 +68,11 @@ class Daemon:
 def start_daemon(tmp: Path, *, extra_env: dict[str, str] | None = None,
                  retention: dict[str, object] | None = None, top: dict[str, object] | None = None,
                  limits: dict[str, object] | None = None, nofile: int | None = None,
-                 only_agents: dict[str, str] | None = None, **server: object) -> Daemon:
+                 only_agents: dict[str, str] | None = None, agents: dict[str, str] | None = None,
+                 **server: object) -> Daemon:
     """``nofile``: the daemon's RLIMIT_NOFILE (soft and hard), to probe descriptor exhaustion."""
-    config = write_config(tmp, retention=retention, top=top, limits=limits, only_agents=only_agents, **server)
+    config = write_config(tmp, retention=retention, top=top, limits=limits, only_agents=only_agents,
+                          agents=agents, **server)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
     env.pop("NOTIFY_SOCKET", None)

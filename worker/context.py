@@ -7,25 +7,31 @@ writes it to the pipe before returning.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, Union
 
 import msgspec
 import structlog
 
 from ipc import events as ev
+from ipc.chunks import ChunkError, ChunkExpander
+from ipc.openitems import OpenItems, OrderError
 from ipc.token import CancelToken
 from ipc.wire import FrameWriter
 
-__all__ = ["TurnContext", "Cancelled", "EventTooLarge", "MessageWriter", "ToolCall"]
+__all__ = ["TurnContext", "Cancelled", "EventTooLarge", "InvalidEvent", "MessageWriter", "ToolCall"]
 
 # The supervisor alone writes the lifecycle; an agent emitting these would
 # break "exactly one terminal event".
-_SUPERVISOR_ONLY = (ev.RunStarted, ev.RunFinished, ev.RunError)
+_SUPERVISOR_ONLY = ev.LIFECYCLE_TYPES
+_CHUNKS = (ev.TextMessageChunk, ev.ToolCallChunk, ev.ReasoningMessageChunk)
+
+EventLike = Union[ev.Event, Mapping[str, Any], Any]  # Any: an ``ag_ui.core`` pydantic event
 
 
 class Cancelled(BaseException):
@@ -34,6 +40,10 @@ class Cancelled(BaseException):
 
 class EventTooLarge(ValueError):
     """An event's encoding exceeds the per-event byte cap."""
+
+
+class InvalidEvent(ValueError):
+    """An event AG-UI clients would reject: bad fields, a bad patch, out of order."""
 
 
 def _now_ms() -> int:
@@ -59,28 +69,73 @@ class TurnContext:
         self._token = token
         self._max = max_event_bytes
         self._ids = itertools.count(1)
+        self._lock = threading.Lock()  # guards the order state below, not the pipe
+        self._open = OpenItems()
+        self._chunks = ChunkExpander()
 
     # -- events -----------------------------------------------------------
 
-    def emit(self, event: ev.Event) -> None:
-        """Send one event; returns once it is in the pipe (survives a SIGKILL)."""
-        self._writer.send_events([self._encode(event)])
+    def emit(self, event: EventLike) -> None:
+        """Send one event; returns once it is in the pipe (survives a SIGKILL).
 
-    def emit_many(self, events: Iterable[ev.Event]) -> None:
-        """Send several events as one frame."""
-        encoded = [self._encode(e) for e in events]
+        ``event`` is an ``ipc.events`` struct, an ``ag_ui.core`` event or a
+        plain dict in wire form (camelCase; fields newer than runnerd are kept).
+        A bad or out-of-order event raises ``InvalidEvent`` here and sends
+        nothing; the turn goes on.
+        """
+        self._writer.send_events(self._encode_all([event]))
+
+    def emit_many(self, events: Iterable[EventLike]) -> None:
+        """Send several events as one frame (all or none: each is checked first)."""
+        encoded = self._encode_all(events)
         if encoded:
             self._writer.send_events(encoded)
 
-    def _encode(self, event: ev.Event) -> bytes:
-        if isinstance(event, _SUPERVISOR_ONLY):
-            raise ValueError(f"{type(event).__name__} is written by the supervisor, not the agent")
-        if event.seq is not msgspec.UNSET:
-            raise ValueError("seq is assigned by the supervisor; leave it unset")
+    def close_chunks(self) -> None:
+        """End the messages and tool calls that ``*_CHUNK`` events left open."""
+        with self._lock:
+            closers = self._chunks.flush()
+            for e in closers:
+                self._open.apply(e)
+            encoded = [self._encode(e, None) for e in closers]
+        if encoded:
+            self._writer.send_events(encoded)
+
+    def _encode_all(self, events: Iterable[EventLike]) -> list[bytes]:
+        parsed = [_parse(e) for e in events]
+        with self._lock:  # order checks see every earlier emit of every thread
+            if len(parsed) == 1 and not self._chunks and not isinstance(parsed[0][0], _CHUNKS):
+                event, extra = parsed[0]  # the common case: check, encode, then commit
+                try:
+                    self._open.check(event)
+                except OrderError as exc:
+                    raise InvalidEvent(str(exc)) from None
+                data = self._encode(event, extra)
+                self._open.apply(event)
+                return [data]
+            # Checked against copies, committed only when every event was good:
+            # a batch goes out whole or not at all.
+            chunks, state = self._chunks.copy(), self._open.copy()
+            expanded: list[tuple[ev.Event, dict[str, Any] | None]] = []
+            try:
+                for event, extra in parsed:
+                    for e in chunks.expand(event):
+                        state.observe(e)
+                        expanded.append((e, extra if e is event else None))
+            except (OrderError, ChunkError) as exc:
+                raise InvalidEvent(str(exc)) from None
+            encoded = [self._encode(e, extra) for e, extra in expanded]
+            self._chunks, self._open = chunks, state
+        return encoded
+
+    def _encode(self, event: ev.Event, extra: dict[str, Any] | None) -> bytes:
         if event.timestamp is msgspec.UNSET:
             event.timestamp = _now_ms()
         try:
-            data = ev.encode_event(event)
+            if extra:  # a dict's own bytes, so fields runnerd does not know are kept
+                data = _dict_encoder.encode({**_wire_dict(event), **extra})
+            else:
+                data = ev.encode_event(event)
         except (TypeError, msgspec.EncodeError) as exc:
             raise TypeError(f"event is not JSON-serialisable: {exc}") from None
         if len(data) > self._max:
@@ -114,8 +169,10 @@ class TurnContext:
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
         self.emit(ev.StepStarted(step_name=name))
-        yield
-        self.emit(ev.StepFinished(step_name=name))
+        try:
+            yield
+        finally:  # closed on every exit, cancel included
+            self.emit(ev.StepFinished(step_name=name))
 
     def custom(self, name: str, value: Any) -> None:
         self.emit(ev.Custom(name=name, value=value))
@@ -195,3 +252,65 @@ class ToolCall:
                 role="tool",
             ))
         self.ctx.emit_many(out)
+
+
+_dict_encoder = msgspec.json.Encoder()
+_NULLABLE_NOWHERE = ("rawEvent", "metadata", "subagentRunId", "seq")
+
+
+def _wire_dict(event: ev.Event) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.json.decode(ev.encode_event(event))
+    return out
+
+
+# Fields whose null is data (a CUSTOM value, a result); elsewhere pydantic's None means "absent".
+_NULL_IS_DATA = ("value", "result", "snapshot", "event")
+
+
+def _from_pydantic(model: Any) -> dict[str, Any]:
+    """An ``ag_ui.core`` event in wire form: aliases (camelCase), absent fields omitted."""
+    data: dict[str, Any] = model.model_dump(mode="json", by_alias=True, exclude_none=True)
+    given = model.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    for key in _NULL_IS_DATA:
+        if key in given and given[key] is None:
+            data[key] = None
+    return data
+
+
+def wire_form(event: EventLike) -> dict[str, Any]:
+    """Any event-like (struct, ``ag_ui.core`` model, dict) as a wire-form dict."""
+    if isinstance(event, ev.Event.__args__):  # type: ignore[attr-defined]
+        return _wire_dict(event)
+    if hasattr(event, "model_dump"):
+        return _from_pydantic(event)
+    if isinstance(event, Mapping):
+        return dict(event)
+    raise TypeError(f"not an event: {type(event).__name__}")
+
+
+def _parse(event: EventLike) -> tuple[ev.Event, dict[str, Any] | None]:
+    """An event, plus the fields of a dict runnerd's structs do not name (kept on the wire)."""
+    if isinstance(event, ev.Event.__args__):  # type: ignore[attr-defined]
+        parsed: ev.Event = event
+        extra = None
+    else:
+        if hasattr(event, "model_dump"):
+            event = _from_pydantic(event)
+        if not isinstance(event, Mapping):
+            raise TypeError(f"cannot emit a {type(event).__name__}: pass an ipc.events struct, "
+                            "an ag_ui.core event or a dict")
+        kind = event.get("type")
+        if kind not in ev.EVENT_TYPES:
+            raise InvalidEvent(f"unknown event type {kind!r}; send it as RAW (ctx.raw) instead")
+        try:
+            parsed = ev.to_event(dict(event))
+        except msgspec.ValidationError as exc:
+            raise InvalidEvent(f"{kind}: {exc}") from None
+        known = set(_wire_dict(parsed)) | set(_NULLABLE_NOWHERE)
+        extra = {k: v for k, v in event.items() if k not in known} or None
+    tag = type(parsed).__struct_config__.tag
+    if tag in _SUPERVISOR_ONLY:
+        raise ValueError(f"{type(parsed).__name__} is written by the supervisor, not the agent")
+    if parsed.seq is not msgspec.UNSET:
+        raise ValueError("seq is assigned by the supervisor; leave it unset")
+    return parsed, extra

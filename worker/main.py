@@ -63,6 +63,7 @@ def run(spec: TurnSpec, conn: Connection, token: CancelToken, output: Connection
                       token=token, max_event_bytes=spec.max_event_bytes)
     try:
         value = _call(agent, ctx, msgspec.json.decode(spec.input_json), token)
+        ctx.close_chunks()  # a chunk stream ends with the agent, as AG-UI's chunks imply
         result = b"" if value is None else msgspec.json.encode(value)
         if len(result) > spec.max_event_bytes:  # it travels inside RUN_FINISHED: same cap
             raise ValueError(f"the agent's result is {len(result)} bytes; the limit is {spec.max_event_bytes}")

@@ -1,6 +1,7 @@
 """Start-up recovery: turns that were running when the daemon died end ``lost``.
 
-Each gets exactly one ``RUN_ERROR`` with code ``lost``; any process of it that
+Each gets exactly one ``RUN_ERROR`` with code ``lost``, after closing what it
+left open (``supervisor.runtime.openitems``); any process of it that
 survived is killed: by the dead daemon's turn cgroups when there are cgroups,
 and by pid *and* create time (never a bare pid) and by the turn's marks.
 """
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterator
 
 from ipc import events as ev
 from supervisor.logs import get_logger
 from supervisor.runtime.cgroups import Cgroups
+from supervisor.runtime.openitems import closing_lines, open_items_of
 from supervisor.runtime.proctree import TurnTree, kill_marked
-from supervisor.storage.lines import event_line
+from supervisor.storage.lines import event_line, line_seq
 from supervisor.storage.stores import EventStore, TurnStore
 from supervisor.turns import TurnError, TurnInfo, TurnStatus
 
@@ -49,11 +52,13 @@ def recover_lost(events: EventStore, records: TurnStore, cgroups: Cgroups | None
         lines = []
         if last == 0:  # it never started: keep RUN_STARTED first
             last += 1
-            started = ev.RunStarted(thread_id=info.session_id or info.turn_id, run_id=info.turn_id,
+            started = ev.RunStarted(thread_id=info.session_id or info.turn_id, run_id=info.agui_run_id,
                                     timestamp=now_ms)
             lines.append(event_line(last, started))
         message = "the daemon stopped while this turn was running"
-        last += 1
+        closing = closing_lines(open_items_of(_stored(events, info.turn_id, last)), last, "lost")
+        lines += closing  # what it left open is closed before its RUN_ERROR, as for any ending
+        last += len(closing) + 1
         lines.append(event_line(last, ev.RunError(message=message, code="lost", timestamp=now_ms)))
         events.append(info.turn_id, lines)
         events.close(info.turn_id)
@@ -67,3 +72,13 @@ def recover_lost(events: EventStore, records: TurnStore, cgroups: Cgroups | None
         killed = kill_marked(lost)
         log.info("lost_turn_processes_killed", count=killed)
     return infos
+
+
+def _stored(events: EventStore, turn_id: str, last: int) -> Iterator[bytes]:
+    after = 0
+    while after < last:
+        page = events.read_after(turn_id, after, 10_000, last)
+        if not page:
+            return
+        yield from page
+        after = line_seq(page[-1])

@@ -33,6 +33,7 @@ from supervisor.logs import get_logger
 from supervisor.runtime.capture import OutputSink
 from supervisor.runtime.cgroups import TurnCgroup
 from supervisor.runtime.limits import LimitGuard
+from supervisor.runtime.openitems import OpenItemTracker
 from supervisor.runtime.proctree import TurnTree
 from supervisor.runtime.registry import StreamRegistry
 from supervisor.runtime.spawn import Spawned, exitcode
@@ -108,6 +109,7 @@ class Relay:
         self.registry = registry
         self.max_event_bytes = max_event_bytes
         self.on_ended = on_ended
+        self.open_items = OpenItemTracker()  # closed before each terminal event
         self._commands: queue.SimpleQueue[tuple[str, str, str | None, threading.Event | None]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping = False
@@ -295,7 +297,8 @@ class Relay:
         for frame in frames:
             if isinstance(frame, Batch):
                 for data in frame.events:
-                    problem = self._invalid(data) or self.guard.check_event(seq + 1, live.event_bytes, len(data))
+                    # The limit first: _invalid follows what the turn opens, so only for an accepted event.
+                    problem = self.guard.check_event(seq + 1, live.event_bytes, len(data)) or self._invalid(live, data)
                     if problem:
                         break
                     seq += 1
@@ -317,7 +320,7 @@ class Relay:
         elif live.reader.error and not live.stop.stopping:  # ours above, or the frame reader's
             self._stop_now(live, Intent.PROTOCOL, f"protocol error from the turn's process: {live.reader.error}")
 
-    def _invalid(self, data: bytes) -> str | None:
+    def _invalid(self, live: Live, data: bytes) -> str | None:
         if len(data) > self.max_event_bytes:
             return f"event of {len(data)} bytes over the {self.max_event_bytes}-byte cap"
         try:
@@ -332,6 +335,7 @@ class Relay:
             return "event not encoded by the worker (type must come first)"
         if isinstance(event.timestamp, int):
             self.lag_s = max(0.0, time.time() - event.timestamp / 1000)
+        self.open_items.follow(live.info.turn_id, event)
         return None
 
     def _poll_tree(self, live: Live, now: float) -> None:
@@ -367,7 +371,7 @@ class Relay:
         with self.table.lock:
             live.info.status = TurnStatus.RUNNING
             live.info.started_at = time.time()
-        event = ev.RunStarted(thread_id=live.spec.thread_id, run_id=live.info.turn_id,
+        event = ev.RunStarted(thread_id=live.spec.thread_id, run_id=live.info.agui_run_id,
                               timestamp=time.time_ns() // 1_000_000)
         return event_line(seq, event)
 
@@ -498,7 +502,7 @@ class Relay:
 
         Called from any thread: nobody else writes this turn's log.
         """
-        started = ev.RunStarted(thread_id=spec.thread_id, run_id=info.turn_id,
+        started = ev.RunStarted(thread_id=spec.thread_id, run_id=info.agui_run_id,
                                 timestamp=time.time_ns() // 1_000_000)
         lines = [event_line(1, started), event_line(2, ending.terminal)]
         try:
@@ -532,7 +536,7 @@ class Relay:
         info = live.info
         done = live.done
         ending = classify(
-            turn_id=info.turn_id,
+            run_id=info.agui_run_id,
             thread_id=live.spec.thread_id,
             intent=live.stop.intent,
             intent_message=live.stop.message,
@@ -558,7 +562,9 @@ class Relay:
         if info.status is TurnStatus.STARTING:  # died before Ready: still one RUN_STARTED first
             seq += 1
             lines.append(self._started_line(live, seq))
-        seq += 1
+        closing = self.open_items.close(info.turn_id, seq, ending.error.code if ending.error else ending.status.value)
+        lines += closing  # innermost first, before the terminal event (see runtime/openitems.py)
+        seq += len(closing) + 1
         lines.append(event_line(seq, ending.terminal))
         with self.table.lock:  # ended and its last seq together: a reader never sees one without the other
             info.status = ending.status

@@ -30,6 +30,8 @@ from supervisor.ids import validate_session_id, validate_turn_id
 from supervisor.logs import get_logger
 from supervisor.runtime.reader import MAX_EXPORT_LIMIT
 from supervisor.server.access import AccessGuard, TcpPolicy
+from supervisor.server.agui import agui_routes
+from supervisor.server.bodies import BodyTooLarge, read_json
 from supervisor.server.connections import ConnectionStats
 from supervisor.server.metrics import render_metrics
 from supervisor.server.openapi import (
@@ -44,12 +46,6 @@ from supervisor.server.sse import EventStream, StreamSet
 from supervisor.turns import TurnStatus
 
 _json = msgspec.json.Encoder()
-MAX_JSON_DEPTH = 64  # of a request body; deeper is a 400, never a RecursionError
-
-
-class BodyTooLarge(RunnerdError):
-    code = "body_too_large"
-    status = 413
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -75,29 +71,7 @@ class Api:
         self.streams = streams
 
     async def _body(self, request: Request, kind: type[Any]) -> Any:
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
-            raise BodyTooLarge(f"request body over {self.max_body_bytes} bytes")
-        chunks = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise BodyTooLarge(f"request body over {self.max_body_bytes} bytes")
-            chunks.append(chunk)
-        body = b"".join(chunks)
-        if not body.strip():
-            body = b"{}"
-        try:
-            value = msgspec.json.decode(body, type=kind)
-        except msgspec.ValidationError as exc:
-            raise InvalidRequest(f"invalid request body: {exc}") from None
-        except msgspec.DecodeError as exc:
-            raise InvalidRequest(f"malformed JSON: {exc}") from None
-        except RecursionError:
-            raise InvalidRequest(f"request body nested deeper than {MAX_JSON_DEPTH}") from None
-        _check_depth(value, MAX_JSON_DEPTH)
-        return value
+        return await read_json(request, kind, self.max_body_bytes)
 
     async def turns(self, request: Request) -> Response:
         """One route per path, so a 405 names every method of it in ``Allow``."""
@@ -179,19 +153,6 @@ class Api:
         return Response(render_metrics(self.sup, self.streams, self.connections), media_type="text/plain; version=0.0.4")
 
 
-def _check_depth(value: Any, limit: int) -> None:
-    """Iteratively, so a deep value costs no stack: no container nested deeper than ``limit``."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (dict, list, msgspec.Struct)):
-            if depth >= limit:
-                raise InvalidRequest(f"request body nested deeper than {limit}")
-            children = item.values() if isinstance(item, dict) else item if isinstance(item, list) \
-                else (getattr(item, f) for f in item.__struct_fields__)
-            stack.extend((child, depth + 1) for child in children)
-
-
 def _bool_param(raw: str | None, name: str) -> bool:
     if raw is None or raw in ("0", "false"):
         return False
@@ -255,6 +216,8 @@ def create_app(sup: Supervisor, *, max_body_bytes: int = 1 << 20, keepalive_s: f
         Route("/v1/health", api.health, methods=["GET"]),
         Route("/v1/openapi.json", api.openapi, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
+        *agui_routes(sup, streams=streams, max_body_bytes=max_body_bytes, keepalive_s=keepalive_s,
+                     send_timeout_s=send_timeout_s),
     ]
     app = Starlette(
         routes=routes,

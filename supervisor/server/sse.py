@@ -1,14 +1,20 @@
-"""Server-Sent Events for one turn, written straight to ASGI.
+"""Server-Sent Events for one turn, written straight to ASGI: the one SSE writer.
 
 ``id: <seq>`` and ``data: <event json>`` per event; every event pending when
 the writer wakes goes out in one write; a comment line every ``keepalive_s``;
 closed after the terminal event. At shutdown the daemon asks every open stream
-to send ``event: shutdown`` and close, rather than trusting the server to.
+to send its shutdown notice and close, rather than trusting the server to.
+How events and notices (gap, shutdown) are framed is a ``Framing``: ``/v1``'s
+keeps ``seq`` in the event and names notices with ``event:``; the AG-UI
+endpoint's (``server/agui.py``) drops ``seq`` and sends notices as ``CUSTOM`` events.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 from starlette.types import Receive, Scope, Send
@@ -17,7 +23,7 @@ from supervisor.embedded import Supervisor
 from supervisor.runtime.reader import Step, next_step
 from supervisor.storage.lines import line_seq
 
-SHUTDOWN_FRAME = b'event: shutdown\ndata: {"reason":"runnerd is shutting down"}\n\n'
+SHUTDOWN_NOTICE = {"reason": "runnerd is shutting down"}
 KEEPALIVE_FRAME = b": keep-alive\n\n"
 HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -29,6 +35,22 @@ HEADERS = [
 def encode_frames(lines: list[bytes]) -> bytes:
     """One SSE frame per stored line, spliced without re-encoding."""
     return b"".join([b"id: %d\ndata: %s\n\n" % (line_seq(line), line) for line in lines])
+
+
+def notice_frame(name: str, value: Any) -> bytes:
+    return b"event: %s\ndata: %s\n\n" % (name.encode(), msgspec.json.encode(value))
+
+
+@dataclass(frozen=True)
+class Framing:
+    """How one kind of stream writes events and notices (``gap``, ``shutdown``)."""
+
+    frames: Callable[[list[bytes]], bytes]
+    notice: Callable[[str, Any], bytes]
+    resend_snapshot: bool = True  # after a gap, the whole snapshot form (else only past the cursor)
+
+
+V1_FRAMING = Framing(encode_frames, notice_frame)
 
 
 MAX_WRITE_BYTES = 256 * 1024  # one send; with the transport's own buffer, a subscriber's bound
@@ -93,7 +115,12 @@ class EventStream:
     """An ASGI response streaming one turn from ``after`` on."""
 
     def __init__(self, sup: Supervisor, turn_id: str, *, after: int, keepalive_s: float,
-                 streams: StreamSet, compact: bool = False, send_timeout_s: float = 30.0) -> None:
+                 streams: StreamSet, compact: bool = False, send_timeout_s: float = 30.0,
+                 framing: Framing = V1_FRAMING,
+                 on_abandoned: Callable[[], Awaitable[None]] | None = None) -> None:
+        """``on_abandoned`` runs when the client leaves before the terminal event (not at shutdown)."""
+        self.framing = framing
+        self.on_abandoned = on_abandoned
         self.send_timeout_s = send_timeout_s
         self.sup = sup
         self.turn_id = turn_id
@@ -107,8 +134,10 @@ class EventStream:
                                                 compact=self.compact)
         if snapshot is not None:  # a finished turn in its snapshot form, then close
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-            body = b"event: gap\ndata: %s\n\n" % msgspec.json.encode(gap) if gap is not None else b""
-            body += encode_frames(snapshot)
+            body = self.framing.notice("gap", gap) if gap is not None else b""
+            if not self.framing.resend_snapshot:  # what the client has is not sent again
+                snapshot = [line for line in snapshot if line_seq(line) > self.after]
+            body += self.framing.frames(snapshot)
             await send({"type": "http.response.body", "body": body, "more_body": False})
             return
         stop = self.streams.register()
@@ -118,6 +147,7 @@ class EventStream:
         watcher = asyncio.ensure_future(_watch_disconnect(receive, wake))
         stop.add_waiter(wake)
         cursor = self.after
+        finished = False
         try:
             self.sup.reader.ensure_stream(self.turn_id)
             self.sup.registry.add_waiter(self.turn_id, asyncio.get_running_loop(), wake)
@@ -128,20 +158,23 @@ class EventStream:
                 if watcher.done():
                     return  # the client went away; it can resume with its cursor
                 if stop.is_set():
-                    await send({"type": "http.response.body", "body": SHUTDOWN_FRAME, "more_body": False})
+                    body = self.framing.notice("shutdown", SHUTDOWN_NOTICE)
+                    await send({"type": "http.response.body", "body": body, "more_body": False})
                     return
                 batch = await self.sup.reader.aread(self.turn_id, cursor)
                 step = next_step(cursor, batch)
                 if step is Step.LINES:
                     cursor = line_seq(batch.lines[-1])
-                    await self._write(send, encode_frames(batch.lines))
+                    await self._write(send, self.framing.frames(batch.lines))
                     continue
                 if step is Step.LOST:  # counted but unreadable: said out loud, then closed
-                    frame = b"event: gap\ndata: %s\n\n" % msgspec.json.encode(
-                        {"reason": f"events {cursor + 1}-{batch.last_seq} are not in the turn's log"})
+                    frame = self.framing.notice(
+                        "gap", {"reason": f"events {cursor + 1}-{batch.last_seq} are not in the turn's log"})
                     await send({"type": "http.response.body", "body": frame, "more_body": False})
+                    finished = True
                     return
                 if step is Step.END:  # the terminal event was sent
+                    finished = True
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                     return
                 try:
@@ -159,6 +192,8 @@ class EventStream:
             self.sup.registry.remove_waiter(self.turn_id, wake)
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
+            if not finished and not stop.is_set() and self.on_abandoned is not None:
+                await self.on_abandoned()
 
     async def _write(self, send: Send, body: bytes) -> None:
         """Bounded in bytes per send and in time per send: a subscriber that does not

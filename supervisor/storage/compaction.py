@@ -1,9 +1,10 @@
 """Compaction of a finished turn into its snapshot form (AG-UI serialization guidance).
 
-``TEXT_MESSAGE_*`` and ``TOOL_CALL_*`` (with results) fold into one
-``MESSAGES_SNAPSHOT``; ``STATE_SNAPSHOT``/``STATE_DELTA`` (RFC 6902) fold into
-one final ``STATE_SNAPSHOT``; ``RUN_*``, ``STEP_*``, ``RAW`` and ``CUSTOM`` are
-kept as they were.
+``TEXT_MESSAGE_*``, ``REASONING_MESSAGE_*`` and ``TOOL_CALL_*`` (with results)
+fold into one ``MESSAGES_SNAPSHOT``; ``STATE_SNAPSHOT``/``STATE_DELTA`` (RFC
+6902) fold into one final ``STATE_SNAPSHOT``; every other type (``RUN_*``,
+``STEP_*``, ``RAW``, ``CUSTOM``, ``ACTIVITY_*``, ``REASONING_START``/``END``,
+``SUBAGENT_*`` …) is kept as it was.
 
 Seq: a kept event keeps its seq; each snapshot carries the seq of the last
 event it folds and sits at that position. So the compacted form is still in
@@ -36,8 +37,8 @@ import msgspec
 from ipc import events as ev
 from supervisor.storage.lines import splice
 
-_KEPT = frozenset({"RUN_STARTED", "RUN_FINISHED", "RUN_ERROR", "STEP_STARTED", "STEP_FINISHED", "RAW", "CUSTOM"})
 _MESSAGE_TYPES = frozenset({"TEXT_MESSAGE_START", "TEXT_MESSAGE_CONTENT", "TEXT_MESSAGE_END",
+                            "REASONING_MESSAGE_START", "REASONING_MESSAGE_CONTENT", "REASONING_MESSAGE_END",
                             "TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END", "TOOL_CALL_RESULT",
                             "MESSAGES_SNAPSHOT"})
 _STATE_TYPES = frozenset({"STATE_SNAPSHOT", "STATE_DELTA"})
@@ -87,7 +88,7 @@ def _compact(lines: Iterable[bytes], max_event_bytes: int) -> list[bytes]:
             raise CompactionError(f"seq {head.seq} follows {previous}: the log has a hole")
         previous = head.seq
         kind = head.type
-        if kind in _KEPT:
+        if kind not in _MESSAGE_TYPES and kind not in _STATE_TYPES:
             kept.append((head.seq, line))
             continue
         e = _any.decode(line)
@@ -103,24 +104,25 @@ def _compact(lines: Iterable[bytes], max_event_bytes: int) -> list[bytes]:
                     raise CompactionError(f"STATE_DELTA at seq {head.seq} does not apply: {exc}") from None
                 state_seen = True
             continue
-        if kind not in _MESSAGE_TYPES:
-            raise CompactionError(f"unknown event type {kind} at seq {head.seq}")
         last_message_seq = head.seq
         message_seqs.append(head.seq)
-        if kind == "TEXT_MESSAGE_START":
+        if kind in ("TEXT_MESSAGE_START", "REASONING_MESSAGE_START"):
             if e["messageId"] not in by_id:
                 started = {"id": e["messageId"], "role": e.get("role", "assistant"), "content": []}
+                for optional in ("name", "subagentRunId"):
+                    if optional in e:
+                        started[optional] = e[optional]
                 by_id[started["id"]] = started
                 messages.append(started)
             open_messages.add(e["messageId"])
-        elif kind == "TEXT_MESSAGE_CONTENT":
+        elif kind in ("TEXT_MESSAGE_CONTENT", "REASONING_MESSAGE_CONTENT"):
             if e["messageId"] not in open_messages:
                 raise CompactionError(f"content for message {e['messageId']} outside START/END at seq {head.seq}")
             target = by_id[e["messageId"]]
             if not isinstance(target.get("content"), list):  # it came from an agent's snapshot
                 target["content"] = [target.get("content") or ""]
             target["content"].append(e["delta"])  # joined once at the end: linear
-        elif kind == "TEXT_MESSAGE_END":
+        elif kind in ("TEXT_MESSAGE_END", "REASONING_MESSAGE_END"):
             open_messages.discard(e["messageId"])
         elif kind == "TOOL_CALL_START":
             parent_id = e.get("parentMessageId") or f"msg-{e['toolCallId']}"

@@ -20,6 +20,11 @@ def event_line(seq: int, event: ev.Event) -> bytes:
     return splice(seq, ev.encode_event(event))
 
 
+def unsplice(line: bytes) -> bytes:
+    """The event's own JSON again, without ``seq`` (the inverse of ``splice``)."""
+    return b"{" + line[line.index(b",", 7) + 1:]
+
+
 def line_seq(line: bytes) -> int:
     """The seq of one stored line (written first, so no JSON decode is needed)."""
     return int(line[7:line.index(b",", 7)])
