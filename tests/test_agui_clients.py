@@ -19,6 +19,7 @@ from daemon_fixture import Daemon, start_daemon, stopped
 
 CLIENTS = Path(__file__).parent / "agui"
 AGENTS = {"agui_chat": "agui_agents:agui_chat"}
+TOKEN = "agui-client-token-0123456789"  # TCP needs the token, loopback too: HttpAgent sends it as a header
 
 
 def _clients_or_skip() -> str:
@@ -41,14 +42,18 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def tcp_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, str]]:
     port = _free_port()
-    d = start_daemon(tmp_path_factory.mktemp("agui"), agents=AGENTS, tcp=f"127.0.0.1:{port}")
+    tmp = tmp_path_factory.mktemp("agui")
+    token = tmp / "token"
+    token.write_text(TOKEN)
+    token.chmod(0o600)
+    d = start_daemon(tmp, agents=AGENTS, tcp=f"127.0.0.1:{port}", token_file=str(token))
     for running in stopped(d):
         yield running, f"http://127.0.0.1:{port}"
 
 
 def run_node(base: str, scenarios: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     node = _clients_or_skip()
-    spec = json.dumps({"base": base, "agent": "agui_chat", "scenarios": scenarios})
+    spec = json.dumps({"base": base, "agent": "agui_chat", "token": TOKEN, "scenarios": scenarios})
     done = subprocess.run([node, str(CLIENTS / "run_agents.mjs"), spec], cwd=CLIENTS, capture_output=True,
                           text=True, timeout=90)
     assert done.returncode == 0, done.stderr
@@ -135,7 +140,7 @@ def test_the_python_models_accept_every_event_a_run_streamed(tcp_daemon: tuple[D
     adapter: TypeAdapter[object] = TypeAdapter(core.Event)
     body = {"threadId": "t-py", "runId": "r-py", "messages": [{"id": "u", "role": "user", "content": "hi"}],
             "tools": [], "context": [], "state": {}}
-    with httpx.Client(base_url=base, timeout=30) as c:
+    with httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
         text = c.post("/v1/agents/agui_chat/ag-ui", json=body).text
     events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
     assert events[-1]["type"] == "RUN_FINISHED"

@@ -81,11 +81,11 @@ def test_bad_input_is_a_json_error_before_any_stream_byte(daemon: Daemon) -> Non
             return r.status_code, r.json()["error"]["code"]
 
         url = "/v1/agents/agui_chat/ag-ui"
-        assert error(c.post(url, content=b"{not json")) == (400, "invalid_request")
+        assert error(c.post(url, content=b"{not json", headers={"content-type": "application/json"})) == (400, "invalid_request")
         assert error(c.post(url, json=[1])) == (400, "invalid_request")
         assert error(post(c, {**run_input(), "threadId": 5})) == (400, "invalid_request")
         assert error(post(c, {"runId": "r", "messages": []})) == (400, "invalid_request")
-        assert error(post(c, run_input(thread="bad thread/id"))) == (400, "invalid_turn_id")
+        assert error(post(c, run_input(thread="bad thread/id"))) == (400, "invalid_session_id")
         assert error(post(c, run_input(forwardedProps={"runnerd": {"multitask": "sometimes"}}))) == \
             (400, "invalid_request")
         assert error(post(c, run_input(), agent="nope")) == (404, "unknown_agent")

@@ -17,6 +17,8 @@ from supervisor.ids import new_turn_id
 from supervisor.runtime.recovery import recover_lost
 from supervisor.storage.compaction import compact
 from supervisor.storage.eventlog import FileEventLog
+from supervisor.storage.lines import event_line
+from supervisor.storage.turnfiles import FileTurnStore
 from supervisor.turns import TurnInfo, TurnStatus
 
 AGENTS = {"leave_open": "agui_agents:leave_open", "helpers": "agui_agents:helpers",
@@ -113,12 +115,14 @@ def test_a_lost_turn_closes_what_it_left_open_before_its_run_error(tmp_path: Pat
     log = FileEventLog(tmp_path)
     info = TurnInfo(turn_id=new_turn_id(), agent="a", status=TurnStatus.RUNNING,
                     created_at=time.time())
-    log.create(info)
+    log.create(info.turn_id)
+    FileTurnStore(log).put(info)
     opened: list[ev.Event] = [ev.RunStarted(thread_id="t", run_id=info.turn_id), ev.StepStarted(step_name="s"),
                               ev.TextMessageStart(message_id="m"), ev.TextMessageContent(message_id="m", delta="x")]
-    log.append(info.turn_id, [b'{"seq":%d,' % i + ev.encode_event(e)[1:] for i, e in enumerate(opened, 1)])
+    log.append(info.turn_id, [event_line(i, e) for i, e in enumerate(opened, 1)])
     log.close(info.turn_id)
-    recover_lost(FileEventLog(tmp_path))
+    events_again = FileEventLog(tmp_path)
+    recover_lost(events_again, FileTurnStore(events_again))
     lines = FileEventLog(tmp_path).read_after(info.turn_id, 0, 100, 1 << 62)
     events = [ev.decode_event(line) for line in lines]
     verify(events)

@@ -16,9 +16,12 @@ for (const level of ["warn", "error"]) {
 }
 
 async function cancelViaV1(threadId) {
-  const list = await (await fetch(`${spec.base}/v1/turns?session_id=${encodeURIComponent(threadId)}`)).json();
+  const auth = { Authorization: `Bearer ${spec.token}` };
+  const list = await (await fetch(`${spec.base}/v1/turns?session_id=${encodeURIComponent(threadId)}`,
+                                  { headers: auth })).json();
   const turn = list.turns[0];
-  await fetch(`${spec.base}/v1/turns/${turn.turn_id}/cancel`, { method: "POST", body: "{}" });
+  await fetch(`${spec.base}/v1/turns/${turn.turn_id}/cancel`,
+              { method: "POST", body: "{}", headers: { ...auth, "Content-Type": "application/json" } });
 }
 
 async function independentCheck(events) {
@@ -42,6 +45,7 @@ async function run(s) {
   const agent = new HttpAgent({
     url: `${spec.base}/v1/agents/${s.agent ?? spec.agent}/ag-ui${query}`,
     threadId: s.threadId,
+    headers: { Authorization: `Bearer ${spec.token}` },
     initialMessages: [{ id: "u1", role: "user", content: "hello" }],
     initialState: { from: "client" },
   });
