@@ -253,9 +253,11 @@ class Cgroups:
                 os.makedirs(leaf, exist_ok=True)
                 _write(os.path.join(leaf, "cgroup.procs"), str(os.getpid()))
                 moved = True
-            enable = " ".join("+" + c for c in wanted)
-            _write(os.path.join(parent, "cgroup.subtree_control"), enable)
-            _write(os.path.join(base, "cgroup.subtree_control"), enable)
+            for d in (parent, base):  # only what is missing: the parent may be the host's root
+                control = os.path.join(d, "cgroup.subtree_control")
+                missing = [c for c in wanted if c not in _read(control).split()]
+                if missing:
+                    _write(control, " ".join("+" + c for c in missing))
         except OSError as exc:
             # EBUSY: other processes share our cgroup (a host embedding us, an older
             # forkserver). Undo, leaving the daemon where it was.
