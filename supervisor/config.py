@@ -107,7 +107,7 @@ class LimitsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     group: str | None = None
     env_allowlist: list[str] | None = msgspec.field(default_factory=lambda: list(DEFAULT_ENV_ALLOWLIST))
     output_bytes: int = 10 << 20  # of a turn's stdout/stderr kept in <id>.output; the rest is counted
-    poll_s: float = 0.25  # how often memory and process count are checked
+    poll_s: float = 0.25  # polled memory and process count; with cgroups only v1 pids.events is read this often
 
     def __post_init__(self) -> None:
         for name in ("memory_bytes", "max_processes", "max_events", "max_turn_bytes", "open_files"):

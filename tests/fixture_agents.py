@@ -301,3 +301,9 @@ def escapee(ctx: TurnContext, input: Any) -> None:
     ctx.custom("escapee", pid)
     while True:
         time.sleep(0.01)
+
+
+def touch(ctx: TurnContext, input: Any) -> None:
+    """Creates the file ``input["path"]``: proof that agent code ran."""
+    with open(input["path"], "w") as f:
+        f.write("ran")

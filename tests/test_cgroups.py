@@ -18,15 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import psutil
 import pytest
 from cgroup_helper import Outer, own_cgroups, v1_unavailable
 from conftest import TEST_AGENTS, wait_for
 from daemon_fixture import BIN, TESTS, write_config
 
+from ipc.protocol import ExitCode, TurnSpec
+from ipc.wire import Done, FrameReader
 from supervisor.config import Config, LimitsConfig
 from supervisor.embedded import Supervisor
 from supervisor.runtime.cgroups import Cgroups, TurnCgroup
+from supervisor.runtime.spawn import Spawner
+from supervisor.turns import Intent, classify
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -400,3 +405,25 @@ def test_bad_containment_settings_are_refused_with_a_clear_error() -> None:
         LimitsConfig(cgroups="maybe")
     with pytest.raises(ValueError, match="limits.cpu_quota must be >= 0.01"):
         LimitsConfig(cpu_quota=0.0)
+
+
+def test_a_child_that_cannot_join_its_cgroup_runs_no_agent_code(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    spawner = Spawner("forkserver", [])
+    spec = TurnSpec(turn_id="0" * 26, thread_id="t", agent_name="touch", agent_target=TEST_AGENTS["touch"],
+                    input_json=msgspec.json.encode({"path": str(marker)}), max_event_bytes=1 << 20,
+                    cgroup_procs=(str(tmp_path / "no-such-cgroup" / "cgroup.procs"),))
+    spawned = spawner.spawn(spec)
+    reader = FrameReader(spawned.reader, max_frame_bytes=1 << 22)
+    frames = []
+    while not reader.eof:
+        frames += reader.read()
+    spawned.process.join(10)
+    assert spawned.process.exitcode == ExitCode.CONTAINMENT_FAILED
+    done = [f for f in frames if isinstance(f, Done)]
+    assert done and done[0].outcome == "containment_failed" and "cgroup" in done[0].message
+    assert not marker.exists()
+    ending = classify(turn_id=spec.turn_id, thread_id="t", intent=Intent.NONE, intent_message="",
+                      done_outcome=done[0].outcome, done_message=done[0].message, result_json=b"",
+                      exitcode=spawned.process.exitcode)
+    assert ending.error is not None and ending.error.code == "crashed" and "cgroup" in ending.error.message

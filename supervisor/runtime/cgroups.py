@@ -18,13 +18,10 @@ unified hierarchy with ``pids`` and ``memory`` available): one directory.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import hashlib
 import os
 import re
 import signal
-import time
 from dataclasses import dataclass, field
 
 import msgspec
@@ -32,6 +29,7 @@ import msgspec
 from supervisor.config import LimitsConfig
 from supervisor.errors import ResourceUnavailable
 from supervisor.logs import get_logger
+from supervisor.runtime import cgroupfs as fs
 from supervisor.runtime.stoppolicy import Breach
 from supervisor.turns import Intent, TurnUsage
 
@@ -40,9 +38,6 @@ log = get_logger("runnerd.cgroups")
 V1_CONTROLLERS = ("pids", "memory", "cpu", "cpuacct", "freezer")
 V1_REQUIRED = ("pids", "memory")
 CPU_PERIOD_US = 100_000
-FREEZE_WAIT_S = 1.0
-_IN_MODIFY = 0x2
-_IN_NONBLOCK_CLOEXEC = os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class Containment(msgspec.Struct, frozen=True):
@@ -80,7 +75,7 @@ class TurnCgroup:
         mem = self._dir("memory")
         if mem is not None:
             name = "memory.events" if self.version == 2 else "memory.oom_control"
-            counters = _counters(os.path.join(mem, name))
+            counters = fs.counters(os.path.join(mem, name))
             if counters.get("oom_kill", 0) or counters.get("oom_group_kill", 0):
                 cap = (f"limits.memory_bytes {lim.memory_bytes >> 20} MiB" if lim.memory_bytes is not None
                        else "a memory limit above the turn")
@@ -88,7 +83,7 @@ class TurnCgroup:
         pids = self._dir("pids")
         if pids is not None and lim.max_processes is not None:
             self.sample_pids()
-            if _counters(os.path.join(pids, "pids.events")).get("max", 0):
+            if fs.counters(os.path.join(pids, "pids.events")).get("max", 0):
                 return Breach(Intent.LIMIT, (f"the turn tried to run more than {lim.max_processes} processes "
                                              f"(limits.max_processes {lim.max_processes}, enforced by pids.max)"))
         return None
@@ -103,7 +98,7 @@ class TurnCgroup:
     def sample_pids(self) -> None:
         pids = self._dir("pids")
         if pids is not None:
-            self.pids_seen = max(self.pids_seen, _read_int(os.path.join(pids, "pids.current")) or 0)
+            self.pids_seen = max(self.pids_seen, fs.read_int(os.path.join(pids, "pids.current")) or 0)
 
     # -- kill --------------------------------------------------------------------
 
@@ -120,7 +115,7 @@ class TurnCgroup:
         """Send ``sig`` to every member, wherever it moved in the process tree."""
         members = self.members()
         for pid in members:
-            _kill(pid, sig)
+            fs.kill(pid, sig)
         return len(members)
 
     def kill(self) -> int:
@@ -136,13 +131,13 @@ class TurnCgroup:
         d = self.dirs.get("")
         if self.version == 2 and d is not None and os.path.exists(os.path.join(d, "cgroup.kill")):
             count = len(self.members())
-            _try_write(os.path.join(d, "cgroup.kill"), "1")
+            fs.try_write(os.path.join(d, "cgroup.kill"), "1")
             return count
         pids = self._dir("pids")
         if pids is not None:
-            _try_write(os.path.join(pids, "pids.max"), "0")
+            fs.try_write(os.path.join(pids, "pids.max"), "0")
         freezer = self._dir("freezer")
-        frozen = freezer is not None and _freeze(freezer)
+        frozen = freezer is not None and fs.freeze(freezer)
         count = 0
         for _ in range(3):  # a fork charged before pids.max became 0 may show up once more
             members = self.members()
@@ -151,11 +146,11 @@ class TurnCgroup:
             count = max(count, len(members))
             self.killed.update(members)
             for pid in members:
-                _kill(pid, signal.SIGKILL)
+                fs.kill(pid, signal.SIGKILL)
             if frozen:
                 break  # nobody ran since the freeze: that list was complete
         if frozen and freezer is not None:
-            _try_write(os.path.join(freezer, "freezer.state"), "THAWED")
+            fs.try_write(os.path.join(freezer, "freezer.state"), "THAWED")
         return count
 
     def reap(self, keep: int) -> None:
@@ -179,15 +174,15 @@ class TurnCgroup:
         self.sample_pids()
         mem, pids = self._dir("memory"), self._dir("pids")
         if self.version == 2:
-            peak = _read_int(os.path.join(mem, "memory.peak")) if mem else None
-            cpu_us = _counters(os.path.join(self.dirs[""], "cpu.stat")).get("usage_usec")
+            peak = fs.read_int(os.path.join(mem, "memory.peak")) if mem else None
+            cpu_us = fs.counters(os.path.join(self.dirs[""], "cpu.stat")).get("usage_usec")
             cpu_s = cpu_us / 1e6 if cpu_us is not None else None
         else:
-            peak = _read_int(os.path.join(mem, "memory.max_usage_in_bytes")) if mem else None
+            peak = fs.read_int(os.path.join(mem, "memory.max_usage_in_bytes")) if mem else None
             acct = self._dir("cpuacct")
-            ns = _read_int(os.path.join(acct, "cpuacct.usage")) if acct else None
+            ns = fs.read_int(os.path.join(acct, "cpuacct.usage")) if acct else None
             cpu_s = ns / 1e9 if ns is not None else None
-        kernel_peak = _read_int(os.path.join(pids, "pids.peak")) if pids else None
+        kernel_peak = fs.read_int(os.path.join(pids, "pids.peak")) if pids else None
         return TurnUsage(memory_peak_bytes=peak, cpu_seconds=None if cpu_s is None else round(cpu_s, 6),
                          tasks_peak=kernel_peak if kernel_peak is not None else self.pids_seen,
                          tasks_peak_sampled=kernel_peak is None, source=f"cgroup-v{self.version}")
@@ -199,7 +194,7 @@ class TurnCgroup:
         self.watch = []
         ok = True
         for d in set(self.dirs.values()):
-            ok = _rmdir(d) and ok
+            ok = fs.rmdir(d) and ok
         return ok
 
 
@@ -233,13 +228,13 @@ class Cgroups:
         return self.containment
 
     def _setup_v2(self) -> str | None:
-        mounts = _mounts()
-        own = _own_cgroups().get("")
+        mounts = fs.mounts()
+        own = fs.own_cgroups().get("")
         mount = next((m for m, (kind, _) in mounts.items() if kind == "cgroup2"), None)
         if mount is None or own is None:
             return "v2: no cgroup2 mount"
         parent = os.path.join(mount, own.lstrip("/"))
-        available = set(_read(os.path.join(parent, "cgroup.controllers")).split())
+        available = set(fs.read(os.path.join(parent, "cgroup.controllers")).split())
         if not {"pids", "memory"} <= available:
             return f"v2: pids and memory not available in {parent} (has: {' '.join(sorted(available)) or 'none'})"
         wanted: list[str] = [c for c in ("pids", "memory", "cpu") if c in available]
@@ -252,28 +247,30 @@ class Cgroups:
                 # No internal processes (cgroup-v2.rst): the daemon leaves its own
                 # cgroup for a leaf before controllers can be enabled below it.
                 os.makedirs(leaf, exist_ok=True)
-                _write(os.path.join(leaf, "cgroup.procs"), str(os.getpid()))
+                fs.write(os.path.join(leaf, "cgroup.procs"), str(os.getpid()))
                 moved = True
-            enable = " ".join("+" + c for c in wanted)
-            _write(os.path.join(parent, "cgroup.subtree_control"), enable)
-            _write(os.path.join(base, "cgroup.subtree_control"), enable)
+            for d in (parent, base):  # only what is missing: the parent may be the host's root
+                control = os.path.join(d, "cgroup.subtree_control")
+                missing = [c for c in wanted if c not in fs.read(control).split()]
+                if missing:
+                    fs.write(control, " ".join("+" + c for c in missing))
         except OSError as exc:
             # EBUSY: other processes share our cgroup (a host embedding us, an older
             # forkserver). Undo, leaving the daemon where it was.
             if moved:
-                _try_write(os.path.join(parent, "cgroup.procs"), str(os.getpid()))
+                fs.try_write(os.path.join(parent, "cgroup.procs"), str(os.getpid()))
             for d in (leaf, base):
                 if os.path.isdir(d):
-                    _rmdir(d)
+                    fs.rmdir(d)
             return f"v2: cannot set up {base}: {exc.strerror or exc}"
         self.version, self.bases, self.parents = 2, {"": base}, {"": parent}
         self.containment = Containment("cgroup-v2", wanted, f"cgroup v2 at {base}")
         return None
 
     def _setup_v1(self) -> str | None:
-        own = _own_cgroups()
+        own = fs.own_cgroups()
         by_mount: dict[str, str] = {}
-        for mount, (kind, controllers) in _mounts().items():
+        for mount, (kind, controllers) in fs.mounts().items():
             if kind != "cgroup":
                 continue
             for c in controllers & set(V1_CONTROLLERS):
@@ -294,7 +291,7 @@ class Cgroups:
             except OSError as exc:
                 if c in V1_REQUIRED:
                     for made in set(bases.values()):
-                        _rmdir(made)
+                        fs.rmdir(made)
                     return f"v1: cannot create {base}: {exc.strerror or exc}"
                 continue
             bases[c], parents[c] = base, parent
@@ -331,23 +328,23 @@ class Cgroups:
         lim = self.limits
         pids, mem, cpu = cg._dir("pids"), cg._dir("memory"), cg._dir("cpu")
         if pids is not None and lim.max_processes is not None:
-            _write(os.path.join(pids, "pids.max"), str(lim.max_processes))
+            fs.write(os.path.join(pids, "pids.max"), str(lim.max_processes))
         if mem is not None and lim.memory_bytes is not None:
             if self.version == 2:
-                _write(os.path.join(mem, "memory.max"), str(lim.memory_bytes))
-                _write_if_there(os.path.join(mem, "memory.swap.max"), "0")  # no escape into swap
-                _write(os.path.join(mem, "memory.oom.group"), "1")  # an OOM takes the whole turn
+                fs.write(os.path.join(mem, "memory.max"), str(lim.memory_bytes))
+                fs.write_if_there(os.path.join(mem, "memory.swap.max"), "0")  # no escape into swap
+                fs.write(os.path.join(mem, "memory.oom.group"), "1")  # an OOM takes the whole turn
             else:
-                _write(os.path.join(mem, "memory.limit_in_bytes"), str(lim.memory_bytes))
+                fs.write(os.path.join(mem, "memory.limit_in_bytes"), str(lim.memory_bytes))
                 # memory+swap at the same cap: swapping out does not raise the limit.
-                _write_if_there(os.path.join(mem, "memory.memsw.limit_in_bytes"), str(lim.memory_bytes))
+                fs.write_if_there(os.path.join(mem, "memory.memsw.limit_in_bytes"), str(lim.memory_bytes))
         if cpu is not None and lim.cpu_quota is not None:
             quota = max(1000, int(lim.cpu_quota * CPU_PERIOD_US))
             if self.version == 2:
-                _write(os.path.join(cpu, "cpu.max"), f"{quota} {CPU_PERIOD_US}")
+                fs.write(os.path.join(cpu, "cpu.max"), f"{quota} {CPU_PERIOD_US}")
             else:
-                _write(os.path.join(cpu, "cpu.cfs_period_us"), str(CPU_PERIOD_US))
-                _write(os.path.join(cpu, "cpu.cfs_quota_us"), str(quota))
+                fs.write(os.path.join(cpu, "cpu.cfs_period_us"), str(CPU_PERIOD_US))
+                fs.write(os.path.join(cpu, "cpu.cfs_quota_us"), str(quota))
 
     def _arm(self, cg: TurnCgroup) -> None:
         """An fd that becomes readable when the kernel reports an OOM (not a poll)."""
@@ -356,17 +353,17 @@ class Cgroups:
             return
         if self.version == 2:
             # memory.events and pids.events are "modified" on every event (cgroup-v2.rst).
-            fd = _inotify_init()
+            fd = fs.inotify_init()
             cg.watch.append(fd)
             for name in ("memory.events", "pids.events"):
-                _inotify_watch(fd, os.path.join(mem, name))
+                fs.inotify_watch(fd, os.path.join(mem, name))
             return
         # v1: an eventfd registered for memory.oom_control (cgroup-v1/memory.rst, section 9).
         efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         cg.watch.append(efd)
         ofd = os.open(os.path.join(mem, "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            _write(os.path.join(mem, "cgroup.event_control"), f"{efd} {ofd}")
+            fs.write(os.path.join(mem, "cgroup.event_control"), f"{efd} {ofd}")
         finally:
             os.close(ofd)
 
@@ -387,7 +384,7 @@ class Cgroups:
                 continue
             for name in names:
                 match = pattern.match(name)
-                if match is None or name == self.base_name or _pid_alive(int(match.group(1))):
+                if match is None or name == self.base_name or fs.pid_alive(int(match.group(1))):
                     continue
                 ours = name.startswith(self.prefix)
                 base = os.path.join(parent, name)
@@ -399,9 +396,9 @@ class Cgroups:
                     if ours and c in ("pids", ""):  # a process is in every hierarchy: one kill suffices
                         killed += stale.kill()
                     if ours or not stale.members():
-                        removed += _wait_rmdir(d)
+                        removed += fs.wait_rmdir(d)
                 if ours or not any(os.path.isdir(os.path.join(base, x)) for x in os.listdir(base)):
-                    removed += _wait_rmdir(base, timeout=2.0 if ours else 0.0)
+                    removed += fs.wait_rmdir(base, timeout=2.0 if ours else 0.0)
         return killed, removed
 
     def close(self) -> None:
@@ -409,146 +406,4 @@ class Cgroups:
         for base in set(self.bases.values()):
             if self.version == 2 and os.path.isdir(os.path.join(base, "daemon")):
                 continue  # we are in it
-            _rmdir(base)
-
-
-# -- small helpers ----------------------------------------------------------------
-
-
-def _own_cgroups() -> dict[str, str]:
-    """controller -> the daemon's cgroup path ("" is the v2 hierarchy)."""
-    out: dict[str, str] = {}
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            _, controllers, path = line.rstrip("\n").split(":", 2)
-            for c in controllers.split(",") if controllers else [""]:
-                out[c] = path
-    return out
-
-
-def _mounts() -> dict[str, tuple[str, set[str]]]:
-    """mount point -> (fs type, v1 controllers from the super options)."""
-    out: dict[str, tuple[str, set[str]]] = {}
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fstype, _, options = (right.split() + ["", "", ""])[:3]
-            if fstype in ("cgroup", "cgroup2"):
-                out[left.split()[4]] = (fstype, set(options.split(",")))
-    return out
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-def _read_int(path: str) -> int | None:
-    text = _read(path).strip()
-    return int(text) if text.isdigit() else None
-
-
-def _counters(path: str) -> dict[str, int]:
-    """``name value`` lines (memory.events, pids.events, memory.oom_control, cpu.stat)."""
-    out = {}
-    for line in _read(path).splitlines():
-        name, _, value = line.partition(" ")
-        if value.strip().isdigit():
-            out[name] = int(value)
-    return out
-
-
-def _write(path: str, value: str) -> None:
-    with open(path, "w") as f:
-        f.write(value)
-
-
-def _try_write(path: str, value: str) -> None:
-    """A write on the kill path: logged if refused, never raised into the relay."""
-    try:
-        _write(path, value)
-    except OSError as exc:
-        log.warning("cgroup_write_failed", path=path, error=exc.strerror)
-
-
-def _write_if_there(path: str, value: str) -> None:
-    if os.path.exists(path):
-        _write(path, value)
-
-
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass  # exited after the listing
-
-
-def _freeze(freezer: str) -> bool:
-    state = os.path.join(freezer, "freezer.state")
-    try:
-        _write(state, "FROZEN")
-    except OSError:
-        return False
-    deadline = time.monotonic() + FREEZE_WAIT_S
-    while time.monotonic() < deadline:
-        if _read(state).strip() == "FROZEN":
-            return True
-        time.sleep(0.001)  # FREEZING: tasks are still being stopped
-    return False  # kill anyway; pids.max 0 keeps the list finite
-
-
-def _rmdir(d: str) -> bool:
-    try:
-        os.rmdir(d)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.warning("cgroup_remove_failed", path=d, error=exc.strerror)
-        return False
-    return True
-
-
-def _wait_rmdir(d: str, timeout: float = 2.0) -> int:
-    """rmdir once the killed members have left (EBUSY until then); 1 if removed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            os.rmdir(d)
-            return 1
-        except FileNotFoundError:
-            return 0
-        except OSError as exc:
-            if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
-                log.warning("cgroup_remove_failed", path=d, error=exc.strerror)
-                return 0
-        time.sleep(0.005)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _inotify_init() -> int:
-    fd = int(_libc.inotify_init1(_IN_NONBLOCK_CLOEXEC))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return fd
-
-
-def _inotify_watch(fd: int, path: str) -> None:
-    if _libc.inotify_add_watch(fd, path.encode(), _IN_MODIFY) < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
+            fs.rmdir(base)
