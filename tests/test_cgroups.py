@@ -423,7 +423,7 @@ def test_a_child_that_cannot_join_its_cgroup_runs_no_agent_code(tmp_path: Path) 
     done = [f for f in frames if isinstance(f, Done)]
     assert done and done[0].outcome == "containment_failed" and "cgroup" in done[0].message
     assert not marker.exists()
-    ending = classify(turn_id=spec.turn_id, thread_id="t", intent=Intent.NONE, intent_message="",
+    ending = classify(run_id=spec.turn_id, thread_id="t", intent=Intent.NONE, intent_message="",
                       done_outcome=done[0].outcome, done_message=done[0].message, result_json=b"",
                       exitcode=spawned.process.exitcode)
     assert ending.error is not None and ending.error.code == "crashed" and "cgroup" in ending.error.message
