@@ -18,7 +18,7 @@ import msgspec
 import structlog
 
 from ipc import events as ev
-from ipc.token import CancelToken
+from ipc.token import CancelFlag
 from ipc.wire import FrameWriter
 
 __all__ = ["TurnContext", "Cancelled", "EventTooLarge", "MessageWriter", "ToolCall"]
@@ -49,7 +49,7 @@ class TurnContext:
         turn_id: str,
         thread_id: str,
         writer: FrameWriter,
-        token: CancelToken,
+        token: CancelFlag,
         max_event_bytes: int,
     ) -> None:
         self.turn_id = turn_id
