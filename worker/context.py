@@ -21,7 +21,7 @@ import structlog
 from ipc import events as ev
 from ipc.chunks import ChunkError, ChunkExpander
 from ipc.openitems import OpenItems, OrderError
-from ipc.token import CancelToken
+from ipc.token import CancelFlag
 from ipc.wire import FrameWriter
 
 __all__ = ["TurnContext", "Cancelled", "EventTooLarge", "InvalidEvent", "MessageWriter", "ToolCall"]
@@ -59,7 +59,7 @@ class TurnContext:
         turn_id: str,
         thread_id: str,
         writer: FrameWriter,
-        token: CancelToken,
+        token: CancelFlag,
         max_event_bytes: int,
     ) -> None:
         self.turn_id = turn_id

@@ -15,6 +15,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -32,7 +33,6 @@ from worker.context import Cancelled, TurnContext
 # SIGTERM/SIGINT end it and it never runs its parent's handlers.
 _RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
                   signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD, signal.SIGALRM)
-CANCEL_POLL_S = 0.01
 _PR_SET_NAME = 15
 
 
@@ -59,10 +59,11 @@ def run(spec: TurnSpec, conn: Connection, token: CancelToken, output: Connection
         _finish(writer, Done("agent_unavailable", message=f"cannot load agent {spec.agent_name!r}: {exc!r}"),
                 ExitCode.AGENT_UNAVAILABLE)
     writer.send(Ready(os.getpid()))
+    cancel = CancelWatch(token)
     ctx = TurnContext(turn_id=spec.turn_id, thread_id=spec.thread_id, writer=writer,
-                      token=token, max_event_bytes=spec.max_event_bytes)
+                      token=cancel, max_event_bytes=spec.max_event_bytes)
     try:
-        value = _call(agent, ctx, msgspec.json.decode(spec.input_json), token)
+        value = _call(agent, ctx, msgspec.json.decode(spec.input_json), cancel)
         ctx.close_chunks()  # a chunk stream ends with the agent, as AG-UI's chunks imply
         result = b"" if value is None else msgspec.json.encode(value)
         if len(result) > spec.max_event_bytes:  # it travels inside RUN_FINISHED: same cap
@@ -133,7 +134,37 @@ def _load(target: str) -> Callable[..., Any]:
     return func  # type: ignore[no-any-return]
 
 
-def _call(agent: Callable[..., Any], ctx: TurnContext, value: Any, token: CancelToken) -> Any:
+class CancelWatch:
+    """The parent's cancel token, waited for on one thread: no polling, and the
+    token's cross-process lock is taken once per turn, not once per check."""
+
+    def __init__(self, token: CancelToken) -> None:
+        self._flag = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], object]] = []
+        threading.Thread(target=self._wait, args=(token,), name="runnerd-cancel", daemon=True).start()
+
+    def _wait(self, token: CancelToken) -> None:
+        token.wait()  # blocks on the token's semaphore
+        with self._lock:
+            self._flag.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def is_set(self) -> bool:
+        return self._flag.is_set()
+
+    def on_cancel(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` (from the watching thread) once the cancel comes; at once if it came."""
+        with self._lock:
+            if not self._flag.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+
+def _call(agent: Callable[..., Any], ctx: TurnContext, value: Any, token: CancelWatch) -> Any:
     if inspect.iscoroutinefunction(agent):
         return asyncio.run(_run_async(agent(ctx, value), token))
     out = agent(ctx, value)
@@ -142,14 +173,19 @@ def _call(agent: Callable[..., Any], ctx: TurnContext, value: Any, token: Cancel
     return out
 
 
-async def _run_async(coro: Any, token: CancelToken) -> Any:
-    """Run the agent's coroutine; cancel its task when the token is set."""
+async def _run_async(coro: Any, token: CancelWatch) -> Any:
+    """Run the agent's coroutine; cancel its task as soon as the cancel comes."""
     task = asyncio.ensure_future(coro)
-    while not task.done():
-        await asyncio.wait([task], timeout=CANCEL_POLL_S)
-        if token.is_set() and not task.done():
-            task.cancel()
-    return task.result()
+    loop = asyncio.get_running_loop()
+    token.on_cancel(lambda: _cancel_soon(loop, task))
+    return await task
+
+
+def _cancel_soon(loop: asyncio.AbstractEventLoop, task: asyncio.Future[Any]) -> None:
+    try:
+        loop.call_soon_threadsafe(task.cancel)
+    except RuntimeError:
+        pass  # the loop already closed: the agent had finished
 
 
 def _finish(writer: FrameWriter, done: Done, code: ExitCode) -> NoReturn:

@@ -26,8 +26,10 @@ __all__ = ["from_pydantic_ai"]
 
 def from_pydantic_ai(agent: Any, **run_options: Any) -> Callable[[TurnContext, Any], Awaitable[Any]]:
     """``run_options`` go to ``AGUIAdapter.run_stream`` (``deps``, ``model``, ``usage_limits`` …)."""
-    from pydantic_ai.ui.ag_ui import AGUIAdapter  # the extra's import, at definition: fail early
     from ag_ui.core import RunAgentInput
+    from pydantic_ai.ui.ag_ui import (
+        AGUIAdapter,  # the extra's import, at definition: fail early
+    )
 
     async def run(ctx: TurnContext, input: Any) -> Any:
         run_input = RunAgentInput.model_validate(as_run_input(ctx, input))
