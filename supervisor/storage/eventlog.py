@@ -103,11 +103,11 @@ class FileEventLog:
 
     def remove_raw(self, turn_id: str) -> int:
         """Delete the full log (the compacted form stays); return the bytes freed."""
-        return _unlink(self._log_path(turn_id))
+        return unlink_file(self._log_path(turn_id))
 
     def remove(self, turn_id: str) -> int:
         """Delete the turn's events in both forms; return the bytes freed."""
-        return _unlink(self._log_path(turn_id)) + _unlink(self._compact_path(turn_id))
+        return unlink_file(self._log_path(turn_id)) + unlink_file(self._compact_path(turn_id))
 
     def size(self, turn_id: str) -> int:
         total = 0
@@ -235,7 +235,8 @@ class FileEventLog:
         return lo
 
 
-def _unlink(path: Path) -> int:
+def unlink_file(path: Path) -> int:
+    """Delete ``path`` if it is there; the bytes it held."""
     try:
         size = path.stat().st_size
         path.unlink()

@@ -12,7 +12,7 @@ from ipc.events import RunError, RunFinished, decode_event
 from supervisor.errors import InvalidTurnId
 from supervisor.ids import validate_turn_id
 from supervisor.logs import get_logger
-from supervisor.storage.eventlog import FileEventLog
+from supervisor.storage.eventlog import FileEventLog, unlink_file
 from supervisor.storage.lines import line_seq
 from supervisor.turns import TurnError, TurnInfo, TurnStatus
 
@@ -58,13 +58,7 @@ class FileTurnStore:
             return True
 
     def remove(self, turn_id: str) -> int:
-        path = self._meta_path(turn_id)
-        try:
-            size = path.stat().st_size
-            path.unlink()
-            return size
-        except FileNotFoundError:
-            return 0
+        return unlink_file(self._meta_path(turn_id))
 
     def get(self, turn_id: str) -> TurnInfo | None:
         try:
