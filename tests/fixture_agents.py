@@ -244,3 +244,10 @@ def emit_many_big(ctx: TurnContext, input: Any) -> None:
 
 def huge_result(ctx: TurnContext, input: Any) -> str:
     return "r" * (2 << 20)
+
+
+def where(ctx: TurnContext, input: Any) -> dict[str, str]:
+    """Which files the turn's code came from (the forkserver loaded them on the daemon's path)."""
+    import importlib
+    names = ("ipc.boot", "worker.main", "supervisor.config", "fixture_agents")
+    return {name: str(importlib.import_module(name).__file__) for name in names}

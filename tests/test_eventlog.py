@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from supervisor.errors import InvalidTurnId, StateDirError
@@ -58,10 +60,30 @@ def test_metadata_is_replaced_atomically(tmp_path: Path) -> None:
     log = FileEventLog(tmp_path)
     info = TurnInfo(turn_id=new_turn_id(), agent="a")
     log.create(info)
-    info.status = TurnStatus.SUCCEEDED
-    log.write_meta(info)
-    assert log.read_meta(info.turn_id) == info
-    assert not list(log.dir.glob("*.tmp"))
+    # Two versions of very different sizes, rewritten while another thread reads:
+    # a reader sees the one or the other, whole, never an empty or torn file.
+    short = msgspec.structs.replace(info, status=TurnStatus.RUNNING)
+    long = msgspec.structs.replace(info, status=TurnStatus.SUCCEEDED, cancel_reason="r" * 50_000)
+    stop = threading.Event()
+    seen: list[object] = []
+    log.write_meta(short, durable=False)
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.append(log.read_meta(info.turn_id))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(1500):
+            log.write_meta(long if i % 2 else short, durable=False)
+    finally:
+        stop.set()
+        reader.join(10)
+    assert seen and all(s == short or s == long for s in seen), {type(s) for s in seen}
+    log.write_meta(long)
+    assert log.read_meta(info.turn_id) == long
+    assert not list(log.dir.glob("*.tmp")) and not list(log.dir.glob(".*.tmp"))
     assert [i.turn_id for i in log.list_meta()] == [info.turn_id]
 
 
