@@ -26,7 +26,7 @@ TEST_AGENTS = {
     name: f"fixture_agents:{name}"
     for name in ("count", "paced", "cooperative", "async_agent", "ignore_token", "ignore_sigterm",
                  "grandchildren", "fail", "exit3", "segfault", "wait_forever", "bad_events",
-                 "garbage", "close_pipe", "result_value", "big_event", "fork_bomb", "memory_hog", "busy_loop", "chatty", "introspect", "many_events", "forged_seq", "kill_forkserver", "leave_helper", "emit_many_big", "huge_result", "where", "isolation")
+                 "garbage", "close_pipe", "result_value", "big_event", "fork_bomb", "memory_hog", "busy_loop", "chatty", "introspect", "many_events", "forged_seq", "kill_forkserver", "leave_helper", "emit_many_big", "huge_result", "where", "isolation", "lifecycle_on_pipe", "secretive")
 }
 TEST_AGENTS["broken"] = "fixture_broken_agent:run"
 

@@ -293,3 +293,18 @@ def isolation(ctx: TurnContext, input: Any) -> dict[str, Any]:
         fields = dict(line.split(":\t", 1) for line in f if ":\t" in line)
     masks = {name: int(fields[name].strip(), 16) for name in ("SigBlk", "SigIgn", "SigCgt")}
     return {"env": dict(os.environ), **masks}
+
+
+def lifecycle_on_pipe(ctx: TurnContext, input: Any) -> None:
+    """Bypasses emit's check to put a RUN_FINISHED of its own on the pipe."""
+    ctx.custom("i", 1)
+    ctx._writer.send_events([ev.encode_event(ev.RunFinished(thread_id="t", run_id="r",
+                                                            outcome=ev.Outcome("success")))])
+    time.sleep(30)
+
+
+def secretive(ctx: TurnContext, input: Any) -> dict[str, Any]:
+    """Carries its input into an event, its stdout and its result."""
+    ctx.custom("echo", input)
+    print("stdout says", input, flush=True)
+    return {"echo": input}
