@@ -264,10 +264,3 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-# -- history: the gap over HTTP is a 410 for the iterator --------------------------------
-
-def test_a_history_gap_is_410_history_gap() -> None:
-    from supervisor.errors import HistoryGap
-    assert (HistoryGap.status, HistoryGap.code) == (410, "history_gap")
