@@ -14,6 +14,7 @@ import pytest
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))  # fixture agents; multiprocessing hands sys.path to children
 
+import kernel_bound  # noqa: E402
 from supervisor.config import Config  # noqa: E402
 from supervisor.embedded import Supervisor  # noqa: E402
 from supervisor.runtime.spawn import become_subreaper  # noqa: E402
@@ -131,6 +132,7 @@ def no_leftover_processes() -> Iterator[None]:
         except psutil.Error:
             pass
     assert not left, f"processes left behind: {described}"
+    assert not (cgroups := kernel_bound.leftovers()), f"cgroups left behind: {cgroups}"
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

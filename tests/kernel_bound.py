@@ -40,6 +40,12 @@ def unavailable() -> str | None:
     return None
 
 
+def leftovers() -> list[Path]:
+    """Cgroups of this test process still present (each test removes its own)."""
+    prefix = f"runnerd-test-{os.getpid()}-"
+    return [p for root in (PIDS_ROOT, MEMORY_ROOT) if root.is_dir() for p in root.glob(prefix + "*")]
+
+
 class KernelBound:
     """``with KernelBound(pids_max=300, memory_bytes=2 << 30) as kb: kb.popen([...])``."""
 
