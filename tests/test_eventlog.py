@@ -75,7 +75,7 @@ def test_metadata_is_replaced_atomically(tmp_path: Path) -> None:
     reader = threading.Thread(target=read)
     reader.start()
     try:
-        for i in range(1500):
+        for i in range(600):
             log.write_meta(long if i % 2 else short, durable=False)
     finally:
         stop.set()
