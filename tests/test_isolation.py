@@ -31,9 +31,10 @@ signal.signal(signal.SIGTERM, lambda *_: None)  # a host's own handlers...
 signal.signal(signal.SIGUSR2, lambda *_: None)
 for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGINT, signal.SIGQUIT):  # ...ignored signals...
     signal.signal(sig, signal.SIG_IGN)
-signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGALRM})  # ...and a mask
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGALRM, signal.SIGCHLD})  # ...and a mask
 limits = LimitsConfig(env_allowlist=None if allowlist is None else [*DEFAULT_ENV_ALLOWLIST, *allowlist])
-config = Config(state_dir=sys.argv[1], agents={"isolation": "fixture_agents:isolation"}, limits=limits)
+config = Config(state_dir=sys.argv[1], agents={"isolation": "fixture_agents:isolation"}, limits=limits,
+                start_method=sys.argv[3])
 with Supervisor(config) as sup:
     turn = sup.start_turn("isolation")
     *_, (_, last) = sup.events(turn.turn_id, timeout=30)
@@ -43,8 +44,8 @@ GUARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.
            signal.SIGCHLD, signal.SIGALRM)
 
 
-def _turn_sees(tmp_path: Path, allowlist: list[str] | None) -> dict[str, Any]:
-    r = subprocess.run([sys.executable, "-c", PARENT, str(tmp_path / "state"), json.dumps(allowlist)],
+def _turn_sees(tmp_path: Path, allowlist: list[str] | None, start_method: str = "forkserver") -> dict[str, Any]:
+    r = subprocess.run([sys.executable, "-c", PARENT, str(tmp_path / "state"), json.dumps(allowlist), start_method],
                        capture_output=True, text=True, timeout=50, env=child_env())
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.splitlines()[-1])  # type: ignore[no-any-return]
@@ -55,8 +56,10 @@ def _signals(mask: int) -> set[signal.Signals]:
 
 
 @pytest.mark.timeout(60)
-def test_the_turn_gets_default_signals_and_no_systemd_variables_even_with_no_allowlist(tmp_path: Path) -> None:
-    seen = _turn_sees(tmp_path, None)  # no allowlist: everything else of the parent's environment passes
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])  # spawn: exec'd from the host's thread
+def test_the_turn_gets_default_signals_and_no_systemd_variables_even_with_no_allowlist(
+        tmp_path: Path, start_method: str) -> None:
+    seen = _turn_sees(tmp_path, None, start_method)  # no allowlist: everything else of the parent's environment passes
     assert {"OTHER_SECRET", "MY_API_KEY", "RUNNERD_TURN_ID"} <= set(seen["env"])
     assert not {k for k in seen["env"] if k == "NOTIFY_SOCKET" or k.startswith("LISTEN_")}, seen["env"]
     assert seen["SigBlk"] == 0, _signals(seen["SigBlk"])
