@@ -15,6 +15,8 @@ import pytest
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))  # fixture agents; multiprocessing hands sys.path to children
 
+import kernel_bound  # noqa: E402
+
 from supervisor.config import Config  # noqa: E402
 from supervisor.embedded import Supervisor  # noqa: E402
 from supervisor.runtime.spawn import become_subreaper  # noqa: E402
@@ -28,7 +30,8 @@ TEST_AGENTS = {
     for name in ("count", "paced", "cooperative", "async_agent", "ignore_token", "ignore_sigterm",
                  "grandchildren", "fail", "exit3", "segfault", "wait_forever", "bad_events",
                  "garbage", "close_pipe", "result_value", "big_event", "fork_bomb", "memory_hog", "busy_loop", "chatty", "introspect", "many_events", "forged_seq", "kill_forkserver", "leave_helper", "emit_many_big", "huge_result",
-                 "exponential_fork_bomb", "memory_hog_tree", "escapee", "touch")
+                 "exponential_fork_bomb", "memory_hog_tree", "escapee", "touch",
+                 "where", "isolation", "lifecycle_on_pipe", "secretive")
 }
 TEST_AGENTS["broken"] = "fixture_broken_agent:run"
 
@@ -82,28 +85,67 @@ def sup(tmp_path: Path) -> Iterator[Supervisor]:
         yield s
 
 
+def _own_helpers() -> set[int]:
+    """This pytest process's own forkserver and resource tracker (multiprocessing keeps
+    them for the whole session): the only descendants a test may leave running."""
+    import multiprocessing.forkserver
+    import multiprocessing.resource_tracker
+    pids = {getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None),
+            getattr(multiprocessing.resource_tracker._resource_tracker, "_pid", None)}
+    return {p for p in pids if isinstance(p, int)}
+
+
+def _descendants() -> dict[tuple[int, float], psutil.Process]:
+    out = {}
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out[(p.pid, p.create_time())] = p
+        except psutil.Error:
+            continue
+    return out
+
+
+def _describe(p: psutil.Process) -> str:
+    try:
+        return f"{p.pid} [{p.name()}] {' '.join(p.cmdline())[:100]}"
+    except psutil.Error:
+        return str(p.pid)
+
+
 @pytest.fixture(autouse=True)
 def no_leftover_processes() -> Iterator[None]:
+    """Fails a test that leaves a process behind: a turn (of any supervisor), a
+    runnerd, a forkserver, anything it started. Those of wider-scoped fixtures
+    (already running when the test began) and pytest's own forkserver are not its."""
+    before = set(_descendants())
     yield
     # A turn's processes are gone by the time its terminal event is written;
     # give stragglers of a test that failed midway a bounded moment.
     deadline = time.monotonic() + 5
-    while (left := turn_processes()) and time.monotonic() < deadline:
+    while True:
+        own = _own_helpers()
+        left = [p for key, p in _descendants().items() if key not in before and p.pid not in own]
+        if not left or time.monotonic() > deadline:
+            break
         time.sleep(0.02)
+    described = [_describe(p) for p in left]
     for p in left:
         try:
             p.kill()
         except psutil.Error:
             pass
-    assert not left, f"turn processes left behind: {[(p.pid, p.name()) for p in left]}"
+    assert not left, f"processes left behind: {described}"
+    assert not (cgroups := kernel_bound.leftovers()), f"cgroups left behind: {cgroups}"
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if os.environ.get("RUNNERD_SKIP_LEFTOVER_CHECK"):
         return
-    left = turn_processes()
+    own = _own_helpers()
+    left = [p for p in _descendants().values() if p.pid not in own]
     if left:  # pragma: no cover - only on a leak
-        print(f"\nLEFTOVER turn processes: {[p.pid for p in left]}", file=sys.stderr)
+        print(f"\nLEFTOVER processes: {[_describe(p) for p in left]}", file=sys.stderr)
         session.exitstatus = 1
     cgroups = leftover_cgroups()
     if cgroups:  # pragma: no cover - only on a leak

@@ -17,6 +17,22 @@ from conftest import TEST_AGENTS, wait_for
 
 BIN = Path(sys.executable).parent
 TESTS = Path(__file__).parent
+REPO = TESTS.parent
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of every daemon and CLI subprocess the tests start.
+
+    The work tree comes first on ``PYTHONPATH`` by construction, whatever copy of
+    the package is installed (the fixture agents follow); no empty entry, which
+    Python would read as the current directory.
+    """
+    env = dict(os.environ)
+    inherited = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(TESTS), *inherited])
+    env.pop("NOTIFY_SOCKET", None)
+    env.update(extra or {})
+    return env
 
 
 def write_config(tmp: Path, *, retention: dict[str, object] | None = None,
@@ -73,10 +89,7 @@ def start_daemon(tmp: Path, *, extra_env: dict[str, str] | None = None,
     """``nofile``: the daemon's RLIMIT_NOFILE (soft and hard), to probe descriptor exhaustion."""
     config = write_config(tmp, retention=retention, top=top, limits=limits, only_agents=only_agents,
                           agents=agents, **server)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
-    env.pop("NOTIFY_SOCKET", None)
-    env.update(extra_env or {})
+    env = child_env(extra_env)
     log = tmp / "runnerd.log"
     with open(log, "ab") as logf:
         limit = None if nofile is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))

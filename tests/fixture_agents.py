@@ -161,25 +161,59 @@ def big_event(ctx: TurnContext, input: Any) -> None:
     ctx.custom("small", 2)
 
 
+def _require_kernel_bound(controller: str, knob: str) -> None:
+    """Refuse to run a hostile agent outside a cgroup with a finite ``knob``
+    (tests/kernel_bound.py sets one up): never an unbounded bomb or hog."""
+    value = "max"
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            if controller in controllers.split(",") and path != "/":
+                with open(f"/sys/fs/cgroup/{controller}{path}/{knob}") as knob_file:
+                    value = knob_file.read().strip()
+    if value == "max" or int(value) >= 1 << 50:
+        raise RuntimeError(f"refusing to run without a kernel {controller} limit ({knob} = {value})")
+
+
 def fork_bomb(ctx: TurnContext, input: Any) -> None:
-    """Forks without end (linearly: an exponential bomb would swamp a 2-core CI box
-    before any poll could see it; see docs/SECURITY.md on what contains that)."""
+    """An exponential fork bomb: every process forks again, without end. Only
+    ever under a kernel pids limit; at that limit each one keeps trying."""
+    _require_kernel_bound("pids", "pids.max")
     ctx.custom("ready", os.getpid())
     while True:
-        if os.fork() == 0:
-            while True:
-                time.sleep(1)
-        time.sleep(0.002)
+        try:
+            os.fork()  # parent and child both go round again: 2, 4, 8 ...
+        except OSError:  # EAGAIN at pids.max; a failed fork still copies the whole
+            time.sleep(1.0)  # address space first, so back off: spare the shared CPUs
+
+
+def _hoard(chunk: int, pause: float, upto: int | None) -> None:
+    hoard = []
+    while upto is None or len(hoard) * chunk < upto:
+        block = bytearray(chunk)
+        block[::4096] = b"x" * len(block[::4096])  # touched pages: real RSS
+        hoard.append(block)
+        time.sleep(pause)
+    while True:
+        time.sleep(1)
 
 
 def memory_hog(ctx: TurnContext, input: Any) -> None:
-    ctx.custom("ready", os.getpid())
-    hoard = []
-    while True:
-        hoard.append(bytearray(32 << 20))  # touched pages: real RSS
-        for block in hoard[-1:]:
-            block[::4096] = b"x" * len(block[::4096])
-        time.sleep(0.01)
+    """``children`` forked processes and this one each allocate ``chunk_mib`` every
+    ``pause`` s: without end, or up to ``each_mib`` apiece (then only the sum is large)."""
+    each = input.get("each_mib")
+    if each is None:
+        _require_kernel_bound("memory", "memory.limit_in_bytes")
+    upto = None if each is None else int(each) << 20
+    chunk, pause = int(input.get("chunk_mib", 8)) << 20, float(input.get("pause", 0.02))
+    pids = []
+    for _ in range(int(input.get("children", 3))):
+        pid = os.fork()
+        if pid == 0:
+            _hoard(chunk, pause, upto)
+        pids.append(pid)
+    ctx.custom("ready", [os.getpid(), *pids])
+    _hoard(chunk, pause, upto)
 
 
 def busy_loop(ctx: TurnContext, input: Any) -> None:
@@ -307,3 +341,31 @@ def touch(ctx: TurnContext, input: Any) -> None:
     """Creates the file ``input["path"]``: proof that agent code ran."""
     with open(input["path"], "w") as f:
         f.write("ran")
+def where(ctx: TurnContext, input: Any) -> dict[str, str]:
+    """Which files the turn's code came from (the forkserver loaded them on the daemon's path)."""
+    import importlib
+    names = ("ipc.boot", "worker.main", "supervisor.config", "fixture_agents")
+    return {name: str(importlib.import_module(name).__file__) for name in names}
+
+
+def isolation(ctx: TurnContext, input: Any) -> dict[str, Any]:
+    """What the turn inherited: its environment and, from the kernel, its signal masks."""
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":\t", 1) for line in f if ":\t" in line)
+    masks = {name: int(fields[name].strip(), 16) for name in ("SigBlk", "SigIgn", "SigCgt")}
+    return {"env": dict(os.environ), **masks}
+
+
+def lifecycle_on_pipe(ctx: TurnContext, input: Any) -> None:
+    """Bypasses emit's check to put a RUN_FINISHED of its own on the pipe."""
+    ctx.custom("i", 1)
+    ctx._writer.send_events([ev.encode_event(ev.RunFinished(thread_id="t", run_id="r",
+                                                            outcome=ev.Outcome("success")))])
+    time.sleep(30)
+
+
+def secretive(ctx: TurnContext, input: Any) -> dict[str, Any]:
+    """Carries its input into an event, its stdout and its result."""
+    ctx.custom("echo", input)
+    print("stdout says", input, flush=True)
+    return {"echo": input}

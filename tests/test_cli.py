@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import wait_for
-from daemon_fixture import BIN, Daemon, start_daemon, stopped
+from daemon_fixture import BIN, Daemon, child_env, start_daemon, stopped
 
 
 @pytest.fixture
@@ -92,6 +92,6 @@ def test_errors_are_one_line_with_an_exit_code(daemon: Daemon, tmp_path: Path) -
     assert len(r.stderr.strip().splitlines()) == 1
     import subprocess
     r = subprocess.run([str(BIN / "runnerctl"), "--socket", str(tmp_path / "none.sock"), "list"],
-                       capture_output=True, text=True, timeout=20)
+                       capture_output=True, text=True, timeout=20, env=child_env())
     assert r.returncode == 3
     assert "runnerd is not answering" in r.stderr and "start it with `runnerd`" in r.stderr

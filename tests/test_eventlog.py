@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from supervisor.errors import InvalidTurnId, StateDirError
@@ -60,11 +62,30 @@ def test_metadata_is_replaced_atomically(tmp_path: Path) -> None:
     records = FileTurnStore(log)
     info = TurnInfo(turn_id=new_turn_id(), agent="a")
     log.create(info.turn_id)
-    records.put(info, durable=False)
-    info.status = TurnStatus.SUCCEEDED
-    records.put(info)
-    assert records.get(info.turn_id) == info
-    assert not list(log.dir.glob("*.tmp"))
+    # Two versions of very different sizes, rewritten while another thread reads:
+    # a reader sees the one or the other, whole, never an empty or torn file.
+    short = msgspec.structs.replace(info, status=TurnStatus.RUNNING)
+    long = msgspec.structs.replace(info, status=TurnStatus.SUCCEEDED, cancel_reason="r" * 50_000)
+    stop = threading.Event()
+    seen: list[object] = []
+    records.put(short, durable=False)
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.append(records.get(info.turn_id))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(600):
+            records.put(long if i % 2 else short, durable=False)
+    finally:
+        stop.set()
+        reader.join(10)
+    assert seen and all(s == short or s == long for s in seen), {type(s) for s in seen}
+    records.put(long)
+    assert records.get(info.turn_id) == long
+    assert not list(log.dir.glob("*.tmp")) and not list(log.dir.glob(".*.tmp"))
     assert [i.turn_id for i in records.load_all()] == [info.turn_id]
 
 

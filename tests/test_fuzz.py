@@ -46,9 +46,13 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         turn = c.post("/v1/turns", json={"agent": "count", "input": {"n": 3}}).json()
         c.get(f"/v1/turns/{turn['turn_id']}/events")
         FINISHED["id"] = turn["turn_id"]
-    yield d
-    CLIENT.pop("c").close()
-    assert d.stop() == 0
+    try:
+        yield d
+    finally:  # the daemon first: a test run alone may never have opened the client
+        code = d.stop()
+        if (client := CLIENT.pop("c", None)) is not None:
+            client.close()
+    assert code == 0
 
 
 CLIENT: dict[str, httpx.Client] = {}

@@ -48,8 +48,9 @@ def test_compact_export_prune_and_gap_frames(tmp_path: Path) -> None:
         from supervisor.control.client import Client
         from supervisor.errors import HistoryGap
         with Client(socket=d.socket) as client:
-            with pytest.raises(HistoryGap, match="retention removed"):
+            with pytest.raises(HistoryGap, match="retention removed") as err:
                 list(client.events(ids[1], after=5))
+            assert (err.value.status, err.value.code) == (410, "history_gap")  # the iterator's 410
             snap = [type(e).__name__ for _, e in client.events(ids[1], after=5, compact=True)]
             assert snap[-1] == "RunFinished" and "MessagesSnapshot" in snap
     finally:

@@ -6,6 +6,7 @@ import asyncio
 import threading
 
 import pytest
+from conftest import wait_for
 
 from supervisor.errors import UnknownTurn
 from supervisor.runtime.registry import StreamRegistry
@@ -35,11 +36,12 @@ def test_a_sync_waiter_wakes_on_append_and_on_end() -> None:
     woke = threading.Event()
 
     def waiter() -> None:
-        if reg.wait("t", 0, 10):
+        if reg.wait("t", 0, 60):  # far beyond the join below: only a wake-up ends it in time
             woke.set()
 
-    th = threading.Thread(target=waiter)
+    th = threading.Thread(target=waiter, daemon=True)
     th.start()
+    wait_for(lambda: reg._cond._waiters)  # type: ignore[attr-defined]  # blocked: the append must wake it
     reg.append("t", [_line(1)])
     th.join(10)
     assert woke.is_set()
@@ -55,9 +57,14 @@ def test_an_async_waiter_wakes_from_another_thread() -> None:
 
     async def main() -> int:
         task = asyncio.ensure_future(reg.wait_async("t", 0))
-        await asyncio.sleep(0)  # let the waiter register
-        threading.Thread(target=reg.append, args=("t", [_line(1)])).start()
+        deadline = asyncio.get_running_loop().time() + 5
+        while not reg._streams["t"].async_waiters:  # registered: only the append can wake it now
+            assert asyncio.get_running_loop().time() < deadline and not task.done()
+            await asyncio.sleep(0.001)
+        appender = threading.Thread(target=reg.append, args=("t", [_line(1)]))
+        appender.start()
         await asyncio.wait_for(task, 5)
+        appender.join(5)
         return reg.position("t")[0]
 
     assert asyncio.run(main()) == 1

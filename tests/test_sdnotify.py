@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from daemon_fixture import child_env
 
 from supervisor.server import sdnotify
 
@@ -177,7 +178,7 @@ def test_listen_fds_in_child_serves_passed_sockets(short_dir: Path) -> None:
             client.connect(str(path))
             client.sendall(b"ping " + path.name.encode())
         fds = [s.fileno() for s in servers]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
+        env = {k: v for k, v in child_env().items() if not k.startswith("LISTEN_")}
         proc = subprocess.run(
             [sys.executable, "-c", CHILD, *map(str, fds)],
             pass_fds=fds,

@@ -117,6 +117,11 @@ def test_service_delegates_a_writable_cgroup_subtree() -> None:
     assert set(one(unit, "Service", "Delegate").split()) == {"pids", "memory", "cpu"}
     assert unit["Service"].get("ProtectControlGroups", ["no"]) == ["no"]
     assert one(unit, "Service", "OOMPolicy") == "continue"  # one turn's OOM never stops the service
+def test_the_unit_caps_tasks_the_kernel_backstop_for_a_fork_bomb() -> None:
+    """docs/SECURITY.md leans on TasksMax= for what polling cannot catch in time."""
+    tasks = one(parse_unit(SERVICE), "Service", "TasksMax")
+    assert tasks.isdigit() and 0 < int(tasks) <= 16384, tasks  # finite, not "infinity" or a percentage
+    assert "TasksMax=" in (SERVICE.parent.parent / "docs" / "SECURITY.md").read_text()
 
 
 def test_stop_timeout_outlasts_the_daemons_own_shutdown() -> None:

@@ -90,9 +90,10 @@ def _isolate(spec: TurnSpec) -> None:
     os.setsid()  # own session and process group: killed as a group
     for sig in _RESET_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
-    os.environ.pop("NOTIFY_SOCKET", None)  # only the daemon talks to systemd
-    os.environ.pop("LISTEN_FDS", None)
-    os.environ.pop("LISTEN_PID", None)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a mask survives exec: a host's blocked SIGTERM too
+    for name in list(os.environ):  # only the daemon talks to systemd
+        if name == "NOTIFY_SOCKET" or name.startswith("LISTEN_"):
+            del os.environ[name]
     if spec.env_allowlist is not None:  # agents see only what the operator allowed
         for name in list(os.environ):
             if name not in spec.env_allowlist:

@@ -15,6 +15,7 @@ import multiprocessing
 import multiprocessing.context
 import multiprocessing.forkserver
 import os
+import signal
 import sys
 import threading
 import types
@@ -96,10 +97,14 @@ class Spawner:
             saved = {k: os.environ.get(k) for k in (PRELOAD_ENV, PRELOAD_PATH_ENV)}
             os.environ[PRELOAD_ENV] = ",".join(self._preload)
             os.environ[PRELOAD_PATH_ENV] = os.pathsep.join(sys.path)
+            # The forkserver inherits this thread's signal mask through exec; a host that
+            # blocks SIGCHLD would leave it deaf to its children's exits (every turn hangs).
+            mask = signal.pthread_sigmask(signal.SIG_SETMASK, ())
             try:
                 with _main_hidden():
                     multiprocessing.forkserver.ensure_running()
             finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 for key, value in saved.items():
                     if value is None:
                         os.environ.pop(key, None)

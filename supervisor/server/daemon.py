@@ -97,6 +97,8 @@ def bind_unix(path: str, mode: int, group: str | None) -> socket.socket:
         try:
             os.chown(path, -1, grp.getgrnam(group).gr_gid)
         except KeyError:
+            sock.close()
+            p.unlink()  # a refused start leaves no socket file behind
             raise StartupError(f"socket group {group!r} does not exist") from None
     sock.listen(1024)
     sock.set_inheritable(False)
