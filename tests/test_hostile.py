@@ -99,7 +99,8 @@ def _run_hostile(kb: KernelBound, tmp_path: Path, agent: str, input: object, lim
 
 @pytest.mark.timeout(90)
 def test_an_exponential_fork_bomb_is_stopped_at_the_process_cap(tmp_path: Path) -> None:
-    """At the shipped poll interval (0.25 s) a doubling bomb outruns the cap of 20
+    """The polling fallback (no cgroup per turn; test_cgroups covers the kernel's own
+    limit). At the shipped poll interval (0.25 s) a doubling bomb outruns the cap of 20
     long before the first check: the kernel's pids.max holds it meanwhile, and the
     supervisor then kills all of it while it keeps forking."""
     with _bounded(tmp_path, pids_max=300, memory_bytes=2 << 30) as kb:
@@ -110,7 +111,7 @@ def test_an_exponential_fork_bomb_is_stopped_at_the_process_cap(tmp_path: Path) 
             kb.sample_pids()
 
         out = _run_hostile(kb, tmp_path, "fork_bomb", None,
-                           {"max_processes": 20, "poll_s": LimitsConfig().poll_s}, warm)
+                           {"max_processes": 20, "poll_s": LimitsConfig().poll_s, "cgroups": "off"}, warm)
         peak = kb.peak_pids
         refusals = kb.fork_refusals()
     assert LimitsConfig().poll_s == 0.25
@@ -139,7 +140,7 @@ def test_a_multi_process_memory_hog_is_stopped_past_the_memory_cap(tmp_path: Pat
             (kb.memory / "memory.max_usage_in_bytes").write_text("0")  # the peak from here on
 
         out = _run_hostile(kb, tmp_path, "memory_hog", {"children": 3, "chunk_mib": 8, "pause": 0.02},
-                           {"memory_bytes": cap, "poll_s": LimitsConfig().poll_s}, warm)
+                           {"memory_bytes": cap, "poll_s": LimitsConfig().poll_s, "cgroups": "off"}, warm)
         peak = kb.memory_peak() - baseline[0]
         oom_kills = kb.oom_kills()
     assert out["status"] == "failed" and out["code"] == "memory_limit", out

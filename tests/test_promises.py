@@ -63,7 +63,8 @@ def test_the_body_cap_holds_for_a_chunked_body(tmp_path: Path) -> None:
             r = c.post("/v1/turns", content=chunks(), headers={"content-type": "application/json"})
             assert r.request.headers.get("transfer-encoding") == "chunked"
             assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
-            small = c.post("/v1/turns", content=iter([b'{"agent": "count", ', b'"input": {"n": 1}}']))
+            small = c.post("/v1/turns", content=iter([b'{"agent": "count", ', b'"input": {"n": 1}}']),
+                           headers={"content-type": "application/json"})
             assert small.status_code == 201  # a chunked body under the cap is fine
             assert len(c.get("/v1/turns").json()["turns"]) == 1  # the refused one changed nothing
 
@@ -93,8 +94,9 @@ def test_503_while_shutting_down() -> None:
 
 def test_tcp_connections_drop_half_open_peers() -> None:
     """Accepted TCP connections inherit keepalive probes and TCP_USER_TIMEOUT."""
+    from supervisor.config import ServerConfig
     from supervisor.server.daemon import bind_tcp
-    listener, _ = bind_tcp("127.0.0.1:0", None)
+    listener, _ = bind_tcp(ServerConfig(tcp="127.0.0.1:0", tcp_insecure_loopback=True))
     with listener, socket.create_connection(listener.getsockname()) as client:
         conn, _ = listener.accept()
         with conn:
