@@ -25,7 +25,8 @@ def _open_everything(ctx: TurnContext) -> None:
 
 
 def leave_open(ctx: TurnContext, input: Any) -> Any:
-    """``mode``: return (success), hang (cancel/timeout: SIGTERM ends it), ignore_term (SIGKILL), crash."""
+    """``mode``: return (success), hang (cancel/timeout: SIGTERM ends it), ignore_term (SIGKILL), crash,
+    flood (events until limits.max_events stops it)."""
     mode = (input or {}).get("mode", "hang")
     if mode == "ignore_term":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -35,6 +36,8 @@ def leave_open(ctx: TurnContext, input: Any) -> Any:
         return {"ok": True}
     if mode == "crash":
         os._exit(9)
+    while mode == "flood":  # until the supervisor's event limit stops the turn
+        ctx.custom("flood", 1)
     while True:
         time.sleep(0.01)
 

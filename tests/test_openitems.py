@@ -97,6 +97,19 @@ def test_every_ending_closes_open_items_innermost_first(
 
 
 @pytest.mark.timeout(30)
+def test_a_limit_kill_closes_open_items_too(tmp_path: Path) -> None:
+    from supervisor.config import LimitsConfig
+    config = make_config(tmp_path, agents=AGENTS, limits=LimitsConfig(max_events=50))
+    with Supervisor(config) as s:
+        turn = s.start_turn("leave_open", {"mode": "flood"})
+        events = _ended(s, turn.turn_id)
+        info = s.status(turn.turn_id)
+    assert info.error is not None and info.error.code == "limit_exceeded"
+    n = len(CLOSERS)
+    assert closers(events[-1 - n:-1]) == CLOSERS and isinstance(events[-1], ev.RunError)
+
+
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("agent", ["helpers", "async_helpers"])
 def test_the_context_helpers_close_themselves_on_cancel(sup: Supervisor, agent: str) -> None:
     turn = sup.start_turn(agent)
