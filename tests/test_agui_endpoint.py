@@ -181,3 +181,11 @@ def test_a_daemon_shutdown_ends_the_stream_with_a_custom_event(tmp_path: Path) -
                                   "value": {"reason": "runnerd is shutting down"}})
         assert "RUN_STARTED" not in [e["type"] for _, e in got[1:]]
         assert d.proc.wait(20) == 0
+
+
+def test_the_openapi_document_names_the_ag_ui_route() -> None:
+    from supervisor.server.openapi import build
+    post = build()["paths"]["/v1/agents/{agent}/ag-ui"]["post"]
+    schema = post["requestBody"]["content"]["application/json"]["schema"]
+    assert {"threadId", "runId"} <= set(schema["$defs"]["RunAgentInput"]["required"])
+    assert "text/event-stream" in post["responses"]["200"]["content"] and "409" in post["responses"]

@@ -38,7 +38,7 @@ from supervisor.server.sse import HEADERS, SlowConsumer, StreamSet, MAX_WRITE_BY
 from supervisor.storage.lines import line_seq
 from supervisor.turns import TurnInfo
 
-__all__ = ["agui_routes", "RunAgentInput"]
+__all__ = ["agui_routes", "RunAgentInput", "openapi_paths"]
 
 _MULTITASK = ("reject", "enqueue", "interrupt")
 
@@ -132,6 +132,25 @@ class AguiEndpoint:
                     return info  # a retry or a reattach: never a second start
             return self.sup.start_turn(agent, raw, session_id=run.thread_id, run_id=run.run_id,
                                        multitask=options.multitask, timeout_s=options.timeout_s)
+
+
+def openapi_paths() -> dict[str, Any]:
+    """This route in the OpenAPI document (``supervisor.server.openapi``)."""
+    errors = {str(code): {"description": "error", "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/ErrorBody"}}}} for code in (400, 404, 409, 413, 429, 503)}
+    option = {"in": "query", "required": False}
+    return {"/v1/agents/{agent}/ag-ui": {"post": {
+        "summary": "Run an agent for an AG-UI client: RunAgentInput in, AG-UI events out (SSE, seq in id: only)",
+        "parameters": [{"name": "agent", "in": "path", "required": True, "schema": {"type": "string"}},
+                       {"name": "on_disconnect", **option, "schema": {"enum": ["cancel", "continue"]}},
+                       {"name": "multitask", **option, "schema": {"enum": list(_MULTITASK)}},
+                       {"name": "timeout_s", **option, "schema": {"type": "number"}},
+                       {"name": "Last-Event-ID", "in": "header", "required": False,
+                        "schema": {"type": "integer", "minimum": 0}}],
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": msgspec.json.schema(RunAgentInput)}}},
+        "responses": {"200": {"description": "AG-UI event stream",
+                              "content": {"text/event-stream": {"schema": {"type": "string"}}}}, **errors}}}}
 
 
 def _too_large(limit: int) -> RunnerdError:

@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from supervisor.server.agui import openapi_paths as agui_openapi_paths
 from supervisor.turns import ExportPage
 from supervisor.storage.retention import PruneReport
 from supervisor.turns import TurnInfo
@@ -99,6 +100,7 @@ def build() -> dict[str, Any]:
         "/v1/health": {"get": {"summary": "Health", "responses": {"200": {"description": "ok"},
                                                                    "503": {"description": "unavailable"}}}},
     }
+    paths.update(agui_openapi_paths())
     return {"openapi": "3.1.0",
             "info": {"title": "runnerd", "version": "1", "description": "Supervisor daemon for AI agent runs"},
             "paths": paths, "components": {"schemas": components}}
