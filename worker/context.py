@@ -31,6 +31,7 @@ __all__ = ["TurnContext", "Cancelled", "EventTooLarge", "InvalidEvent", "Message
 _SUPERVISOR_ONLY = ev.LIFECYCLE_TYPES
 _CHUNKS = (ev.TextMessageChunk, ev.ToolCallChunk, ev.ReasoningMessageChunk)
 
+_EVENT_CLASSES: Any = ev.Event.__args__  # type: ignore[attr-defined]  # the union's classes, once
 EventLike = Union[ev.Event, Mapping[str, Any], Any]  # Any: an ``ag_ui.core`` pydantic event
 
 
@@ -279,7 +280,7 @@ def _from_pydantic(model: Any) -> dict[str, Any]:
 
 def wire_form(event: EventLike) -> dict[str, Any]:
     """Any event-like (struct, ``ag_ui.core`` model, dict) as a wire-form dict."""
-    if isinstance(event, ev.Event.__args__):  # type: ignore[attr-defined]
+    if isinstance(event, _EVENT_CLASSES):
         return _wire_dict(event)
     if hasattr(event, "model_dump"):
         return _from_pydantic(event)
@@ -290,7 +291,7 @@ def wire_form(event: EventLike) -> dict[str, Any]:
 
 def _parse(event: EventLike) -> tuple[ev.Event, dict[str, Any] | None]:
     """An event, plus the fields of a dict runnerd's structs do not name (kept on the wire)."""
-    if isinstance(event, ev.Event.__args__):  # type: ignore[attr-defined]
+    if isinstance(event, _EVENT_CLASSES):
         parsed: ev.Event = event
         extra = None
     else:
