@@ -256,7 +256,10 @@ class ToolCall:
 
 
 _dict_encoder = msgspec.json.Encoder()
-_NULLABLE_NOWHERE = ("rawEvent", "metadata", "subagentRunId", "seq")
+# Wire names each struct knows; a dict's other keys are carried through as they are.
+_KNOWN_KEYS: dict[type, frozenset[str]] = {
+    cls: frozenset(cls.__struct_encode_fields__) | {"type"} for cls in ev.Event.__args__  # type: ignore[attr-defined]
+}
 
 
 def _wire_dict(event: ev.Event) -> dict[str, Any]:
@@ -307,7 +310,7 @@ def _parse(event: EventLike) -> tuple[ev.Event, dict[str, Any] | None]:
             parsed = ev.to_event(dict(event))
         except msgspec.ValidationError as exc:
             raise InvalidEvent(f"{kind}: {exc}") from None
-        known = set(_wire_dict(parsed)) | set(_NULLABLE_NOWHERE)
+        known = _KNOWN_KEYS[type(parsed)]
         extra = {k: v for k, v in event.items() if k not in known} or None
     tag = type(parsed).__struct_config__.tag
     if tag in _SUPERVISOR_ONLY:
