@@ -217,3 +217,19 @@ def openai_agents_agent(ctx: TurnContext, input: Any) -> Any:
         model = ScriptedModel([[function_call("add", {"a": 2, "b": 2}, call_id="call-1")],
                                [assistant_message("four")]])
     return from_openai_agents(Agent(name="calc", model=model, tools=[add]))(ctx, input)
+
+
+def sync_wrapping_async(ctx: TurnContext, input: Any) -> None:
+    """A plain def agent running its own coroutine; ``ctx.run_async`` gives it the turn's cancel."""
+    async def work() -> None:
+        ctx.custom("ready", os.getpid())
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            ctx.custom("task_cancelled", True)
+            raise
+
+    if (input or {}).get("plain"):
+        asyncio.run(work())  # what the README warns about: only SIGTERM ends it
+    else:
+        ctx.run_async(work())

@@ -6,14 +6,15 @@ writes it to the pipe before returning.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 import msgspec
 import structlog
@@ -23,6 +24,7 @@ from ipc.chunks import ChunkError, ChunkExpander
 from ipc.openitems import OpenItems, OrderError
 from ipc.token import CancelToken
 from ipc.wire import FrameWriter
+from worker.asyncrun import cancel_on_token
 
 __all__ = ["TurnContext", "Cancelled", "EventTooLarge", "InvalidEvent", "MessageWriter", "ToolCall"]
 
@@ -45,6 +47,9 @@ class EventTooLarge(ValueError):
 
 class InvalidEvent(ValueError):
     """An event AG-UI clients would reject: bad fields, a bad patch, out of order."""
+
+
+T = TypeVar("T")
 
 
 def _now_ms() -> int:
@@ -182,6 +187,11 @@ class TurnContext:
         self.emit(ev.Raw(event=event) if source is None else ev.Raw(event=event, source=source))
 
     # -- cancel -----------------------------------------------------------
+
+    def run_async(self, coro: Awaitable[T]) -> T:
+        """``asyncio.run(coro)`` for a plain ``def`` agent, with the turn's cancel:
+        the task is cancelled when a cancel is asked for, as an ``async def`` agent's is."""
+        return asyncio.run(cancel_on_token(coro, self._token))
 
     @property
     def cancelled(self) -> bool:

@@ -26,13 +26,13 @@ import structlog
 from ipc.protocol import ExitCode, TurnSpec
 from ipc.token import CancelToken
 from ipc.wire import Done, FrameWriter, Ready
+from worker.asyncrun import cancel_on_token
 from worker.context import Cancelled, TurnContext
 
 # Signals a daemon may have handled; the turn gets the defaults back so
 # SIGTERM/SIGINT end it and it never runs its parent's handlers.
 _RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
                   signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD, signal.SIGALRM)
-CANCEL_POLL_S = 0.01
 _PR_SET_NAME = 15
 TURN_ENV = "RUNNERD_TURN_ID"  # inherited by every descendant; found again at kill time
 
@@ -120,21 +120,11 @@ def _load(target: str) -> Callable[..., Any]:
 
 def _call(agent: Callable[..., Any], ctx: TurnContext, value: Any, token: CancelToken) -> Any:
     if inspect.iscoroutinefunction(agent):
-        return asyncio.run(_run_async(agent(ctx, value), token))
+        return asyncio.run(cancel_on_token(agent(ctx, value), token))
     out = agent(ctx, value)
     if inspect.isawaitable(out):
-        return asyncio.run(_run_async(out, token))
+        return asyncio.run(cancel_on_token(out, token))
     return out
-
-
-async def _run_async(coro: Any, token: CancelToken) -> Any:
-    """Run the agent's coroutine; cancel its task when the token is set."""
-    task = asyncio.ensure_future(coro)
-    while not task.done():
-        await asyncio.wait([task], timeout=CANCEL_POLL_S)
-        if token.is_set() and not task.done():
-            task.cancel()
-    return task.result()
 
 
 def _finish(writer: FrameWriter, done: Done, code: ExitCode) -> NoReturn:
