@@ -57,7 +57,7 @@ class RunAgentInput(msgspec.Struct, rename="camel"):
     protocol_version: str | None = None
 
 
-class RunBusyElsewhere(RunnerdError):
+class RunIdConflict(RunnerdError):
     code = "run_id_conflict"
     status = 409
 
@@ -127,7 +127,7 @@ class AguiEndpoint:
             for info in self.sup.list_turns(session_id=run.thread_id):
                 if info.run_id == run.run_id:
                     if info.agent != agent:
-                        raise RunBusyElsewhere(f"runId {run.run_id[:64]!r} of this thread is a run of "
+                        raise RunIdConflict(f"runId {run.run_id[:64]!r} of this thread is a run of "
                                                f"agent {info.agent!r}")
                     return info  # a retry or a reattach: never a second start
             return self.sup.start_turn(agent, raw, session_id=run.thread_id, run_id=run.run_id,
