@@ -100,6 +100,9 @@ def test_bad_input_is_a_json_error_before_any_stream_byte(daemon: Daemon) -> Non
         busy = c.get("/v1/turns", params={"session_id": "busy"}).json()["turns"]
         assert len(busy) == 1
         c.post(f"/v1/turns/{busy[0]['turn_id']}/cancel")
+        # the runId of that run, POSTed for another agent: a conflict, not a second run
+        assert error(post(c, run_input(thread="busy"), agent="count")) == (409, "run_id_conflict")
+        assert len(c.get("/v1/turns", params={"session_id": "busy"}).json()["turns"]) == 1
 
 
 def _read_until_ready(r: httpx.Response) -> int:
