@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar, Union, cast
 
 import msgspec
 import structlog
@@ -30,10 +30,11 @@ __all__ = ["TurnContext", "Cancelled", "EventTooLarge", "InvalidEvent", "Message
 
 # The supervisor alone writes the lifecycle; an agent emitting these would
 # break "exactly one terminal event".
-_SUPERVISOR_ONLY = ev.LIFECYCLE_TYPES
-_CHUNKS = (ev.TextMessageChunk, ev.ToolCallChunk, ev.ReasoningMessageChunk)
+_SUPERVISOR_ONLY = frozenset({ev.RunStarted, ev.RunFinished, ev.RunError})
+_CHUNKS = frozenset({ev.TextMessageChunk, ev.ToolCallChunk, ev.ReasoningMessageChunk})
 
-_EVENT_CLASSES: Any = ev.Event.__args__  # type: ignore[attr-defined]  # the union's classes, once
+# The union's classes, as a set: a membership test, not 31 isinstance checks per emit.
+_EVENT_CLASSES: frozenset[type] = frozenset(ev.Event.__args__)  # type: ignore[attr-defined]
 EventLike = Union[ev.Event, Mapping[str, Any], Any]  # Any: an ``ag_ui.core`` pydantic event
 
 
@@ -110,14 +111,13 @@ class TurnContext:
     def _encode_all(self, events: Iterable[EventLike]) -> list[bytes]:
         parsed = [_parse(e) for e in events]
         with self._lock:  # order checks see every earlier emit of every thread
-            if len(parsed) == 1 and not self._chunks and not isinstance(parsed[0][0], _CHUNKS):
-                event, extra = parsed[0]  # the common case: check, encode, then commit
+            if len(parsed) == 1 and not self._chunks and type(parsed[0][0]) not in _CHUNKS:
+                event, extra = parsed[0]  # the common case: encode, then check and commit at once
+                data = self._encode(event, extra)
                 try:
-                    self._open.check(event)
+                    self._open.observe(event)
                 except OrderError as exc:
                     raise InvalidEvent(str(exc)) from None
-                data = self._encode(event, extra)
-                self._open.apply(event)
                 return [data]
             # Checked against copies, committed only when every event was good:
             # a batch goes out whole or not at all.
@@ -293,8 +293,8 @@ def _from_pydantic(model: Any) -> dict[str, Any]:
 
 def wire_form(event: EventLike) -> dict[str, Any]:
     """Any event-like (struct, ``ag_ui.core`` model, dict) as a wire-form dict."""
-    if isinstance(event, _EVENT_CLASSES):
-        return _wire_dict(event)
+    if type(event) in _EVENT_CLASSES:
+        return _wire_dict(cast(ev.Event, event))
     if hasattr(event, "model_dump"):
         return _from_pydantic(event)
     if isinstance(event, Mapping):
@@ -304,8 +304,8 @@ def wire_form(event: EventLike) -> dict[str, Any]:
 
 def _parse(event: EventLike) -> tuple[ev.Event, dict[str, Any] | None]:
     """An event, plus the fields of a dict runnerd's structs do not name (kept on the wire)."""
-    if isinstance(event, _EVENT_CLASSES):
-        parsed: ev.Event = event
+    if type(event) in _EVENT_CLASSES:
+        parsed = cast(ev.Event, event)
         extra = None
     else:
         if hasattr(event, "model_dump"):
@@ -322,8 +322,7 @@ def _parse(event: EventLike) -> tuple[ev.Event, dict[str, Any] | None]:
             raise InvalidEvent(f"{kind}: {exc}") from None
         known = _KNOWN_KEYS[type(parsed)]
         extra = {k: v for k, v in event.items() if k not in known} or None
-    tag = type(parsed).__struct_config__.tag
-    if tag in _SUPERVISOR_ONLY:
+    if type(parsed) in _SUPERVISOR_ONLY:
         raise ValueError(f"{type(parsed).__name__} is written by the supervisor, not the agent")
     if parsed.seq is not msgspec.UNSET:
         raise ValueError("seq is assigned by the supervisor; leave it unset")
