@@ -136,3 +136,9 @@ def test_step_message_and_tool_call_close_when_the_agent_raises(pipe: Pipe) -> N
     assert [e["type"] for e in pipe.sent()] == [
         "STEP_STARTED", "TEXT_MESSAGE_START", "TOOL_CALL_START", "TEXT_MESSAGE_CONTENT",
         "TOOL_CALL_END", "TEXT_MESSAGE_END", "STEP_FINISHED"]
+
+
+def test_a_dict_that_is_not_json_raises_type_error(pipe: Pipe) -> None:
+    with pytest.raises(TypeError, match="not JSON-serialisable"):
+        pipe.ctx.emit({"type": "CUSTOM", "name": "n", "value": object()})
+    assert pipe.sent() == []
