@@ -192,3 +192,18 @@ def test_the_openapi_document_names_the_ag_ui_route() -> None:
     schema = post["requestBody"]["content"]["application/json"]["schema"]
     assert {"threadId", "runId"} <= set(schema["$defs"]["RunAgentInput"]["required"])
     assert "text/event-stream" in post["responses"]["200"]["content"] and "409" in post["responses"]
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_posts_of_one_run_start_it_once(daemon: Daemon) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(_: int) -> list[tuple[int | None, dict[str, Any]]]:
+        with daemon.http() as c:
+            return frames(post(c, run_input(thread="race", run="race-1")).text)
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(one, range(6)))
+    assert all(r == results[0] for r in results) and results[0][-1][1]["type"] == "RUN_FINISHED"
+    with daemon.http() as c:
+        assert len(c.get("/v1/turns", params={"session_id": "race"}).json()["turns"]) == 1
