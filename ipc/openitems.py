@@ -24,27 +24,24 @@ class OrderError(ValueError):
     """An event that AG-UI's ordering rules forbid here (e.g. content for a message never started)."""
 
 
-_OPEN = {  # event type -> (kind, id field)
-    "TEXT_MESSAGE_START": ("text message", "message_id"),
-    "TOOL_CALL_START": ("tool call", "tool_call_id"),
-    "STEP_STARTED": ("step", "step_name"),
-    "REASONING_START": ("reasoning span", "message_id"),
-    "REASONING_MESSAGE_START": ("reasoning message", "message_id"),
-    "SUBAGENT_STARTED": ("subagent", "subagent_run_id"),
-}
-_INSIDE = {  # needs an open item, leaves it open
-    "TEXT_MESSAGE_CONTENT": ("text message", "message_id"),
-    "TOOL_CALL_ARGS": ("tool call", "tool_call_id"),
-    "REASONING_MESSAGE_CONTENT": ("reasoning message", "message_id"),
-}
-_CLOSE = {
-    "TEXT_MESSAGE_END": ("text message", "message_id"),
-    "TOOL_CALL_END": ("tool call", "tool_call_id"),
-    "STEP_FINISHED": ("step", "step_name"),
-    "REASONING_END": ("reasoning span", "message_id"),
-    "REASONING_MESSAGE_END": ("reasoning message", "message_id"),
-    "SUBAGENT_FINISHED": ("subagent", "subagent_run_id"),
-    "SUBAGENT_ERROR": ("subagent", "subagent_run_id"),
+# What each event does to the open items: (action, kind, id field); other events do nothing.
+_RULES: dict[type, tuple[str, str, str]] = {
+    ev.TextMessageStart: ("open", "text message", "message_id"),
+    ev.TextMessageContent: ("inside", "text message", "message_id"),
+    ev.TextMessageEnd: ("close", "text message", "message_id"),
+    ev.ToolCallStart: ("open", "tool call", "tool_call_id"),
+    ev.ToolCallArgs: ("inside", "tool call", "tool_call_id"),
+    ev.ToolCallEnd: ("close", "tool call", "tool_call_id"),
+    ev.StepStarted: ("open", "step", "step_name"),
+    ev.StepFinished: ("close", "step", "step_name"),
+    ev.ReasoningStart: ("open", "reasoning span", "message_id"),
+    ev.ReasoningEnd: ("close", "reasoning span", "message_id"),
+    ev.ReasoningMessageStart: ("open", "reasoning message", "message_id"),
+    ev.ReasoningMessageContent: ("inside", "reasoning message", "message_id"),
+    ev.ReasoningMessageEnd: ("close", "reasoning message", "message_id"),
+    ev.SubagentStarted: ("open", "subagent", "subagent_run_id"),
+    ev.SubagentFinished: ("close", "subagent", "subagent_run_id"),
+    ev.SubagentError: ("close", "subagent", "subagent_run_id"),
 }
 
 
@@ -52,9 +49,9 @@ def _tag(event: ev.Event) -> str:
     return type(event).__struct_config__.tag  # type: ignore[return-value]
 
 
-def _key(kind: str, event: ev.Event, field: str) -> Key:
+def _key(kind: str, event: Any, field: str) -> Key:
     # Steps are scoped per subagent (the verifier keys them so); ids are global.
-    scope = getattr(event, "subagent_run_id", UNSET) if kind == "step" else UNSET
+    scope = event.subagent_run_id if kind == "step" else UNSET
     return (kind, getattr(event, field), scope)
 
 
@@ -76,37 +73,40 @@ class OpenItems:
 
     def check(self, event: ev.Event) -> None:
         """Raise ``OrderError`` if ``event`` may not come now; change nothing."""
-        tag = _tag(event)
-        if tag in _OPEN:
-            kind, field = _OPEN[tag]
-            key = _key(kind, event, field)
-            if key in self._open:
-                raise OrderError(f"{tag}: {kind} {key[1]!r} is already open; end it first")
-            if kind == "subagent" and key[1] in self._finished_subagents:
-                raise OrderError(f"{tag}: subagent {key[1]!r} already finished; ids are per invocation")
-        elif tag in _INSIDE or tag in _CLOSE:
-            kind, field = _INSIDE.get(tag) or _CLOSE[tag]
-            key = _key(kind, event, field)
-            if key not in self._open:
-                raise OrderError(f"{tag}: no open {kind} {key[1]!r}; start it first")
-
-    def apply(self, event: ev.Event) -> None:
-        """Follow ``event`` without judging it (the relay's side)."""
-        tag = _tag(event)
-        if tag in _OPEN:
-            kind, field = _OPEN[tag]
-            self._open.setdefault(_key(kind, event, field), getattr(event, "subagent_run_id", UNSET))
-        elif tag in _CLOSE:
-            kind, field = _CLOSE[tag]
-            key = _key(kind, event, field)
-            self._open.pop(key, None)
-            if kind == "subagent":
-                self._finished_subagents.add(key[1])
+        rule = _RULES.get(type(event))
+        if rule is not None:
+            self._judge(event, *rule)
 
     def observe(self, event: ev.Event) -> None:
         """``check`` then ``apply`` (the worker's side)."""
-        self.check(event)
-        self.apply(event)
+        rule = _RULES.get(type(event))
+        if rule is not None:
+            self._commit(event, rule[0], rule[1], self._judge(event, *rule))
+
+    def apply(self, event: ev.Event) -> None:
+        """Follow ``event`` without judging it (the relay's side)."""
+        rule = _RULES.get(type(event))
+        if rule is not None:
+            self._commit(event, rule[0], rule[1], _key(rule[1], event, rule[2]))
+
+    def _judge(self, event: ev.Event, action: str, kind: str, field: str) -> Key:
+        key = _key(kind, event, field)
+        if action == "open":
+            if key in self._open:
+                raise OrderError(f"{_tag(event)}: {kind} {key[1]!r} is already open; end it first")
+            if kind == "subagent" and key[1] in self._finished_subagents:
+                raise OrderError(f"{_tag(event)}: subagent {key[1]!r} already finished; ids are per invocation")
+        elif key not in self._open:
+            raise OrderError(f"{_tag(event)}: no open {kind} {key[1]!r}; start it first")
+        return key
+
+    def _commit(self, event: ev.Event, action: str, kind: str, key: Key) -> None:
+        if action == "open":
+            self._open.setdefault(key, getattr(event, "subagent_run_id", UNSET))
+        elif action == "close":
+            self._open.pop(key, None)
+            if kind == "subagent":
+                self._finished_subagents.add(key[1])
 
     def open_items(self) -> list[tuple[str, str]]:
         return [(kind, ident) for kind, ident, _ in self._open]

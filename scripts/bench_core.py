@@ -58,6 +58,7 @@ from supervisor.embedded import Supervisor  # noqa: E402
 from supervisor.logs import configure_logging  # noqa: E402
 from supervisor.runtime.spawn import _main_hidden  # noqa: E402  (the supervisor's own guard, for reference starts)
 from supervisor.storage.lines import line_seq  # noqa: E402
+from worker.asyncrun import CancelWatch
 from worker.context import TurnContext  # noqa: E402
 
 AGENTS = {name: f"bench_agents:{name}"
@@ -300,7 +301,7 @@ def stage_costs(n: int) -> dict[str, float]:
     devnull = Connection(os.open(os.devnull, os.O_WRONLY))
     token = multiprocessing.get_context("spawn").Event()
     ctx = TurnContext(turn_id="0" * 26, thread_id="t", writer=FrameWriter(devnull),
-                      token=token, max_event_bytes=1 << 20)
+                      token=CancelWatch(token), max_event_bytes=1 << 20)
     delta, mid = bench_agents.TEXT_DELTA, "msg-bench-1"
     line = b'{"seq":12345,' + bench_agents.RAW_EVENT[1:]
 

@@ -25,7 +25,8 @@ def _open_everything(ctx: TurnContext) -> None:
 
 
 def leave_open(ctx: TurnContext, input: Any) -> Any:
-    """``mode``: return (success), hang (cancel/timeout: SIGTERM ends it), ignore_term (SIGKILL), crash."""
+    """``mode``: return (success), hang (cancel/timeout: SIGTERM ends it), ignore_term (SIGKILL), crash,
+    flood (events until limits.max_events stops it)."""
     mode = (input or {}).get("mode", "hang")
     if mode == "ignore_term":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -35,6 +36,8 @@ def leave_open(ctx: TurnContext, input: Any) -> Any:
         return {"ok": True}
     if mode == "crash":
         os._exit(9)
+    while mode == "flood":  # until the supervisor's event limit stops the turn
+        ctx.custom("flood", 1)
     while True:
         time.sleep(0.01)
 
@@ -221,3 +224,19 @@ def openai_agents_agent(ctx: TurnContext, input: Any) -> Any:
         model = ScriptedModel([[function_call("add", {"a": 2, "b": 2}, call_id="call-1")],
                                [assistant_message("four")]])
     return from_openai_agents(Agent(name="calc", model=model, tools=[add]))(ctx, input)
+
+
+def sync_wrapping_async(ctx: TurnContext, input: Any) -> None:
+    """A plain def agent running its own coroutine; ``ctx.run_async`` gives it the turn's cancel."""
+    async def work() -> None:
+        ctx.custom("ready", os.getpid())
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            ctx.custom("task_cancelled", True)
+            raise
+
+    if (input or {}).get("plain"):
+        asyncio.run(work())  # what the README warns about: only SIGTERM ends it
+    else:
+        ctx.run_async(work())

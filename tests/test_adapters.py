@@ -15,12 +15,14 @@ from supervisor.turns import TurnStatus
 
 pytest.importorskip("ag_ui.core")
 
+# Long enough that only a cancel that never reached the framework meets SIGTERM.
+GRACE = 20.0
 AGENTS = {"framework_free": "agui_agents:framework_free", "pydantic_ai": "agui_agents:pydantic_ai_agent"}
 
 
 @pytest.fixture
 def sup(tmp_path: Path) -> Any:
-    with Supervisor(make_config(tmp_path, agents=AGENTS)) as s:
+    with Supervisor(make_config(tmp_path, agents=AGENTS, cancel_grace_s=GRACE)) as s:
         yield s
 
 
@@ -31,7 +33,9 @@ def _run(sup: Supervisor, agent: str, input: Any, cancel_on_ready: bool = False)
             if isinstance(e, ev.Custom) and e.name == "ready":
                 sup.cancel(turn.turn_id)
                 break
-    sup.wait(turn.turn_id, 30)
+    info = sup.wait(turn.turn_id, 30)
+    if cancel_on_ready:  # ended by the cancel itself, within the grace: the child's own exit, no signal
+        assert info.exit_code == 5 and info.signal is None, info
     events = [e for _, e in sup.events(turn.turn_id)]
     verify(events)
     return events
@@ -79,7 +83,7 @@ def test_cancel_reaches_the_framework(sup: Supervisor) -> None:
 def pydantic_sup(tmp_path: Path) -> Any:
     pytest.importorskip("pydantic_ai")
     agents = {"calc": "agui_agents:pydantic_ai_agent", "slow": "agui_agents:pydantic_ai_slow"}
-    with Supervisor(make_config(tmp_path, agents=agents)) as s:
+    with Supervisor(make_config(tmp_path, agents=agents, cancel_grace_s=GRACE)) as s:
         yield s
 
 
@@ -119,7 +123,7 @@ def sup_status(sup: Supervisor) -> list[TurnStatus]:
 @pytest.fixture
 def langgraph_sup(tmp_path: Path) -> Any:
     pytest.importorskip("ag_ui_langgraph")
-    with Supervisor(make_config(tmp_path, agents={"graph": "agui_agents:langgraph_agent"})) as s:
+    with Supervisor(make_config(tmp_path, agents={"graph": "agui_agents:langgraph_agent"}, cancel_grace_s=GRACE)) as s:
         yield s
 
 
@@ -145,7 +149,7 @@ def test_cancel_reaches_the_langgraph_node(langgraph_sup: Supervisor) -> None:
 @pytest.fixture
 def openai_sup(tmp_path: Path) -> Any:
     pytest.importorskip("agents")
-    with Supervisor(make_config(tmp_path, agents={"oa": "agui_agents:openai_agents_agent"})) as s:
+    with Supervisor(make_config(tmp_path, agents={"oa": "agui_agents:openai_agents_agent"}, cancel_grace_s=GRACE)) as s:
         yield s
 
 

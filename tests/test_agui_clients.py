@@ -93,6 +93,7 @@ def test_http_agent_runs_every_ending_cleanly(tcp_daemon: tuple[Daemon, str]) ->
          "forwardedProps": {"mode": "hang", "runnerd": {"timeout_s": 1}}},
         {"name": "killed", "threadId": "t-killed", "runId": "r-killed",
          "forwardedProps": {"mode": "ignore_term"}, "onReady": "cancel"},
+        {"name": "retry", "threadId": "t-ok", "runId": "r-ok"},  # the same run again: attached, not restarted
     ])
     for report in reports.values():
         assert_clean(report)
@@ -107,7 +108,8 @@ def test_http_agent_runs_every_ending_cleanly(tcp_daemon: tuple[Daemon, str]) ->
     answer = [m for m in ok["messages"] if m["role"] == "assistant" and m.get("content")]
     assert answer[-1]["content"] == "you said: hello"
     assert [m["role"] for m in ok["messages"]][:1] == ["user"]
-    assert turn_of(daemon, "t-ok")["status"] == "succeeded"
+    assert turn_of(daemon, "t-ok")["status"] == "succeeded"  # one turn for both POSTs of (t-ok, r-ok)
+    assert reports["retry"]["raw"] == ok["raw"] and reports["retry"]["outcome"] == ok["outcome"]
 
     # abortRun(): the client ends its side; the disconnect cancels the run on ours.
     assert reports["abort"]["types"][-1] == "RUN_ERROR"

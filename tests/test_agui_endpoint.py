@@ -99,6 +99,9 @@ def test_bad_input_is_a_json_error_before_any_stream_byte(daemon: Daemon) -> Non
         busy = c.get("/v1/turns", params={"session_id": "busy"}).json()["turns"]
         assert len(busy) == 1
         c.post(f"/v1/turns/{busy[0]['turn_id']}/cancel")
+        # the runId of that run, POSTed for another agent: a conflict, not a second run
+        assert error(post(c, run_input(thread="busy"), agent="count")) == (409, "run_id_conflict")
+        assert len(c.get("/v1/turns", params={"session_id": "busy"}).json()["turns"]) == 1
 
 
 def _read_until_ready(r: httpx.Response) -> int:
@@ -180,3 +183,28 @@ def test_a_daemon_shutdown_ends_the_stream_with_a_custom_event(tmp_path: Path) -
                                   "value": {"reason": "runnerd is shutting down"}})
         assert "RUN_STARTED" not in [e["type"] for _, e in got[1:]]
         assert d.proc.wait(20) == 0
+
+
+def test_the_openapi_document_names_the_ag_ui_route() -> None:
+    from supervisor.server.openapi import build
+    post = build()["paths"]["/v1/agents/{agent}/ag-ui"]["post"]
+    schema = post["requestBody"]["content"]["application/json"]["schema"]
+    assert {"threadId", "runId"} <= set(schema["$defs"]["RunAgentInput"]["required"])
+    assert "text/event-stream" in post["responses"]["200"]["content"] and "409" in post["responses"]
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_posts_of_one_run_start_it_once(daemon: Daemon) -> None:
+    # Every POST attaches to the one run. (The start lock closes a window this
+    # test does not reliably hit: removing the lock alone does not fail it.)
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(_: int) -> list[tuple[int | None, dict[str, Any]]]:
+        with daemon.http() as c:
+            return frames(post(c, run_input(thread="race", run="race-1")).text)
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(one, range(6)))
+    assert all(r == results[0] for r in results) and results[0][-1][1]["type"] == "RUN_FINISHED"
+    with daemon.http() as c:
+        assert len(c.get("/v1/turns", params={"session_id": "race"}).json()["turns"]) == 1

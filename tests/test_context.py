@@ -11,6 +11,7 @@ import pytest
 
 from ipc import events as ev
 from ipc.wire import Batch, FrameReader, FrameWriter
+from worker.asyncrun import CancelWatch
 from worker.context import InvalidEvent, TurnContext
 
 
@@ -20,7 +21,7 @@ class Pipe:
         self.reader = FrameReader(parent, max_frame_bytes=1 << 24)
         self.writer = FrameWriter(child)
         self.ctx = TurnContext(turn_id="01TESTTURN0000000000000000", thread_id="t", writer=self.writer,
-                               token=multiprocessing.get_context("spawn").Event(),
+                               token=CancelWatch(multiprocessing.get_context("spawn").Event()),
                                max_event_bytes=1 << 20)
 
     def sent(self) -> list[dict[str, Any]]:
@@ -136,3 +137,9 @@ def test_step_message_and_tool_call_close_when_the_agent_raises(pipe: Pipe) -> N
     assert [e["type"] for e in pipe.sent()] == [
         "STEP_STARTED", "TEXT_MESSAGE_START", "TOOL_CALL_START", "TEXT_MESSAGE_CONTENT",
         "TOOL_CALL_END", "TEXT_MESSAGE_END", "STEP_FINISHED"]
+
+
+def test_a_dict_that_is_not_json_raises_type_error(pipe: Pipe) -> None:
+    with pytest.raises(TypeError, match="not JSON-serialisable"):
+        pipe.ctx.emit({"type": "CUSTOM", "name": "n", "value": object()})
+    assert pipe.sent() == []

@@ -99,6 +99,19 @@ def test_every_ending_closes_open_items_innermost_first(
 
 
 @pytest.mark.timeout(30)
+def test_a_limit_kill_closes_open_items_too(tmp_path: Path) -> None:
+    from supervisor.config import LimitsConfig
+    config = make_config(tmp_path, agents=AGENTS, limits=LimitsConfig(max_events=50))
+    with Supervisor(config) as s:
+        turn = s.start_turn("leave_open", {"mode": "flood"})
+        events = _ended(s, turn.turn_id)
+        info = s.status(turn.turn_id)
+    assert info.error is not None and info.error.code == "limit_exceeded"
+    n = len(CLOSERS)
+    assert closers(events[-1 - n:-1]) == CLOSERS and isinstance(events[-1], ev.RunError)
+
+
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("agent", ["helpers", "async_helpers"])
 def test_the_context_helpers_close_themselves_on_cancel(sup: Supervisor, agent: str) -> None:
     turn = sup.start_turn(agent)
@@ -146,3 +159,21 @@ def test_compaction_accepts_every_event_type_runnerd_stores() -> None:
     assert "reasoning" in roles
     kept = {e["type"] for e in out}
     assert {"ACTIVITY_SNAPSHOT", "SUBAGENT_STARTED", "REASONING_START", "REASONING_ENCRYPTED_VALUE"} <= kept
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("plain", [False, True])
+def test_a_sync_agent_running_a_coroutine_gets_cancel_through_ctx_run_async(tmp_path: Path, plain: bool) -> None:
+    agents = {"sync_async": "agui_agents:sync_wrapping_async"}
+    with Supervisor(make_config(tmp_path, agents=agents, cancel_grace_s=20.0 if not plain else 0.3)) as s:
+        turn = s.start_turn("sync_async", {"plain": plain})
+        _ready(s, turn.turn_id)
+        s.cancel(turn.turn_id)
+        events = _ended(s, turn.turn_id)
+        info = s.status(turn.turn_id)
+    assert info.status is TurnStatus.CANCELLED
+    names = [e.name for e in events if isinstance(e, ev.Custom)]
+    if plain:  # asyncio.run of its own: the token is never looked at; SIGTERM after the grace ends it
+        assert names == ["ready"] and info.signal == 15
+    else:  # the task was cancelled, well inside a long grace: no signal was needed
+        assert names == ["ready", "task_cancelled"] and info.exit_code == 5 and info.signal is None

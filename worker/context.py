@@ -6,14 +6,15 @@ writes it to the pipe before returning.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, Union
+from typing import Any, TypeVar, Union, cast
 
 import msgspec
 import structlog
@@ -21,16 +22,18 @@ import structlog
 from ipc import events as ev
 from ipc.chunks import ChunkError, ChunkExpander
 from ipc.openitems import OpenItems, OrderError
-from ipc.token import CancelFlag
 from ipc.wire import FrameWriter
+from worker.asyncrun import CancelWatch, cancel_on_token
 
 __all__ = ["TurnContext", "Cancelled", "EventTooLarge", "InvalidEvent", "MessageWriter", "ToolCall"]
 
 # The supervisor alone writes the lifecycle; an agent emitting these would
 # break "exactly one terminal event".
-_SUPERVISOR_ONLY = ev.LIFECYCLE_TYPES
-_CHUNKS = (ev.TextMessageChunk, ev.ToolCallChunk, ev.ReasoningMessageChunk)
+_SUPERVISOR_ONLY = frozenset({ev.RunStarted, ev.RunFinished, ev.RunError})
+_CHUNKS = frozenset({ev.TextMessageChunk, ev.ToolCallChunk, ev.ReasoningMessageChunk})
 
+# The union's classes, as a set: a membership test, not 31 isinstance checks per emit.
+_EVENT_CLASSES: frozenset[type] = frozenset(ev.Event.__args__)  # type: ignore[attr-defined]
 EventLike = Union[ev.Event, Mapping[str, Any], Any]  # Any: an ``ag_ui.core`` pydantic event
 
 
@@ -46,6 +49,9 @@ class InvalidEvent(ValueError):
     """An event AG-UI clients would reject: bad fields, a bad patch, out of order."""
 
 
+T = TypeVar("T")
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -59,7 +65,7 @@ class TurnContext:
         turn_id: str,
         thread_id: str,
         writer: FrameWriter,
-        token: CancelFlag,
+        token: CancelWatch,
         max_event_bytes: int,
     ) -> None:
         self.turn_id = turn_id
@@ -104,14 +110,13 @@ class TurnContext:
     def _encode_all(self, events: Iterable[EventLike]) -> list[bytes]:
         parsed = [_parse(e) for e in events]
         with self._lock:  # order checks see every earlier emit of every thread
-            if len(parsed) == 1 and not self._chunks and not isinstance(parsed[0][0], _CHUNKS):
-                event, extra = parsed[0]  # the common case: check, encode, then commit
+            if len(parsed) == 1 and not self._chunks and type(parsed[0][0]) not in _CHUNKS:
+                event, extra = parsed[0]  # the common case: encode, then check and commit at once
+                data = self._encode(event, extra)
                 try:
-                    self._open.check(event)
+                    self._open.observe(event)
                 except OrderError as exc:
                     raise InvalidEvent(str(exc)) from None
-                data = self._encode(event, extra)
-                self._open.apply(event)
                 return [data]
             # Checked against copies, committed only when every event was good:
             # a batch goes out whole or not at all.
@@ -181,6 +186,11 @@ class TurnContext:
         self.emit(ev.Raw(event=event) if source is None else ev.Raw(event=event, source=source))
 
     # -- cancel -----------------------------------------------------------
+
+    def run_async(self, coro: Awaitable[T]) -> T:
+        """``asyncio.run(coro)`` for a plain ``def`` agent, with the turn's cancel:
+        the task is cancelled when a cancel is asked for, as an ``async def`` agent's is."""
+        return asyncio.run(cancel_on_token(coro, self._token))
 
     @property
     def cancelled(self) -> bool:
@@ -255,7 +265,10 @@ class ToolCall:
 
 
 _dict_encoder = msgspec.json.Encoder()
-_NULLABLE_NOWHERE = ("rawEvent", "metadata", "subagentRunId", "seq")
+# Wire names each struct knows; a dict's other keys are carried through as they are.
+_KNOWN_KEYS: dict[type, frozenset[str]] = {
+    cls: frozenset(cls.__struct_encode_fields__) | {"type"} for cls in ev.Event.__args__  # type: ignore[attr-defined]
+}
 
 
 def _wire_dict(event: ev.Event) -> dict[str, Any]:
@@ -279,8 +292,8 @@ def _from_pydantic(model: Any) -> dict[str, Any]:
 
 def wire_form(event: EventLike) -> dict[str, Any]:
     """Any event-like (struct, ``ag_ui.core`` model, dict) as a wire-form dict."""
-    if isinstance(event, ev.Event.__args__):  # type: ignore[attr-defined]
-        return _wire_dict(event)
+    if type(event) in _EVENT_CLASSES:
+        return _wire_dict(cast(ev.Event, event))
     if hasattr(event, "model_dump"):
         return _from_pydantic(event)
     if isinstance(event, Mapping):
@@ -290,8 +303,8 @@ def wire_form(event: EventLike) -> dict[str, Any]:
 
 def _parse(event: EventLike) -> tuple[ev.Event, dict[str, Any] | None]:
     """An event, plus the fields of a dict runnerd's structs do not name (kept on the wire)."""
-    if isinstance(event, ev.Event.__args__):  # type: ignore[attr-defined]
-        parsed: ev.Event = event
+    if type(event) in _EVENT_CLASSES:
+        parsed = cast(ev.Event, event)
         extra = None
     else:
         if hasattr(event, "model_dump"):
@@ -306,10 +319,9 @@ def _parse(event: EventLike) -> tuple[ev.Event, dict[str, Any] | None]:
             parsed = ev.to_event(dict(event))
         except msgspec.ValidationError as exc:
             raise InvalidEvent(f"{kind}: {exc}") from None
-        known = set(_wire_dict(parsed)) | set(_NULLABLE_NOWHERE)
+        known = _KNOWN_KEYS[type(parsed)]
         extra = {k: v for k, v in event.items() if k not in known} or None
-    tag = type(parsed).__struct_config__.tag
-    if tag in _SUPERVISOR_ONLY:
+    if type(parsed) in _SUPERVISOR_ONLY:
         raise ValueError(f"{type(parsed).__name__} is written by the supervisor, not the agent")
     if parsed.seq is not msgspec.UNSET:
         raise ValueError("seq is assigned by the supervisor; leave it unset")

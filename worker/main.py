@@ -15,7 +15,6 @@ import os
 import resource
 import signal
 import sys
-import threading
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -27,6 +26,7 @@ import structlog
 from ipc.protocol import TURN_ENV, ExitCode, TurnSpec, process_mark
 from ipc.token import CancelToken
 from ipc.wire import Done, FrameWriter, Ready
+from worker.asyncrun import CancelWatch, cancel_on_token
 from worker.context import Cancelled, TurnContext
 
 # Signals a daemon may have handled; the turn gets the defaults back so
@@ -135,58 +135,13 @@ def _load(target: str) -> Callable[..., Any]:
     return func  # type: ignore[no-any-return]
 
 
-class CancelWatch:
-    """The parent's cancel token, waited for on one thread: no polling, and the
-    token's cross-process lock is taken once per turn, not once per check."""
-
-    def __init__(self, token: CancelToken) -> None:
-        self._flag = threading.Event()
-        self._lock = threading.Lock()
-        self._callbacks: list[Callable[[], object]] = []
-        threading.Thread(target=self._wait, args=(token,), name="runnerd-cancel", daemon=True).start()
-
-    def _wait(self, token: CancelToken) -> None:
-        token.wait()  # blocks on the token's semaphore
-        with self._lock:
-            self._flag.set()
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            callback()
-
-    def is_set(self) -> bool:
-        return self._flag.is_set()
-
-    def on_cancel(self, callback: Callable[[], object]) -> None:
-        """Call ``callback`` (from the watching thread) once the cancel comes; at once if it came."""
-        with self._lock:
-            if not self._flag.is_set():
-                self._callbacks.append(callback)
-                return
-        callback()
-
-
 def _call(agent: Callable[..., Any], ctx: TurnContext, value: Any, token: CancelWatch) -> Any:
     if inspect.iscoroutinefunction(agent):
-        return asyncio.run(_run_async(agent(ctx, value), token))
+        return asyncio.run(cancel_on_token(agent(ctx, value), token))
     out = agent(ctx, value)
     if inspect.isawaitable(out):
-        return asyncio.run(_run_async(out, token))
+        return asyncio.run(cancel_on_token(out, token))
     return out
-
-
-async def _run_async(coro: Any, token: CancelWatch) -> Any:
-    """Run the agent's coroutine; cancel its task as soon as the cancel comes."""
-    task = asyncio.ensure_future(coro)
-    loop = asyncio.get_running_loop()
-    token.on_cancel(lambda: _cancel_soon(loop, task))
-    return await task
-
-
-def _cancel_soon(loop: asyncio.AbstractEventLoop, task: asyncio.Future[Any]) -> None:
-    try:
-        loop.call_soon_threadsafe(task.cancel)
-    except RuntimeError:
-        pass  # the loop already closed: the agent had finished
 
 
 def _finish(writer: FrameWriter, done: Done, code: ExitCode) -> NoReturn:

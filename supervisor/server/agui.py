@@ -37,7 +37,7 @@ from supervisor.server.sse import EventStream, Framing, StreamSet
 from supervisor.storage.lines import line_seq, unsplice
 from supervisor.turns import TurnInfo
 
-__all__ = ["agui_routes", "RunAgentInput"]
+__all__ = ["agui_routes", "RunAgentInput", "openapi_paths"]
 
 _MULTITASK = ("reject", "enqueue", "interrupt")
 
@@ -56,7 +56,7 @@ class RunAgentInput(msgspec.Struct, rename="camel"):
     protocol_version: str | None = None
 
 
-class RunBusyElsewhere(RunnerdError):
+class RunIdConflict(RunnerdError):
     code = "run_id_conflict"
     status = 409
 
@@ -121,11 +121,30 @@ class AguiEndpoint:
             for info in self.sup.list_turns(session_id=run.thread_id):
                 if info.run_id == run.run_id:
                     if info.agent != agent:
-                        raise RunBusyElsewhere(f"runId {run.run_id[:64]!r} of this thread is a run of "
+                        raise RunIdConflict(f"runId {run.run_id[:64]!r} of this thread is a run of "
                                                f"agent {info.agent!r}")
                     return info  # a retry or a reattach: never a second start
             return self.sup.start_turn(agent, raw, session_id=run.thread_id, run_id=run.run_id,
                                        multitask=options.multitask, timeout_s=options.timeout_s)
+
+
+def openapi_paths() -> dict[str, Any]:
+    """This route in the OpenAPI document (``supervisor.server.openapi``)."""
+    errors = {str(code): {"description": "error", "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/ErrorBody"}}}} for code in (400, 404, 409, 413, 429, 503)}
+    option = {"in": "query", "required": False}
+    return {"/v1/agents/{agent}/ag-ui": {"post": {
+        "summary": "Run an agent for an AG-UI client: RunAgentInput in, AG-UI events out (SSE, seq in id: only)",
+        "parameters": [{"name": "agent", "in": "path", "required": True, "schema": {"type": "string"}},
+                       {"name": "on_disconnect", **option, "schema": {"enum": ["cancel", "continue"]}},
+                       {"name": "multitask", **option, "schema": {"enum": list(_MULTITASK)}},
+                       {"name": "timeout_s", **option, "schema": {"type": "number"}},
+                       {"name": "Last-Event-ID", "in": "header", "required": False,
+                        "schema": {"type": "integer", "minimum": 0}}],
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": msgspec.json.schema(RunAgentInput)}}},
+        "responses": {"200": {"description": "AG-UI event stream",
+                              "content": {"text/event-stream": {"schema": {"type": "string"}}}}, **errors}}}}
 
 
 def _options(run: RunAgentInput, request: Request) -> Options:

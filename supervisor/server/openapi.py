@@ -13,6 +13,7 @@ import msgspec
 
 from supervisor.ids import SESSION_PATTERN, TURN_ID_PATTERN
 from supervisor.runtime.reader import MAX_EXPORT_LIMIT
+from supervisor.server.agui import openapi_paths as agui_openapi_paths
 from supervisor.storage.retention import PruneReport
 from supervisor.turns import ExportPage, TurnInfo, TurnStatus
 
@@ -161,6 +162,7 @@ def build(agents: list[str] | None = None) -> dict[str, Any]:
     paths["/v1/health"]["get"]["responses"]["503"] = {
         "description": "unavailable or shutting down",
         "content": {"application/json": {"schema": {"anyOf": [_ref("Health"), _ref("ErrorBody")]}}}}
+    paths.update(agui_openapi_paths())
     return {"openapi": "3.1.0",
             "info": {"title": "runnerd", "version": "1", "description": "Supervisor daemon for AI agent runs"},
             "paths": paths, "components": {"schemas": components}}
