@@ -53,7 +53,12 @@ ExportResult = ExportPage  # the daemon's export body decodes into the same stru
 
 
 def _target(socket: str | None, url: str | None) -> tuple[str, str | None]:
+    """``(base URL, socket path or None)``; ``unix:///path`` names a socket, as DOCKER_HOST does."""
     url = url or os.environ.get("RUNNERD_URL")
+    if url and url.startswith("unix://"):
+        if not url.startswith("unix:///"):
+            raise errors.InvalidRequest(f"a unix URL needs an absolute path (unix:///run/x.sock), got {url!r}")
+        return "http://runnerd", url[len("unix://"):]
     if url:
         return url.rstrip("/"), None
     return "http://runnerd", socket or os.environ.get("RUNNERD_SOCKET") or default_socket_path()
@@ -158,6 +163,11 @@ class Client(_Base):
 
     def health(self) -> dict[str, Any]:
         return msgspec.json.decode(self._request("GET", "/v1/health").content)  # type: ignore[no-any-return]
+
+    def shutdown(self) -> dict[str, Any]:
+        """Ask the daemon to stop gracefully; returns once it has accepted (202)."""
+        r = self._request("POST", "/v1/shutdown", content=b"{}", headers={"content-type": "application/json"})
+        return msgspec.json.decode(r.content)  # type: ignore[no-any-return]
 
     def wait(self, turn_id: str, timeout: float | None = None) -> TurnInfo:
         """Follow the stream until the terminal event, then return the status."""

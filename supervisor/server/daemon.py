@@ -27,6 +27,7 @@ import structlog
 import uvicorn
 
 from supervisor.server import sdnotify
+from supervisor.server.proctitle import set_title
 from supervisor.config import Config, load_config
 from supervisor.embedded import Supervisor
 from supervisor.errors import RunnerdError
@@ -147,7 +148,7 @@ class Daemon:
         self._owned_socket: str | None = None
 
     def request_stop(self) -> None:
-        """Signal handler: only enqueue."""
+        """Signal handler and ``POST /v1/shutdown``: only enqueue."""
         self.stop_requested.set()
 
     def _listeners(self) -> tuple[list[socket.socket], str | None]:
@@ -177,7 +178,7 @@ class Daemon:
             raise StartupError(f"cannot start the supervisor: {exc}") from None
         app = create_app(self.sup, max_body_bytes=server_cfg.max_body_bytes,
                          keepalive_s=server_cfg.keepalive_s, token=token, streams=self.streams,
-                         send_timeout_s=server_cfg.send_timeout_s)
+                         send_timeout_s=server_cfg.send_timeout_s, on_shutdown=self.request_stop)
         uv_config = uvicorn.Config(
             app, lifespan="off", log_config=None, access_log=False, server_header=False,
             timeout_graceful_shutdown=max(1, int(server_cfg.shutdown_timeout_s / 2)),
@@ -275,6 +276,7 @@ def run(config: Config) -> int:
 @click.option("--state-dir", help="State directory (overrides state_dir).")
 def main(config_path: str | None, socket_path: str | None, state_dir: str | None) -> None:
     """runnerd: the supervisor daemon for agent turns."""
+    set_title("runnerd", sys.argv[1:])
     try:
         config = resolve_config(config_path)
     except StartupError as exc:

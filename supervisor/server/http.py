@@ -9,10 +9,13 @@ The host that mounts ``create_app`` starts and stops the Supervisor itself.
 from __future__ import annotations
 
 import hmac
+import os
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -54,8 +57,10 @@ class Api:
     """Route handlers bound to one Supervisor; owns nothing but its limits."""
 
     def __init__(self, sup: Supervisor, *, max_body_bytes: int, keepalive_s: float,
-                 streams: StreamSet, send_timeout_s: float = 30.0) -> None:
+                 streams: StreamSet, send_timeout_s: float = 30.0,
+                 on_shutdown: Callable[[], None] | None = None) -> None:
         self.send_timeout_s = send_timeout_s
+        self.on_shutdown = on_shutdown
         self._openapi = build()
         self.sup = sup
         self.max_body_bytes = max_body_bytes
@@ -148,6 +153,14 @@ class Api:
                 "open_streams": self.streams.count}
         return json_response(body, 200 if healthy else 503)
 
+    async def shutdown(self, request: Request) -> Response:
+        """Stop the daemon as SIGTERM does, once this answer has been sent."""
+        assert self.on_shutdown is not None
+        await self._body(request, dict)
+        response = json_response({"status": "stopping", "pid": os.getpid()}, 202)
+        response.background = BackgroundTask(self.on_shutdown)
+        return response
+
     async def openapi(self, request: Request) -> Response:
         return json_response(self._openapi)
 
@@ -223,11 +236,12 @@ class Guard:
 
 def create_app(sup: Supervisor, *, max_body_bytes: int = 1 << 20, keepalive_s: float = 15.0,
                token: str | None = None, streams: StreamSet | None = None,
-               send_timeout_s: float = 30.0) -> Starlette:
-    """The ASGI app. ``streams`` lets the daemon close every open SSE stream at shutdown."""
+               send_timeout_s: float = 30.0, on_shutdown: Callable[[], None] | None = None) -> Starlette:
+    """The ASGI app. ``streams`` lets the daemon close every open SSE stream at shutdown;
+    ``on_shutdown`` (the daemon's stop) enables ``POST /v1/shutdown``."""
     streams = streams or StreamSet()
     api = Api(sup, max_body_bytes=max_body_bytes, keepalive_s=keepalive_s, streams=streams,
-              send_timeout_s=send_timeout_s)
+              send_timeout_s=send_timeout_s, on_shutdown=on_shutdown)
     routes = [
         Route("/v1/turns", api.start_turn, methods=["POST"]),
         Route("/v1/turns", api.list_turns, methods=["GET"]),
@@ -241,6 +255,8 @@ def create_app(sup: Supervisor, *, max_body_bytes: int = 1 << 20, keepalive_s: f
         Route("/v1/openapi.json", api.openapi, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
     ]
+    if on_shutdown is not None:  # a host that mounts the app owns its own lifetime
+        routes.append(Route("/v1/shutdown", api.shutdown, methods=["POST"]))
     app = Starlette(
         routes=routes,
         exception_handlers={RunnerdError: _runnerd_error, HTTPException: _http_error,

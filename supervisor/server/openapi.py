@@ -94,6 +94,10 @@ def build() -> dict[str, Any]:
         "/v1/prune": {
             "post": {"summary": "Apply retention now", "requestBody": {"required": False, **_json("PruneBody")},
                      "responses": {"200": {"description": "report", **_json("PruneReport")}, **_ERRORS}}},
+        "/v1/shutdown": {
+            "post": {"summary": "Stop the daemon gracefully, as SIGTERM does (daemon only, not a mounted app)",
+                     "requestBody": {"required": False, "content": {"application/json": {"schema": {"type": "object"}}}},
+                     "responses": {"202": {"description": "stopping: {status, pid}"}, **_ERRORS}}},
         "/v1/agents": {"get": {"summary": "Configured agent names",
                                "responses": {"200": {"description": "names"}}}},
         "/v1/health": {"get": {"summary": "Health", "responses": {"200": {"description": "ok"},
