@@ -35,6 +35,7 @@ from supervisor.storage.retention import PruneReport
 from supervisor.runtime.scheduler import POLICIES, Pending, Scheduler
 from supervisor.runtime.relay import REAP_TIMEOUT_S, Live, Relay
 from supervisor.runtime.spawn import Spawner, become_subreaper
+from supervisor.runtime.turnfeed import TurnFeed
 from supervisor.turns import Ending, ExportPage, Gap, Intent, SeqRange, TurnError, TurnInfo, TurnStatus, info_copy
 
 log = structlog.get_logger("runnerd.supervisor")
@@ -79,6 +80,8 @@ class Supervisor:
         self.scheduler = Scheduler(max_running=self.config.max_running_turns,
                                    max_queued=self.config.max_queued, start=self._launch,
                                    cancel_running=self._interrupt)
+        self.feed = TurnFeed(self.status)  # status changes, for GET /v1/turns/events
+        self.relay.on_status = self.feed.publish
         self._lock = threading.Lock()  # the queued table and start/close ordering
         self._queued: dict[str, Pending] = {}
         self._started = False
@@ -204,6 +207,7 @@ class Supervisor:
             raise
         log.info("turn_submitted", turn_id=turn_id, agent=agent, session_id=session_id,
                  queued=not now, multitask=multitask)
+        self.feed.publish(turn_id)
         if now:
             self._launch(pending)
         return self.status(turn_id)
@@ -213,6 +217,7 @@ class Supervisor:
         info, spec = pending.payload
         with self._lock:
             info.status = TurnStatus.STARTING
+        self.feed.publish(info.turn_id)
         try:
             try:
                 spawned = self.spawner.spawn(spec)
@@ -507,6 +512,7 @@ class Supervisor:
         return self.eventlog.tail(turn_id, limit, s.last_seq), s.last_seq
 
     def _on_ended(self, info: TurnInfo) -> None:
+        self.feed.publish(info.turn_id)
         self.keeper.submit(info.turn_id)
 
     def turn_tree(self, turn_id: str) -> TurnTree | None:

@@ -185,3 +185,26 @@ def test_runnerd_url_accepts_a_unix_socket(daemon: Daemon, tmp_path: Path) -> No
     r = subprocess.run([str(BIN / "runnerctl"), "agents"], capture_output=True, text=True, timeout=20,
                        env={**env, "RUNNERD_URL": "unix://relative.sock"})
     assert r.returncode == 2 and r.stderr.startswith("runnerctl: a unix URL needs an absolute path")
+
+
+@pytest.mark.timeout(60)
+def test_list_watch_prints_the_list_then_each_status_change(daemon: Daemon) -> None:
+    old = json.loads(daemon.ctl("start", "count", "--input", '{"n": 1}', "--follow").stdout.splitlines()[0])["threadId"]
+    watch = subprocess.Popen([str(BIN / "runnerctl"), "--socket", daemon.socket, "list", "--watch"],
+                             stdout=subprocess.PIPE, text=True, env=daemon.env)
+    try:
+        assert watch.stdout is not None
+        first = json.loads(watch.stdout.readline())  # the list comes first
+        assert first["turn_id"] == old and first["status"] == "succeeded"
+        tid = json.loads(daemon.ctl("start", "count", "--input", '{"n": 2}').stdout)["turn_id"]
+        seen = []
+        while not seen or seen[-1] != "succeeded":
+            info = json.loads(watch.stdout.readline())
+            assert info["turn_id"] == tid
+            seen.append(info["status"])
+        assert "running" in seen and seen.count("succeeded") == 1
+    finally:
+        watch.terminate()
+        watch.wait(10)
+        if watch.stdout:
+            watch.stdout.close()

@@ -295,17 +295,40 @@ def format_duration(seconds: float) -> str:
 @click.option("--status", "status_", help="Only turns with this status.")
 @click.option("--session", help="Only turns of this session.")
 @click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--watch", is_flag=True, help="Then print each status change as it happens (Ctrl-C ends).")
 @_json_option
 @click.pass_obj
 @_guard
-def list_(ctx: Ctx, status_: str | None, session: str | None, limit: int) -> None:
+def list_(ctx: Ctx, status_: str | None, session: str | None, limit: int, watch: bool) -> None:
     """List turns, newest first."""
+    if watch:
+        _watch(ctx, status_, session, limit)
+        return
     turns = ctx.client.list_turns(status=status_, session_id=session, limit=limit)
     if ctx.json:
         _out_json(turns)
         return
     for info in turns:
         _show_info(ctx, info)
+
+
+def _watch(ctx: Ctx, status: str | None, session: str | None, limit: int) -> None:
+    """The list, then one line per status change (JSON: one TurnInfo per line)."""
+    if status is not None and status not in {s.value for s in TurnStatus}:
+        _fail(f"unknown status {status!r}; one of {', '.join(s.value for s in TurnStatus)}", EXIT_USAGE)
+    try:
+        for item in ctx.client.turn_changes(session_id=session, limit=limit):
+            for info in item if isinstance(item, list) else [item]:
+                if status is not None and info.status.value != status:
+                    continue
+                if ctx.json:
+                    _out_json(info)
+                else:
+                    click.echo(f"{time.strftime('%H:%M:%S')}  " if not isinstance(item, list) else "", nl=False)
+                    _show_info(ctx, info)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
 
 
 @main.command()

@@ -99,6 +99,7 @@ class Relay:
         self.escalation = escalation
         self.max_event_bytes = max_event_bytes
         self.on_ended = on_ended
+        self.on_status: Callable[[str], None] | None = None  # a status changed (here: to running)
         self.lock = threading.Lock()  # guards the two tables below
         self.live: dict[str, Live] = {}
         self.past: dict[str, TurnInfo] = {}
@@ -255,6 +256,7 @@ class Relay:
         lines: list[bytes] = []
         seq = live.info.last_seq
         problem: str | None = None
+        started = False
         for frame in frames:
             if isinstance(frame, Batch):
                 for data in frame.events:
@@ -271,10 +273,13 @@ class Relay:
                 if live.info.status is TurnStatus.STARTING:
                     seq += 1
                     lines.append(self._started_line(live, seq))
+                    started = True
             elif isinstance(frame, Done):
                 live.done = frame
         if lines:
             self._commit(live, lines, seq)
+        if started and self.on_status is not None:
+            self.on_status(live.info.turn_id)
         if live.reader.error and live.intent is Intent.NONE:
             if live.reader.error.startswith("limit:"):
                 live.intent = Intent.LIMIT

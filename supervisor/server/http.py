@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from supervisor.embedded import MAX_EXPORT_LIMIT, Supervisor
 from supervisor.errors import InvalidCursor, InvalidRequest, RunnerdError, SessionBusy, SupervisorClosed
 from supervisor.ids import validate_turn_id
+from supervisor.server.feedstream import TurnFeedStream
 from supervisor.server.metrics import render_metrics
 from supervisor.server.openapi import CancelBody, PruneBody, StartBody, build
 from supervisor.server.sse import EventStream, StreamSet
@@ -103,6 +104,15 @@ class Api:
         limit = _int_param(q.get("limit"), "limit", default=100, lo=1, hi=10_000)
         turns = self.sup.list_turns(status=status, session_id=q.get("session_id"), limit=limit)
         return json_response({"turns": turns})
+
+    async def turn_changes(self, request: Request) -> TurnFeedStream:
+        q = request.query_params
+        header = request.headers.get("last-event-id", "").strip() or q.get("after")
+        after = _int_param(header, "Last-Event-ID", default=None, lo=0, hi=(1 << 53) - 1)
+        limit = _int_param(q.get("limit"), "limit", default=100, lo=1, hi=10_000)
+        return TurnFeedStream(self.sup, after=after, session_id=q.get("session_id"), limit=limit,
+                              keepalive_s=self.keepalive_s, streams=self.streams,
+                              send_timeout_s=self.send_timeout_s)
 
     async def get_turn(self, request: Request) -> Response:
         return json_response(self.sup.status(request.path_params["turn_id"]))
@@ -245,6 +255,7 @@ def create_app(sup: Supervisor, *, max_body_bytes: int = 1 << 20, keepalive_s: f
     routes = [
         Route("/v1/turns", api.start_turn, methods=["POST"]),
         Route("/v1/turns", api.list_turns, methods=["GET"]),
+        Route("/v1/turns/events", api.turn_changes, methods=["GET"]),  # before {turn_id}
         Route("/v1/turns/{turn_id}", api.get_turn, methods=["GET"]),
         Route("/v1/turns/{turn_id}/events", api.events, methods=["GET"]),
         Route("/v1/turns/{turn_id}/export", api.export, methods=["GET"]),

@@ -72,6 +72,20 @@ def build() -> dict[str, Any]:
                                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 10000})],
                     "responses": {"200": {"description": "turns", **_json("TurnList")}, **_ERRORS}},
         },
+        "/v1/turns/events": {
+            "get": {"summary": "Turn status changes as Server-Sent Events, resumable",
+                    "description": (
+                        "Without a cursor (or with one older than the in-memory ring, or from an earlier "
+                        "run): first `event: snapshot` with data `{\"turns\": [TurnInfo...]}` (newest first), "
+                        "then `event: turn` with data the whole TurnInfo at each status change (queued, "
+                        "starting, running, and the ending). `id:` only grows, also across restarts; "
+                        "resume with `Last-Event-ID` (or `?after=`). `event: shutdown` when the daemon stops."),
+                    "parameters": [_query("after", cursor), _query("session_id", {"type": "string"}),
+                                   _query("limit", {"type": "integer", "minimum": 1, "maximum": 10000}),
+                                   {"name": "Last-Event-ID", "in": "header", "required": False, "schema": cursor}],
+                    "responses": {"200": {"description": "event stream",
+                                          "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                                  **_ERRORS}}},
         "/v1/turns/{turn_id}": {
             "get": {"summary": "A turn's status", "parameters": [_TURN_ID],
                     "responses": {"200": {"description": "status", **_json("TurnInfo")}, **_ERRORS}}},
