@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from supervisor.embedded import MAX_EXPORT_LIMIT, Supervisor
 from supervisor.errors import InvalidCursor, InvalidRequest, RunnerdError, SessionBusy, SupervisorClosed
 from supervisor.ids import validate_turn_id
+from supervisor.server.console import UI_PATHS, console_routes
 from supervisor.server.feedstream import TurnFeedStream
 from supervisor.server.metrics import render_metrics
 from supervisor.server.openapi import CancelBody, PruneBody, StartBody, build
@@ -235,7 +236,8 @@ class Guard:
             return
         server = scope.get("server")
         over_tcp = server is not None and server[1] is not None  # a unix socket has no port
-        if self.token is not None and over_tcp:
+        page = scope["method"] in ("GET", "HEAD") and scope["path"] in UI_PATHS  # static, no data
+        if self.token is not None and over_tcp and not page:
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, b"Bearer " + self.token):
                 await error_response(401, Unauthorized.code, "a valid bearer token is required")(
@@ -253,6 +255,7 @@ def create_app(sup: Supervisor, *, max_body_bytes: int = 1 << 20, keepalive_s: f
     api = Api(sup, max_body_bytes=max_body_bytes, keepalive_s=keepalive_s, streams=streams,
               send_timeout_s=send_timeout_s, on_shutdown=on_shutdown)
     routes = [
+        *console_routes(sup),
         Route("/v1/turns", api.start_turn, methods=["POST"]),
         Route("/v1/turns", api.list_turns, methods=["GET"]),
         Route("/v1/turns/events", api.turn_changes, methods=["GET"]),  # before {turn_id}
