@@ -71,16 +71,16 @@ class Console:
 
     def _usage(self) -> dict[str, Any]:
         with self.sup.relay.lock:
-            roots = [(live.info.turn_id, live.tree.root_pid, live.tree.root_create_time)
+            roots = [(live.info.turn_id, live.info.last_seq, live.tree.root_pid, live.tree.root_create_time)
                      for live in self.sup.relay.live.values() if live.tree is not None]
         usage = {}
-        for turn_id, pid, ctime in roots:
+        for turn_id, last_seq, pid, ctime in roots:
             rss, count = tree_usage(pid, ctime)
-            usage[turn_id] = {"rss_bytes": rss, "processes": count}
+            usage[turn_id] = {"rss_bytes": rss, "processes": count, "last_seq": last_seq}
         return {"turns": usage}
 
     async def usage(self, request: Request) -> Response:
-        """Memory of each running turn's process tree (the list polls it while turns run)."""
+        """Memory and last seq of each running turn (the list polls it while turns run)."""
         return Response(_json.encode(await run_in_threadpool(self._usage)), media_type="application/json")
 
     def _output(self, turn_id: str, offset: int, limit: int) -> dict[str, Any]:

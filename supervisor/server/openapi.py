@@ -101,6 +101,15 @@ def build() -> dict[str, Any]:
                     "parameters": [_TURN_ID, _query("after", cursor), _query("compact", {"type": "boolean"}),
                                    _query("limit", {"type": "integer", "minimum": 0, "maximum": 10000})],
                     "responses": {"200": {"description": "page", **_json("ExportPage")}, **_ERRORS}}},
+        "/v1/turns/{turn_id}/output": {
+            "get": {"summary": "The turn's captured stdout/stderr, at most `limit` bytes from `offset`",
+                    "parameters": [_TURN_ID, _query("offset", cursor),
+                                   _query("limit", {"type": "integer", "minimum": 0, "maximum": 1 << 20})],
+                    "responses": {"200": {"description": "{turn_id, text, offset, next_offset, size, dropped}"},
+                                  **_ERRORS}}},
+        "/v1/turns/usage": {
+            "get": {"summary": "Memory (RSS of the process tree), process count and last seq of each running turn",
+                    "responses": {"200": {"description": "{turns: {turn_id: {rss_bytes, processes, last_seq}}}"}}}},
         "/v1/turns/{turn_id}/cancel": {
             "post": {"summary": "Cancel (idempotent)", "parameters": [_TURN_ID],
                      "requestBody": {"required": False, **_json("CancelBody")},

@@ -392,7 +392,7 @@ class Renderer {
         break;
       case "STATE_DELTA":
         this.view.applyDelta(e.delta);
-        this.item(seq, "state", "state delta").appendChild(el("pre", "", json(e.delta)));
+        this.item(seq, "state", "state delta").appendChild(el("pre", "", JSON.stringify(e.delta)));
         break;
       case "MESSAGES_SNAPSHOT":
         this.item(seq, "snapshot", "messages snapshot");
