@@ -41,16 +41,17 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int | 
     return proc.returncode
 
 
-def launch_runnerd(tmp: Path, agents: dict[str, str], settings: list[str]
+def launch_runnerd(tmp: Path, agents: dict[str, str], settings: list[str], server: Sequence[str] = ()
                    ) -> tuple[subprocess.Popen[bytes], str, Path]:
     """Start ``runnerd`` from its console script on a temp config and socket, and
-    wait until it answers /v1/health. Returns (process, socket path, log path)."""
+    wait until it answers /v1/health. ``server``: extra ``[server]`` lines.
+    Returns (process, socket path, log path)."""
     import httpx
 
     socket = str(tmp / "run" / "runnerd.sock")
     lines = [f'state_dir = "{tmp / "state"}"', *settings, "", "[agents]"]
     lines += [f'{name} = "{target}"' for name, target in agents.items()]
-    lines += ["", "[server]", f'socket = "{socket}"']
+    lines += ["", "[server]", f'socket = "{socket}"', *server]
     config = tmp / "runnerd.toml"
     config.write_text("\n".join(lines) + "\n")
     env = dict(os.environ)
