@@ -6,10 +6,11 @@ against the same page on an empty daemon in the same run (the baseline); then
 the page's JS heap and DOM size after 20 switches between running turns,
 against the same page after its first view.
 
-"Paint" is the first animation frame after the rows (or the transcript's first
-page) are in the DOM, timed in the page from navigation start
-(``performance.now()``), recorded by a MutationObserver installed before the
-page's own script. Needs Debian's ``chromium`` and ``chromium-driver`` and the
+"Paint" is the start of the second animation frame after the rows (or the
+transcript's first page) are in the DOM, so the frame that lays them out and
+paints them is over (and any layout still pending is forced); timed in the page from navigation start
+(``performance.now()``), by a MutationObserver installed before the page's own
+script. Needs Debian's ``chromium`` and ``chromium-driver`` and the
 test extra (selenium).
 
     .venv/bin/python scripts/bench_console.py [--finished 1000] [--running 20] [--events 36000]
@@ -36,17 +37,18 @@ AGENTS = {"quick": "bench_console_agents:quick", "long": "bench_console_agents:l
           "ticker": "bench_console_agents:ticker"}
 MARKS = """
 window.__marks = {};
+const layout = () => document.body.getBoundingClientRect();  // any layout still pending happens now
 new MutationObserver(() => {
   const m = window.__marks;
   const count = document.getElementById('list-count');
   if (count && count.textContent && !m.listDom) {
     m.listDom = performance.now();
-    requestAnimationFrame(() => { m.list = performance.now(); });
+    requestAnimationFrame(() => requestAnimationFrame(() => { layout(); m.list = performance.now(); }));
   }
   const range = document.getElementById('turn-range');
   if (range && range.textContent.startsWith('events') && !m.transcriptDom) {
     m.transcriptDom = performance.now();
-    requestAnimationFrame(() => { m.transcript = performance.now(); });
+    requestAnimationFrame(() => requestAnimationFrame(() => { layout(); m.transcript = performance.now(); }));
   }
 }).observe(document, {subtree: true, childList: true, characterData: true});
 """
@@ -144,6 +146,10 @@ def main() -> None:
         rows = driver.execute_script("return document.querySelectorAll('#turns tbody tr').length")
         long_view = median([paint(driver, f"{base}/ui#/turn/{long_id}", "transcript") for _ in range(args.repeat)])
         shown = driver.execute_script("return document.querySelectorAll('#transcript .item').length")
+        timing = driver.execute_script(
+            "return performance.getEntriesByType('resource').filter(e => e.name.includes('/v1/'))"
+            ".map(e => [e.name.replace(location.origin, ''), Math.round(e.startTime), Math.round(e.responseEnd)])")
+        print("last transcript load, requests [path, start ms, end ms]:", timing)
         print(f"list first paint: empty {empty_list:.0f} ms; {rows} rows {full_list:.0f} ms "
               f"(x{full_list / empty_list:.2f})")
         print(f"transcript first paint: 400 events {small_view:.0f} ms; {total} events, first page "

@@ -58,7 +58,9 @@ class Runnerd:
         lines = [f'state_dir = "{tmp / "state"}"', "cancel_grace_s = 0.3", "kill_grace_s = 0.3",
                  "max_running_turns = 64", "", "[agents]", *(f'{k} = "{v}"' for k, v in agents.items()),
                  "", "[server]", f'socket = "{tmp / "run" / "runnerd.sock"}"',
-                 f'tcp = "127.0.0.1:{self.port}"', f'token_file = "{tmp / "token"}"']
+                 f'tcp = "127.0.0.1:{self.port}"', f'token_file = "{tmp / "token"}"',
+                 # full logs of compacted turns go at an explicit prune only
+                 "", "[retention]", "keep_raw_s = 0.0", "interval_s = 3600.0"]
         config = tmp / "runnerd.toml"
         config.write_text("\n".join(lines) + "\n")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
@@ -468,3 +470,23 @@ def test_a_long_history_is_paged_from_the_export(console: Any, runnerd: Runnerd)
             args[e["toolCallId"]] = args.get(e["toolCallId"], "") + e["delta"]
     assert got["messages"] == messages and got["args"] == args  # pieces split across pages join up
     assert got["items"] == [e["seq"] for e in events if e["type"] not in _FOLDED]
+
+
+@pytest.mark.timeout(90)
+def test_a_turn_whose_full_log_retention_removed_shows_its_snapshot_form(console: Any, runnerd: Runnerd) -> None:
+    tid = runnerd.start("demo", {"delay": 0})
+    runnerd.wait_ended(tid)
+    wait_for(lambda: runnerd.http.get(f"/v1/turns/{tid}").json()["compaction"] == "done", 20, 0.02)
+    assert tid in runnerd.http.post("/v1/prune", json={}).json()["raw_removed"]
+    page = runnerd.http.get(f"/v1/turns/{tid}/export").json()
+    assert page["compacted"]
+    snapshot = next(e for e in page["events"] if e["type"] == "MESSAGES_SNAPSHOT")
+    view_turn(console, tid)
+    until(console, lambda: js(console, RENDERED)["last"] == page["events"][-1]["seq"])
+    got = js(console, RENDERED)
+    texts = [m["content"] for m in snapshot["messages"] if m["role"] == "assistant" and m.get("content")]
+    assert [m[2] for m in got["messages"]] == texts and texts
+    assert [t[1] for t in got["tools"]] == ["search"] and got["tools"][0][3] == "runnerd: a supervisor daemon for agent runs"
+    assert got["items"] == [e["seq"] for e in page["events"] if e["type"] not in _FOLDED]
+    assert "full event log was removed by retention" in console.find_element(By.ID, "transcript").text
+    assert not console.find_element(By.ID, "load-earlier").is_displayed()

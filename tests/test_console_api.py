@@ -50,3 +50,34 @@ def test_usage_reports_running_turns_memory_and_seq(daemon: Daemon) -> None:
         c.post(f"/v1/turns/{tid}/cancel", json={})
         wait_for(lambda: c.get(f"/v1/turns/{tid}").json()["status"] == "cancelled", 30, 0.02)
         assert c.get("/v1/turns/usage").json() == {"turns": {}}
+
+
+def test_tcp_connections_are_accepted_with_nodelay() -> None:
+    """Without TCP_NODELAY each small answer (headers, then body) waited ~40 ms for a delayed ACK."""
+    import asyncio
+    import socket
+
+    from supervisor.server.daemon import bind_tcp
+
+    sock, _ = bind_tcp("127.0.0.1:0", None)
+
+    async def accepted_nodelay() -> int:
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[int] = loop.create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                s = transport.get_extra_info("socket")
+                got.set_result(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await loop.create_server(Probe, sock=sock)  # as uvicorn serves the daemon's sockets
+        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        try:
+            return await asyncio.wait_for(got, 10)
+        finally:
+            writer.close()
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(accepted_nodelay()) != 0

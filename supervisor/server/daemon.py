@@ -118,7 +118,9 @@ def bind_tcp(spec: str, token_file: str | None) -> tuple[socket.socket, str | No
     if not loopback and token is None:
         raise StartupError(f"refusing to listen on {host} without server.token_file (only loopback is open)")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say so, and
+    # without it every small answer (headers, then body) waited ~40 ms on a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # Inherited by accepted connections: a half-open peer is found by keepalive
     # probes, and unacknowledged data times the connection out.

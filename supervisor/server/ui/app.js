@@ -255,6 +255,11 @@ function upsert(info) {
 function placeRow(row) {
   // newest first: walk to the first row created before this one
   const tbody = document.querySelector("#turns tbody");
+  const lastRow = tbody.lastElementChild && rows.get(tbody.lastElementChild.dataset.turnId);
+  if (!lastRow || lastRow.info.created_at >= row.info.created_at) { // a list arrives newest first
+    tbody.appendChild(row.tr);
+    return;
+  }
   let before = null;
   for (const tr of tbody.children) {
     const other = rows.get(tr.dataset.turnId);
@@ -448,6 +453,7 @@ class TurnView {
   constructor(turnId) {
     this.turnId = turnId;
     this.first = null; // lowest seq shown
+    this.noEarlier = false;
     this.last = 0; // highest seq shown
     this.info = null;
     this.stream = null;
@@ -520,17 +526,24 @@ class TurnView {
   }
 
   renderPage(renderer, page) {
-    if (page.gap) {
-      const g = page.gap;
-      const missing = g.missing || {};
-      renderer.gap(missing.from, missing.to, g.reason);
-    }
+    this.notes(renderer, page);
     for (const e of page.events) {
       if (this.first === null || e.seq < this.first) this.first = e.seq;
       renderer.add(e.seq, e);
       if (e.seq > this.last) this.last = e.seq;
     }
     this.showRange();
+  }
+
+  notes(renderer, page) {
+    if (page.gap) {
+      const missing = page.gap.missing || {};
+      renderer.gap(missing.from, missing.to, page.gap.reason);
+    }
+    if (page.compacted) {
+      const note = el("div", "item continued", "the snapshot form: the full event log was removed by retention");
+      renderer.section.appendChild(note);
+    }
   }
 
   showRange() {
@@ -541,7 +554,7 @@ class TurnView {
   updateEarlier() {
     const button = $("load-earlier");
     const before = (this.first || 1) - 1;
-    button.hidden = before <= 0;
+    button.hidden = before <= 0 || this.noEarlier;
     button.textContent = "load earlier events (" + before + " before seq " + this.first + ")";
   }
 
@@ -553,8 +566,11 @@ class TurnView {
     if (this.closed) return;
     const events = page.events.filter((e) => e.seq < this.first);
     const renderer = new Renderer(this.section(true), this);
+    this.notes(renderer, page);
     for (const e of events) renderer.add(e.seq, e);
     if (events.length) this.first = events[0].seq;
+    // nothing older to ask for once the log says what is missing, or has nothing before
+    this.noEarlier = Boolean(page.gap) || !events.length;
     this.showRange();
     this.updateEarlier();
   }
