@@ -748,8 +748,8 @@ async function init() {
   const agents = (await api("/v1/agents")).agents;
   const select = $("start-agent");
   select.replaceChildren(...agents.map((a) => el("option", "", a.name)));
+  route(); // a linked turn's requests go out before the list's (larger) snapshot
   startFeed();
-  route();
   setInterval(pollUsage, 2000);
 }
 
