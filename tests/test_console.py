@@ -490,3 +490,48 @@ def test_a_turn_whose_full_log_retention_removed_shows_its_snapshot_form(console
     assert got["items"] == [e["seq"] for e in page["events"] if e["type"] not in _FOLDED]
     assert "full event log was removed by retention" in console.find_element(By.ID, "transcript").text
     assert not console.find_element(By.ID, "load-earlier").is_displayed()
+
+
+@pytest.mark.timeout(60)
+def test_a_cross_site_page_cannot_start_or_cancel_a_turn(console: Any, runnerd: Runnerd,
+                                                          tmp_path: Path) -> None:
+    """The console's tab holds the token; a page of another origin in the same browser
+    tries every way a browser lets it send a POST to the daemon."""
+    import http.server
+
+    victim = runnerd.start("trickle", {"n": 100000, "delay": 0.2})
+    before = len(runnerd.http.get("/v1/turns", params={"limit": 10000}).json()["turns"])
+    (tmp_path / "evil.html").write_text(f"""<!doctype html><body>
+<form id=f method=POST action="{runnerd.base}/v1/turns" enctype="text/plain" target=sink>
+<input name='{{"agent": "count", "input": {{"n": 1}}, "x": "' value='"}}'></form>
+<iframe name=sink></iframe>
+<script>
+const base = {json.dumps(runnerd.base)};
+const tries = [
+  fetch(base + "/v1/turns", {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}},
+                               body: '{{"agent": "count", "input": {{"n": 1}}}}'}}),
+  fetch(base + "/v1/turns/{victim}/cancel", {{method: "POST", mode: "no-cors", body: "{{}}"}}),
+  fetch(base + "/v1/turns", {{method: "POST", credentials: "include", headers: {{"Content-Type": "application/json"}},
+                               body: '{{"agent": "count"}}'}}),
+];
+Promise.allSettled(tries).then(r => {{ document.title = "done " + r.map(x => x.status).join(","); }});
+document.getElementById("f").submit();
+</script></body>""")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             lambda *a: Quiet(*a, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        console.get(f"http://localhost:{server.server_address[1]}/evil.html")  # another origin
+        wait_for(lambda: console.title.startswith("done"), 10, 0.05)
+        wait_for(lambda: console.execute_script(
+            "try { return frames[0].location.href !== 'about:blank' } catch (e) { return true }"), 10, 0.05)
+        assert len(runnerd.http.get("/v1/turns", params={"limit": 10000}).json()["turns"]) == before
+        assert runnerd.status(victim) == "running"
+    finally:
+        server.shutdown()
+        server.server_close()
