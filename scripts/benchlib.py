@@ -41,11 +41,11 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int | 
     return proc.returncode
 
 
-def launch_runnerd(tmp: Path, agents: dict[str, str], settings: list[str], server: list[str] = ()  # type: ignore[assignment]
+def launch_runnerd(tmp: Path, agents: dict[str, str], settings: list[str], server: Sequence[str] = ()
                    ) -> tuple[subprocess.Popen[bytes], str, Path]:
     """Start ``runnerd`` from its console script on a temp config and socket, and
-    wait until it answers /v1/health. Returns (process, socket path, log path).
-    ``server``: more ``[server]`` lines (``tcp = …``)."""
+    wait until it answers /v1/health. ``server``: extra ``[server]`` lines.
+    Returns (process, socket path, log path)."""
     import httpx
 
     socket = str(tmp / "run" / "runnerd.sock")

@@ -36,6 +36,7 @@ from supervisor.runtime.relay import REAP_TIMEOUT_S, Live, Relay
 from supervisor.runtime.scheduler import POLICIES, Pending, Scheduler
 from supervisor.runtime.spawn import Spawner, become_subreaper
 from supervisor.runtime.stoppolicy import Escalation, StopPolicy
+from supervisor.runtime.turnfeed import TurnFeed
 from supervisor.runtime.turntable import TurnTable
 from supervisor.storage.eventlog import FileEventLog
 from supervisor.storage.history import HistoryKeeper
@@ -101,6 +102,8 @@ class Supervisor:
                                    max_queued=self.config.max_queued, start=self._launch,
                                    cancel_running=self._interrupt)
         self.table.queue_position = self.scheduler.position
+        self.feed = TurnFeed(self.status)  # status changes, for GET /v1/turns/events
+        self.relay.on_status = self.feed.publish
         self._lock = threading.Lock()  # start/close ordering
         self._started = False
         self._closed = False
@@ -227,6 +230,7 @@ class Supervisor:
             raise
         log.info("turn_submitted", turn_id=turn_id, agent=agent, session_id=session_id,
                  queued=not now, multitask=multitask)
+        self.feed.publish(turn_id)
         if now:
             self._launch(pending)
         return self.status(turn_id)
@@ -241,6 +245,7 @@ class Supervisor:
         info, spec = pending.payload
         with self.table.lock:
             info.status = TurnStatus.STARTING
+        self.feed.publish(info.turn_id)
         cgroup: TurnCgroup | None = None
         try:
             if self.cgroups.enabled:  # made, with its limits, before the child exists
@@ -360,6 +365,7 @@ class Supervisor:
     # -- internals ---------------------------------------------------------------
 
     def _on_ended(self, info: TurnInfo) -> None:
+        self.feed.publish(info.turn_id)
         self.keeper.submit(info.turn_id)
 
 

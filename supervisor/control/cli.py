@@ -7,6 +7,7 @@ running, 4 unknown turn or agent.
 
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 import sys
@@ -64,6 +65,16 @@ def _guard(func: Callable[..., Any]) -> Callable[..., Any]:
         except TimeoutError as exc:
             _fail(str(exc), EXIT_TURN_FAILED)
     return wrapper
+
+
+def _json_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--json/--no-json`` after the subcommand too (``runnerctl list --json``)."""
+    def apply(cctx: click.Context, _: click.Parameter, value: bool | None) -> None:
+        if value is not None:
+            cctx.find_object(Ctx).json = value  # type: ignore[union-attr]
+
+    return click.option("--json/--no-json", "as_json", default=None, expose_value=False, callback=apply,
+                        is_eager=True, help="JSON output (default when piped).")(func)
 
 
 def _out_json(value: Any) -> None:
@@ -133,6 +144,7 @@ def _parse_input(raw: str | None) -> Any:
 @click.option("--multitask", type=click.Choice(["reject", "enqueue", "interrupt"]), default="reject",
               show_default=True, help="When the session already has an active turn.")
 @click.option("--follow", is_flag=True, help="Stream the turn's events until it ends.")
+@_json_option
 @click.pass_obj
 @_guard
 def start(ctx: Ctx, agent: str, input_: str | None, session: str | None, timeout: float | None,
@@ -154,6 +166,7 @@ def start(ctx: Ctx, agent: str, input_: str | None, session: str | None, timeout
 @main.command()
 @click.argument("turn_id")
 @click.option("--after", type=int, default=0, show_default=True, help="Resume after this seq.")
+@_json_option
 @click.pass_obj
 @_guard
 def follow(ctx: Ctx, turn_id: str, after: int) -> None:
@@ -205,6 +218,7 @@ def render(events: Iterator[tuple[int, ev.Event]], out: Any) -> None:
 @click.argument("turn_id")
 @click.option("--reason", help="Recorded with the turn.")
 @click.option("--wait", "wait_", is_flag=True, help="Wait until the turn has ended.")
+@_json_option
 @click.pass_obj
 @_guard
 def cancel(ctx: Ctx, turn_id: str, reason: str | None, wait_: bool) -> None:
@@ -217,6 +231,7 @@ def cancel(ctx: Ctx, turn_id: str, reason: str | None, wait_: bool) -> None:
 
 @main.command()
 @click.argument("turn_id")
+@_json_option
 @click.pass_obj
 @_guard
 def status(ctx: Ctx, turn_id: str) -> None:
@@ -225,26 +240,95 @@ def status(ctx: Ctx, turn_id: str) -> None:
     if ctx.json:
         _out_json(info)
         return
+    for field, value in human_status(info, time.time()):
+        click.echo(f"{field:<16} {value}")
+
+
+_TIMES = ("created_at", "started_at", "ended_at", "pid_create_time")
+
+
+def human_status(info: TurnInfo, now: float) -> list[tuple[str, str]]:
+    """A turn's fields for a terminal: epoch times as local dates, and how long it ran."""
+    rows: list[tuple[str, str]] = []
     for field in info.__struct_fields__:
         value = getattr(info, field)
-        if value is not None:
-            click.echo(f"{field:<16} {value.value if isinstance(value, TurnStatus) else value}")
+        if value is None:
+            continue
+        if field in _TIMES:
+            text = f"{_date(value)} ({format_duration(now - value)} ago)"
+        elif field == "timeout_s":
+            text = format_duration(value)
+        elif isinstance(value, TurnStatus):
+            text = value.value
+        else:
+            text = str(value)
+        rows.append((field, text))
+        if field == "ended_at" and info.started_at is not None:
+            rows.append(("duration", format_duration(value - info.started_at)))
+    if info.started_at is not None and info.ended_at is None:
+        rows.append(("running for", format_duration(now - info.started_at)))
+    return rows
+
+
+def _date(epoch: float) -> str:
+    """Local time with milliseconds and the zone: ``2026-12-02 05:43:01.910 UTC``."""
+    d = datetime.datetime.fromtimestamp(epoch).astimezone()
+    return f"{d:%Y-%m-%d %H:%M:%S}.{d.microsecond // 1000:03d} {d:%Z}"
+
+
+def format_duration(seconds: float) -> str:
+    """``850ms``, ``12.3s``, ``4m05s``, ``2h03m``, ``3d04h``."""
+    seconds = max(0.0, seconds)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
 
 
 @main.command("list")
 @click.option("--status", "status_", help="Only turns with this status.")
 @click.option("--session", help="Only turns of this session.")
 @click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--watch", is_flag=True, help="Then print each status change as it happens (Ctrl-C ends).")
+@_json_option
 @click.pass_obj
 @_guard
-def list_(ctx: Ctx, status_: str | None, session: str | None, limit: int) -> None:
+def list_(ctx: Ctx, status_: str | None, session: str | None, limit: int, watch: bool) -> None:
     """List turns, newest first."""
+    if watch:
+        _watch(ctx, status_, session, limit)
+        return
     turns = ctx.client.list_turns(status=status_, session_id=session, limit=limit)
     if ctx.json:
         _out_json(turns)
         return
     for info in turns:
         _show_info(ctx, info)
+
+
+def _watch(ctx: Ctx, status: str | None, session: str | None, limit: int) -> None:
+    """The list, then one line per status change (JSON: one TurnInfo per line)."""
+    if status is not None and status not in {s.value for s in TurnStatus}:
+        _fail(f"unknown status {status!r}; one of {', '.join(s.value for s in TurnStatus)}", EXIT_USAGE)
+    try:
+        for item in ctx.client.turn_changes(session_id=session, limit=limit):
+            for info in item if isinstance(item, list) else [item]:
+                if status is not None and info.status.value != status:
+                    continue
+                if ctx.json:
+                    _out_json(info)
+                else:
+                    click.echo(f"{time.strftime('%H:%M:%S')}  " if not isinstance(item, list) else "", nl=False)
+                    _show_info(ctx, info)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
 
 
 @main.command()
@@ -254,6 +338,7 @@ def list_(ctx: Ctx, status_: str | None, session: str | None, limit: int) -> Non
 @click.option("--format", "fmt", type=click.Choice(["json", "jsonl", "text"]), default=None,
               help="json: the whole page; jsonl: one event per line; text: rendered.")
 @click.option("--compact", is_flag=True, help="A finished turn's snapshot form.")
+@_json_option
 @click.pass_obj
 @_guard
 def export(ctx: Ctx, turn_id: str, limit: int, after: int | None, fmt: str | None, compact: bool) -> None:
@@ -275,6 +360,7 @@ def export(ctx: Ctx, turn_id: str, limit: int, after: int | None, fmt: str | Non
 
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@_json_option
 @click.pass_obj
 @_guard
 def prune(ctx: Ctx, dry_run: bool) -> None:
@@ -291,6 +377,7 @@ def prune(ctx: Ctx, dry_run: bool) -> None:
 
 
 @main.command()
+@_json_option
 @click.pass_obj
 @_guard
 def agents(ctx: Ctx) -> None:
@@ -303,7 +390,37 @@ def agents(ctx: Ctx) -> None:
 
 
 @main.command()
+@click.option("--wait/--no-wait", "wait_", default=True, show_default=True,
+              help="Wait until the daemon no longer answers.")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="How long to wait.")
+@_json_option
+@click.pass_obj
+@_guard
+def shutdown(ctx: Ctx, wait_: bool, timeout: float) -> None:
+    """Stop the daemon gracefully (as SIGTERM does: streams end, running turns are cancelled)."""
+    answer = ctx.client.shutdown()
+    if wait_:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                ctx.client.health()
+            except DaemonUnavailable:
+                answer = {**answer, "status": "stopped"}
+                break
+            except errors.RunnerdError:
+                pass  # 503 while it is shutting down
+            time.sleep(0.05)  # polling for the daemon to go away, bounded by the deadline
+        else:
+            _fail(f"runnerd (pid {answer.get('pid')}) still answers after {timeout:g} s", EXIT_TURN_FAILED)
+    if ctx.json:
+        _out_json(answer)
+    else:
+        click.echo(f"runnerd (pid {answer.get('pid')}) {answer['status']}")
+
+
+@main.command()
 @click.option("--prompt", default="what is runnerd?", show_default=True)
+@_json_option
 @click.pass_obj
 @_guard
 def demo(ctx: Ctx, prompt: str) -> None:
@@ -313,14 +430,27 @@ def demo(ctx: Ctx, prompt: str) -> None:
     click.echo(f"started turn {info.turn_id}; following it live:", err=True)
     code = _follow(ctx, info.turn_id, 0)
     page = ctx.client.export(info.turn_id, limit=1000)
-    kinds = Counter(type(e).__name__ for _, e in page.items())
+    kinds = Counter(_Typed.decode(bytes(raw)).type for raw in page.events)  # the AG-UI names
     summary = {"turn": page.turn.turn_id, "status": page.turn.status.value, "events": page.total,
                "by_type": dict(sorted(kinds.items()))}
-    click.echo("export: " + msgspec.json.encode(summary).decode(), err=True)
+    if ctx.json:
+        click.echo("export: " + msgspec.json.encode(summary).decode(), err=True)
+    else:
+        click.echo(f"\nexport of turn {page.turn.turn_id}: {page.turn.status.value}, {page.total} events", err=True)
+        for kind, n in sorted(kinds.items()):
+            click.echo(f"  {kind:<22} {n}", err=True)
+        click.echo(f"the whole history: runnerctl export {page.turn.turn_id}", err=True)
     if started is not None:
-        click.echo(f"runnerd is running in the background (pid {started}); stop it with: kill {started}",
+        click.echo(f"runnerd is running in the background (pid {started}); stop it with: runnerctl shutdown",
                    err=True)
     sys.exit(code)
+
+
+class _TypeOnly(msgspec.Struct):
+    type: str
+
+
+_Typed = msgspec.json.Decoder(_TypeOnly)
 
 
 def _ensure_daemon(ctx: Ctx) -> int | None:

@@ -50,8 +50,17 @@ class RequestFailed(errors.RunnerdError):
 ExportResult = ExportPage  # the daemon's export body decodes into the same struct
 
 
+class TurnList(msgspec.Struct):
+    turns: list[TurnInfo]
+
+
 def _target(socket: str | None, url: str | None) -> tuple[str, str | None]:
+    """``(base URL, socket path or None)``; ``unix:///path`` names a socket, as DOCKER_HOST does."""
     url = url or os.environ.get("RUNNERD_URL")
+    if url and url.startswith("unix://"):
+        if not url.startswith("unix:///"):
+            raise errors.InvalidRequest(f"a unix URL needs an absolute path (unix:///run/x.sock), got {url!r}")
+        return "http://runnerd", url[len("unix://"):]
     if url:
         return url.rstrip("/"), None
     return "http://runnerd", socket or os.environ.get("RUNNERD_SOCKET") or default_socket_path()
@@ -157,6 +166,11 @@ class Client(_Base):
     def health(self) -> dict[str, Any]:
         return msgspec.json.decode(self._request("GET", "/v1/health").content)  # type: ignore[no-any-return]
 
+    def shutdown(self) -> dict[str, Any]:
+        """Ask the daemon to stop gracefully; returns once it has accepted (202)."""
+        r = self._request("POST", "/v1/shutdown", content=b"{}", headers={"content-type": "application/json"})
+        return msgspec.json.decode(r.content)  # type: ignore[no-any-return]
+
     def wait(self, turn_id: str, timeout: float | None = None) -> TurnInfo:
         """Follow the stream until the terminal event, then return the status."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -203,6 +217,38 @@ class Client(_Base):
                 lost_since = _still_lost(lost_since, reconnect_s, self.where, exc)
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"turn {turn_id} did not end in time")
+            time.sleep(0.05 if lost_since is None else 0.2)  # back off before reconnecting
+
+    def turn_changes(self, *, session_id: str | None = None, limit: int = 100,
+                     reconnect_s: float = 30.0) -> Iterator[list[TurnInfo] | TurnInfo]:
+        """A list of turns (newest first), then each turn whose status changes, for ever.
+
+        Resumes after a dropped connection with ``Last-Event-ID``; when the daemon
+        cannot replay from there (restarted, or too far behind) a fresh list comes again.
+        """
+        cursor: int | None = None
+        lost_since: float | None = None
+        params: dict[str, Any] = {"limit": limit, **({"session_id": session_id} if session_id else {})}
+        while True:
+            headers = {"last-event-id": str(cursor)} if cursor is not None else {}
+            try:
+                with connect_sse(self._http, "GET", "/v1/turns/events", headers=headers, params=params,
+                                 timeout=_STREAM_TIMEOUT) as source:
+                    if source.response.status_code >= 400:
+                        source.response.read()
+                        _raise_for(source.response)
+                    lost_since = None
+                    for sse in source.iter_sse():
+                        if sse.event == "shutdown":
+                            break
+                        if sse.event == "snapshot":
+                            cursor = int(sse.id)
+                            yield msgspec.json.decode(sse.data, type=TurnList).turns
+                        elif sse.event == "turn":
+                            cursor = int(sse.id)
+                            yield msgspec.json.decode(sse.data, type=TurnInfo)
+            except (httpx.TransportError, FileNotFoundError, errors.SupervisorClosed) as exc:
+                lost_since = _still_lost(lost_since, reconnect_s, self.where, exc)
             time.sleep(0.05 if lost_since is None else 0.2)  # back off before reconnecting
 
     def events(self, turn_id: str, *, after: int = 0, reconnect_s: float = 30.0,

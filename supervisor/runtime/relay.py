@@ -110,6 +110,7 @@ class Relay:
         self.max_event_bytes = max_event_bytes
         self.on_ended = on_ended
         self.open_items = OpenItemTracker()  # closed before each terminal event
+        self.on_status: Callable[[str], None] | None = None  # a status changed (here: to running)
         self._commands: queue.SimpleQueue[tuple[str, str, str | None, threading.Event | None]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping = False
@@ -294,6 +295,7 @@ class Relay:
         lines: list[bytes] = []
         seq = live.info.last_seq
         problem: str | Breach | None = None
+        started = False
         for frame in frames:
             if isinstance(frame, Batch):
                 for data in frame.events:
@@ -311,10 +313,13 @@ class Relay:
                 if live.info.status is TurnStatus.STARTING:
                     seq += 1
                     lines.append(self._started_line(live, seq))
+                    started = True
             elif isinstance(frame, Done):
                 live.done = frame
         if lines:
             self._commit(live, lines, seq)
+        if started and self.on_status is not None:
+            self.on_status(live.info.turn_id)
         if isinstance(problem, Breach):
             self._stop_now(live, problem.intent, problem.message)
         elif live.reader.error and not live.stop.stopping:  # ours above, or the frame reader's

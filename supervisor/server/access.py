@@ -75,7 +75,7 @@ def is_tcp(scope: Scope) -> bool:
     return server is not None and server[1] is not None  # a Unix socket has no port
 
 
-def _refusal(scope: Scope, tcp: TcpPolicy | None) -> tuple[int, str, str] | None:
+def _refusal(scope: Scope, tcp: TcpPolicy | None, public: frozenset[str]) -> tuple[int, str, str] | None:
     headers: list[tuple[bytes, bytes]] = scope["headers"]
     size = (len(scope["method"]) + len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
             + sum(len(k) + len(v) + 4 for k, v in headers))  # "k: v\r\n"
@@ -92,7 +92,9 @@ def _refusal(scope: Scope, tcp: TcpPolicy | None) -> tuple[int, str, str] | None
         origin = values.get(b"origin")
         if origin is not None and origin.decode("latin-1").lower() not in tcp.origins:
             return 403, "foreign_origin", "requests from another origin are refused"
-        if tcp.token is not None:
+        # The console's static files carry no data: a browser loads them, then asks for the token.
+        page = scope["method"] in ("GET", "HEAD") and scope["path"] in public
+        if tcp.token is not None and not page:
             given = values.get(b"authorization", b"")
             if not hmac.compare_digest(given, b"Bearer " + tcp.token.encode()):
                 return 401, "unauthorized", "a valid bearer token is required"
@@ -107,9 +109,12 @@ def _refusal(scope: Scope, tcp: TcpPolicy | None) -> tuple[int, str, str] | None
 class AccessGuard:
     """ASGI middleware applying the checks above; ``is_closing`` tells it the daemon stops."""
 
-    def __init__(self, app: ASGIApp, *, tcp: TcpPolicy | None, is_closing: Callable[[], bool]) -> None:
+    def __init__(self, app: ASGIApp, *, tcp: TcpPolicy | None, is_closing: Callable[[], bool],
+                 public: frozenset[str] = frozenset()) -> None:
+        """``public``: paths a GET needs no token for (Host and Origin still hold)."""
         self.app = app
         self.tcp = tcp
+        self.public = public
         self.is_closing = is_closing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -119,7 +124,7 @@ class AccessGuard:
         if self.is_closing():
             await send_error(send, 503, "shutting_down", "runnerd is shutting down")
             return
-        refusal = _refusal(scope, self.tcp)
+        refusal = _refusal(scope, self.tcp, self.public)
         if refusal is not None:
             # Closing: the body (if any) of a refused request is never read.
             await send_error(send, *refusal, close=True)

@@ -38,6 +38,7 @@ from supervisor.server.connections import (
     tcp_connection_cap,
 )
 from supervisor.server.http import create_app
+from supervisor.server.proctitle import set_title
 from supervisor.server.sse import StreamSet
 
 log = get_logger("runnerd.daemon")
@@ -172,7 +173,7 @@ class Daemon:
         self._owned_socket: str | None = None
 
     def request_stop(self) -> None:
-        """Signal handler: only enqueue."""
+        """Signal handler and ``POST /v1/shutdown``: only enqueue."""
         self.stop_requested.set()
 
     def _listeners(self) -> tuple[list[socket.socket], TcpPolicy | None]:
@@ -214,7 +215,8 @@ class Daemon:
             raise StartupError(f"cannot start the supervisor: {exc}") from None
         app = create_app(self.sup, max_body_bytes=server_cfg.max_body_bytes,
                          keepalive_s=server_cfg.keepalive_s, tcp=policy, streams=self.streams,
-                         send_timeout_s=server_cfg.send_timeout_s, connections=self.connections)
+                         send_timeout_s=server_cfg.send_timeout_s, connections=self.connections,
+                         on_shutdown=self.request_stop)
         quiet_uvicorn()
         uv_config = uvicorn.Config(
             app, lifespan="off", log_config=None, access_log=False, server_header=False,
@@ -315,6 +317,7 @@ def run(config: Config) -> int:
 @click.option("--state-dir", help="State directory (overrides state_dir).")
 def main(config_path: str | None, socket_path: str | None, state_dir: str | None) -> None:
     """runnerd: the supervisor daemon for agent turns."""
+    set_title("runnerd", sys.argv[1:])
     try:
         config = resolve_config(config_path)
     except StartupError as exc:

@@ -8,10 +8,13 @@ The host that mounts ``create_app`` starts and stops the Supervisor itself.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -33,6 +36,8 @@ from supervisor.server.access import AccessGuard, TcpPolicy
 from supervisor.server.agui import agui_routes
 from supervisor.server.bodies import BodyTooLarge, read_json
 from supervisor.server.connections import ConnectionStats
+from supervisor.server.console import UI_PATHS, console_routes
+from supervisor.server.feedstream import TurnFeedStream
 from supervisor.server.metrics import render_metrics
 from supervisor.server.openapi import (
     MAX_CURSOR,
@@ -61,9 +66,11 @@ class Api:
 
     def __init__(self, sup: Supervisor, *, max_body_bytes: int, keepalive_s: float,
                  streams: StreamSet, send_timeout_s: float = 30.0,
-                 connections: ConnectionStats | None = None) -> None:
+                 connections: ConnectionStats | None = None,
+                 on_shutdown: Callable[[], None] | None = None) -> None:
         self.send_timeout_s = send_timeout_s
         self.connections = connections
+        self.on_shutdown = on_shutdown
         self._openapi = build(agents=list(sup.agents))
         self.sup = sup
         self.max_body_bytes = max_body_bytes
@@ -95,6 +102,15 @@ class Api:
             validate_session_id(session_id)
         turns = self.sup.list_turns(status=status, session_id=session_id, limit=limit)
         return json_response({"turns": turns})
+
+    async def turn_changes(self, request: Request) -> TurnFeedStream:
+        q = request.query_params
+        header = request.headers.get("last-event-id", "").strip() or q.get("after")
+        after = _int_param(header, "Last-Event-ID", default=None, lo=0, hi=(1 << 53) - 1)
+        limit = _int_param(q.get("limit"), "limit", default=100, lo=1, hi=10_000)
+        return TurnFeedStream(self.sup, after=after, session_id=q.get("session_id"), limit=limit,
+                              keepalive_s=self.keepalive_s, streams=self.streams,
+                              send_timeout_s=self.send_timeout_s)
 
     async def get_turn(self, request: Request) -> Response:
         return json_response(self.sup.status(request.path_params["turn_id"]))
@@ -145,6 +161,14 @@ class Api:
                 "open_streams": self.streams.count,
                 "containment": msgspec.to_builtins(self.sup.containment)}
         return json_response(body, 200 if healthy else 503)
+
+    async def shutdown(self, request: Request) -> Response:
+        """Stop the daemon as SIGTERM does, once this answer has been sent."""
+        assert self.on_shutdown is not None
+        await self._body(request, dict)
+        response = json_response({"status": "stopping", "pid": os.getpid()}, 202)
+        response.background = BackgroundTask(self.on_shutdown)
+        return response
 
     async def openapi(self, request: Request) -> Response:
         return json_response(self._openapi)
@@ -199,14 +223,18 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 def create_app(sup: Supervisor, *, max_body_bytes: int = 1 << 20, keepalive_s: float = 15.0,
                tcp: TcpPolicy | None = None, streams: StreamSet | None = None,
-               send_timeout_s: float = 30.0, connections: ConnectionStats | None = None) -> Starlette:
+               send_timeout_s: float = 30.0, connections: ConnectionStats | None = None,
+               on_shutdown: Callable[[], None] | None = None) -> Starlette:
     """The ASGI app. ``streams`` lets the daemon close every open SSE stream at shutdown;
-    ``tcp`` is what a request on a TCP listener must carry (see ``access``)."""
+    ``tcp`` is what a request on a TCP listener must carry (see ``access``);
+    ``on_shutdown`` (the daemon's stop) enables ``POST /v1/shutdown``."""
     streams = streams or StreamSet()
     api = Api(sup, max_body_bytes=max_body_bytes, keepalive_s=keepalive_s, streams=streams,
-              send_timeout_s=send_timeout_s, connections=connections)
+              send_timeout_s=send_timeout_s, connections=connections, on_shutdown=on_shutdown)
     routes = [
+        *console_routes(sup),
         Route("/v1/turns", api.turns, methods=["GET", "POST"]),
+        Route("/v1/turns/events", api.turn_changes, methods=["GET"]),  # before {turn_id}
         Route("/v1/turns/{turn_id}", api.get_turn, methods=["GET"]),
         Route("/v1/turns/{turn_id}/events", api.events, methods=["GET"]),
         Route("/v1/turns/{turn_id}/export", api.export, methods=["GET"]),
@@ -219,6 +247,8 @@ def create_app(sup: Supervisor, *, max_body_bytes: int = 1 << 20, keepalive_s: f
         *agui_routes(sup, streams=streams, max_body_bytes=max_body_bytes, keepalive_s=keepalive_s,
                      send_timeout_s=send_timeout_s),
     ]
+    if on_shutdown is not None:  # a host that mounts the app owns its own lifetime
+        routes.append(Route("/v1/shutdown", api.shutdown, methods=["POST"]))
     app = Starlette(
         routes=routes,
         exception_handlers={RunnerdError: _runnerd_error, HTTPException: _http_error,
@@ -227,7 +257,7 @@ def create_app(sup: Supervisor, *, max_body_bytes: int = 1 << 20, keepalive_s: f
     app.router.redirect_slashes = False  # "/v1/turns/" is a 404, not a 307 to elsewhere
     app.state.streams = streams
     app.state.supervisor = sup
-    app.add_middleware(AccessGuard, tcp=tcp, is_closing=lambda: streams.closing)
+    app.add_middleware(AccessGuard, tcp=tcp, is_closing=lambda: streams.closing, public=UI_PATHS)
     return app
 
 

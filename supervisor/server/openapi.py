@@ -84,6 +84,10 @@ _SSE_EVENT = {"type": "object", "required": ["data"],
                              "id": {"type": "string", "pattern": "^[0-9]+$"},
                              "data": {"type": "string", "contentMediaType": "application/json"}}}
 _CURSOR = {"type": "integer", "minimum": 0, "maximum": MAX_CURSOR}
+_FEED_EVENT = {"type": "object", "required": ["data"],
+               "properties": {"event": {"type": "string", "enum": ["snapshot", "turn", "shutdown"]},
+                              "id": {"type": "string", "pattern": "^[0-9]+$"},
+                              "data": {"type": "string", "contentMediaType": "application/json"}}}
 _BOOL = {"type": "string", "enum": ["true", "false", "1", "0"]}
 
 # What any request can get before its route runs (see supervisor.server.access):
@@ -127,6 +131,34 @@ def build(agents: list[str] | None = None) -> dict[str, Any]:
                                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT})],
                     "responses": {"200": {"description": "turns", **_json("TurnList")}, **_errors()}},
         },
+        "/v1/turns/events": {
+            "get": {"summary": "Turn status changes as Server-Sent Events, resumable",
+                    "description": (
+                        "Without a cursor (or with one older than the in-memory ring, or from an earlier "
+                        "run): first `event: snapshot` with data `{\"turns\": [TurnInfo...]}` (newest first), "
+                        "then `event: turn` with data the whole TurnInfo at each status change (queued, "
+                        "starting, running, and the ending). `id:` only grows, also across restarts; "
+                        "resume with `Last-Event-ID` (or `?after=`). `event: shutdown` when the daemon stops."),
+                    "parameters": [_query("after", {"type": "integer", "minimum": 0, "maximum": (1 << 53) - 1}),
+                                   _query("session_id", {"type": "string", "pattern": SESSION_PATTERN}),
+                                   _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT}),
+                                   {"name": "Last-Event-ID", "in": "header", "required": False,
+                                    "schema": {"type": "string", "pattern": "^[0-9]{0,15}$"}}],
+                    "responses": {"200": {"description": "event stream (snapshot, turn, shutdown)",
+                                          "content": {"text/event-stream": {"schema": _FEED_EVENT}}},
+                                  **_errors()}}},
+        "/v1/turns/usage": {
+            "get": {"summary": "Memory (RSS of the process tree), process count and last seq of each running turn",
+                    "responses": {"200": {"description": "{turns: {turn_id: {rss_bytes, processes, last_seq}}}",
+                                          "content": {"application/json": {"schema": {"type": "object"}}}},
+                                  **_errors()}}},
+        "/v1/turns/{turn_id}/output": {
+            "get": {"summary": "The turn's captured stdout/stderr, at most `limit` bytes from `offset`",
+                    "parameters": [_TURN_ID, _query("offset", _CURSOR),
+                                   _query("limit", {"type": "integer", "minimum": 0, "maximum": 1 << 20})],
+                    "responses": {"200": {"description": "{turn_id, text, offset, next_offset, size, dropped}",
+                                          "content": {"application/json": {"schema": {"type": "object"}}}},
+                                  **_errors(404)}}},
         "/v1/turns/{turn_id}": {
             "get": {"summary": "A turn's status", "parameters": [_TURN_ID],
                     "responses": {"200": {"description": "status", **_json("TurnInfo")}, **_errors(404)}}},
@@ -152,6 +184,13 @@ def build(agents: list[str] | None = None) -> dict[str, Any]:
             "post": {"summary": "Apply retention now", "requestBody": {"required": False, **_json("PruneBody")},
                      "responses": {"200": {"description": "report", **_json("PruneReport")},
                                    **_errors(*_POST, 500)}}},
+        "/v1/shutdown": {
+            "post": {"summary": "Stop the daemon gracefully, as SIGTERM does (daemon only, not a mounted app)",
+                     "requestBody": {"required": False,
+                                     "content": {"application/json": {"schema": {"type": "object"}}}},
+                     "responses": {"202": {"description": "stopping: {status, pid}",
+                                           "content": {"application/json": {"schema": {"type": "object"}}}},
+                                   **_errors(*_POST)}}},
         "/v1/agents": {"get": {"summary": "Configured agent names",
                                "responses": {"200": {"description": "names", **_json("AgentList")}, **_errors()}}},
         "/v1/health": {"get": {"summary": "Health",
