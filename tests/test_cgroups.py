@@ -134,7 +134,8 @@ def test_exponential_fork_bomb_is_held_at_max_processes(outer: Outer, tmp_path: 
         assert "limits.max_processes 50" in info["error"]["message"]
         # pids.peak: the kernel's own high-water mark of the turn's cgroup.
         assert info["usage"]["tasks_peak_sampled"] is False
-        assert 2 <= info["usage"]["tasks_peak"] <= 50, info["usage"]
+        # 50 of the agent's, plus runnerd's own cancel watcher thread (not charged to the limit).
+        assert 2 <= info["usage"]["tasks_peak"] <= 50 + 1, info["usage"]
         assert d.events(bomb)[-1]["type"] == "RUN_ERROR"
         other = d.ended(neighbour)
         assert other["status"] == "succeeded", other
@@ -239,7 +240,7 @@ def test_embedded_turn_reports_usage_and_removes_its_cgroups(tmp_path: Path) -> 
         assert usage is not None and usage.source == "cgroup-v1"
         assert usage.cpu_seconds is not None and usage.cpu_seconds > 0
         assert usage.memory_peak_bytes is not None and usage.memory_peak_bytes > 0
-        assert usage.tasks_peak == 1
+        assert usage.tasks_peak == 2  # the agent's one thread and runnerd's cancel watcher
         bases = list(sup.cgroups.bases.values())
         assert bases and all(os.listdir(b) == [] or not [x for x in os.listdir(b) if x.startswith("turn-")]
                              for b in bases)

@@ -36,6 +36,7 @@ from supervisor.turns import Intent, TurnUsage
 log = get_logger("runnerd.cgroups")
 
 V1_CONTROLLERS = ("pids", "memory", "cpu", "cpuacct", "freezer")
+RUNNERD_TASKS = 1  # tasks of a turn that are runnerd's, not the agent's: not charged to max_processes
 V1_REQUIRED = ("pids", "memory")
 CPU_PERIOD_US = 100_000
 
@@ -328,7 +329,8 @@ class Cgroups:
         lim = self.limits
         pids, mem, cpu = cg._dir("pids"), cg._dir("memory"), cg._dir("cpu")
         if pids is not None and lim.max_processes is not None:
-            fs.write(os.path.join(pids, "pids.max"), str(lim.max_processes))
+            # + the cancel watcher thread runnerd itself starts in every turn (worker.asyncrun)
+            fs.write(os.path.join(pids, "pids.max"), str(lim.max_processes + RUNNERD_TASKS))
         if mem is not None and lim.memory_bytes is not None:
             if self.version == 2:
                 fs.write(os.path.join(mem, "memory.max"), str(lim.memory_bytes))
