@@ -106,6 +106,14 @@ def _descendants() -> dict[tuple[int, float], psutil.Process]:
     return out
 
 
+def _under(p: psutil.Process, before: set[tuple[int, float]]) -> bool:
+    """Started by a process of a wider-scoped fixture (a module's browser opening a renderer)."""
+    try:
+        return any((a.pid, a.create_time()) in before for a in p.parents())
+    except psutil.Error:
+        return False
+
+
 def _describe(p: psutil.Process) -> str:
     try:
         return f"{p.pid} [{p.name()}] {' '.join(p.cmdline())[:100]}"
@@ -125,7 +133,8 @@ def no_leftover_processes() -> Iterator[None]:
     deadline = time.monotonic() + 5
     while True:
         own = _own_helpers()
-        left = [p for key, p in _descendants().items() if key not in before and p.pid not in own]
+        left = [p for key, p in _descendants().items()
+                if key not in before and p.pid not in own and not _under(p, before)]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.02)

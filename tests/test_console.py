@@ -126,7 +126,9 @@ class Runnerd:
 
 class CuttingProxy:
     """A TCP relay in front of the daemon whose ``cut()`` resets every open connection:
-    what a browser sees when the daemon's side drops mid-stream."""
+    what a browser sees when the daemon's side drops mid-stream. Like a reverse proxy,
+    it names the daemon's own address in ``Host`` and ``Origin`` (the daemon answers
+    only requests for its own listener names)."""
 
     def __init__(self, target_port: int) -> None:
         self.target = target_port
@@ -146,13 +148,14 @@ class CuttingProxy:
             upstream = socket.create_connection(("127.0.0.1", self.target))
             with self.lock:
                 self.sockets |= {client, upstream}
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, to_daemon: bool) -> None:
+        ours, theirs = b"127.0.0.1:%d" % self.port, b"127.0.0.1:%d" % self.target
         try:
             while data := src.recv(65536):
-                dst.sendall(data)
+                dst.sendall(data.replace(ours, theirs) if to_daemon else data)
         except OSError:
             pass
         finally:
