@@ -6,7 +6,6 @@ import json
 import subprocess
 from pathlib import Path
 
-import psutil
 import pytest
 from daemon_fixture import BIN, REPO, TESTS, child_env, start_daemon, stopped
 
@@ -25,7 +24,8 @@ def decoy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.mark.timeout(60)
 def test_the_daemon_and_its_turns_run_the_work_tree_not_the_decoy(tmp_path: Path, decoy: Path) -> None:
     for d in stopped(start_daemon(tmp_path)):  # the decoy would stop it from starting at all
-        path = psutil.Process(d.proc.pid).environ()["PYTHONPATH"].split(":")
+        # What it was started with (/proc/<pid>/environ no longer shows it: setproctitle reuses that memory).
+        path = d.env["PYTHONPATH"].split(":")
         assert path == [str(REPO), str(TESTS), str(decoy)]  # explicit, and no empty entry
         with d.http() as c:
             turn = c.post("/v1/turns", json={"agent": "where"}).json()

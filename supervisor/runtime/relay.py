@@ -398,7 +398,9 @@ class Relay:
     def _on_exit(self, live: Live) -> None:
         proc = live.spawned.process
         if live.watch_root:  # the forkserver is gone: the root is our (adopted) child now
-            code = self._reap_root(live)
+            reaped, code = self._reap_root(live)
+            if not reaped:
+                return  # looked at again on the next exit poll
         else:
             code = exitcode(proc)
             deadline = time.monotonic() + 1.0
@@ -437,14 +439,16 @@ class Relay:
         except psutil.Error:
             return False
 
-    def _reap_root(self, live: Live) -> int | None:
-        """Exit code of a root we adopted (subreaper), or None if someone else reaped it."""
+    def _reap_root(self, live: Live) -> tuple[bool, int | None]:
+        """``(reaped, exit code)`` of a root we adopted (subreaper); ``(True, None)`` if
+        someone else reaped it. Not reaped yet while a zombie leader's other threads
+        (the child's cancel watcher) are still being torn down."""
         assert live.tree is not None
         try:
             pid, status = os.waitpid(live.tree.root_pid, os.WNOHANG)
         except ChildProcessError:
-            return None
-        return os.waitstatus_to_exitcode(status) if pid else None
+            return True, None
+        return (True, os.waitstatus_to_exitcode(status)) if pid else (False, None)
 
     def _poll_exits(self) -> None:
         """Exit checks that do not rely on a sentinel: a root watched after its
