@@ -375,3 +375,20 @@ def test_a_tcp_bind_failure_leaves_no_socket_file(tmp_path: Path) -> None:
     assert r.returncode == 2 and "cannot listen" in r.stderr
     assert not (tmp_path / "run" / "runnerd.sock").exists()
     assert not any(p.name() == "runnerd" for p in psutil.Process().children(recursive=True))
+
+
+@pytest.mark.timeout(30)
+def test_no_token_input_or_event_content_in_the_log(tcp_daemon: tuple[Daemon, int]) -> None:
+    d, port = tcp_daemon
+    base = f"http://127.0.0.1:{port}"
+    secret = "SECRET-INPUT-7f3a9c"
+    r = httpx.post(base + "/v1/turns", json={"agent": "count", "input": {"n": 2, "secret": secret}},
+                   headers={"authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 201
+    assert httpx.get(base + "/v1/health", headers={"authorization": "Bearer WRONG-TOKEN-91b2"}).status_code == 401
+    with d.http() as c:
+        wait_for(lambda: c.get(f"/v1/turns/{r.json()['turn_id']}").json()["status"] == "succeeded", 20)
+        c.post("/v1/turns", json={"agent": "count", "input": {"n": "x" + secret}})  # a failing one too
+    log = d.log.read_text()
+    assert r.json()["turn_id"] in log  # the log does name turns...
+    assert TOKEN not in log and "WRONG-TOKEN-91b2" not in log and secret not in log  # ...never secrets
