@@ -1,6 +1,6 @@
 """The probes of issue 9, as figures: run against this checkout, or another one for "before".
 
-    python scripts/probe_hardening.py [--source DIR]
+    python scripts/probe_hardening.py [--source DIR] [--probes silent,exports,compaction]
 
 ``--source DIR``: a checkout whose ``supervisor`` package is run instead (e.g. an
 ``git archive structure`` extract), with this interpreter's dependencies.
@@ -13,11 +13,14 @@ Only configuration keys both versions know are used, with their defaults.
 2. Non-reading export clients: a turn of 20,000 events (~8.4 MB); 20 clients ask
    ``export?after=0&limit=10000`` and never read. The daemon's RSS before, at its
    peak, and the time until the daemon has closed all 20 (capped at 60 s).
+3. Compaction of one 50,000-delta text message (50 MB): the largest event of the
+   compacted form, and the daemon's RSS before the turn and after compaction.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import select
@@ -41,7 +44,7 @@ def launch(tmp: Path, source: Path | None, *, nofile: int | None, tcp_port: int 
     sock = str(tmp / "run" / "runnerd.sock")
     (tmp / "token").write_text(TOKEN)
     lines = [f'state_dir = "{tmp / "state"}"', "", "[agents]",
-             'bulk = "probe_hardening_agents:bulk"', "", "[limits]", "open_files = 128",
+             'bulk = "probe_hardening_agents:bulk"', 'long_text = "probe_hardening_agents:long_text"', "", "[limits]", "open_files = 128",
              "", "[server]", f'socket = "{sock}"']
     if tcp_port:
         lines += [f'tcp = "127.0.0.1:{tcp_port}"', f'token_file = "{tmp / "token"}"']
@@ -178,13 +181,50 @@ def probe_exports(source: Path | None) -> None:
             stop_process(proc)
 
 
+def probe_compaction(source: Path | None) -> None:
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        proc, sock, log = launch(tmp, source, nofile=None, tcp_port=None)
+        daemon = psutil.Process(proc.pid)
+        try:
+            rss_before = daemon.memory_info().rss
+            with _unix(sock, 120) as c:
+                tid = c.post("/v1/turns", json={"agent": "long_text", "input": {"n": 50000}}).json()["turn_id"]
+                deadline = time.monotonic() + 300
+                while c.get(f"/v1/turns/{tid}").json().get("compaction") is None and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                info = c.get(f"/v1/turns/{tid}").json()
+                largest, after, events = 0, 0, 0
+                while True:
+                    page = c.get(f"/v1/turns/{tid}/export", params={"after": after, "limit": 10000,
+                                                                     "compact": "true"}).json()
+                    for e in page["events"]:
+                        largest = max(largest, len(json.dumps(e, separators=(",", ":"))))
+                    events += page["returned"]
+                    if not page["truncated"] or not page["returned"]:
+                        break
+                    after = page["next_after"]
+            time.sleep(2)  # let the allocator settle before the reading
+            rss_after = daemon.memory_info().rss
+            print(f"compaction of a 50,000-delta message: {info.get('compaction')} "
+                  f"{info.get('compaction_error') or ''}".rstrip())
+            print(f"  compacted form: {events} events, the largest {largest / 1e6:.2f} MB "
+                  f"(max_event_bytes 1 MiB)")
+            print(f"  daemon RSS before the turn {rss_before / 2**20:.0f} MiB, after compaction and "
+                  f"one full read {rss_after / 2**20:.0f} MiB")
+        finally:
+            stop_process(proc)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, help="run the supervisor package of this checkout instead")
+    parser.add_argument("--probes", default="silent,exports,compaction", help="comma-separated subset")
     args = parser.parse_args()
     print(f"source: {args.source or 'this checkout'}")
-    probe_silent(args.source)
-    probe_exports(args.source)
+    probes = {"silent": probe_silent, "exports": probe_exports, "compaction": probe_compaction}
+    for name in args.probes.split(","):
+        probes[name](args.source)
 
 
 if __name__ == "__main__":

@@ -13,3 +13,12 @@ def bulk(ctx: TurnContext, input: Any) -> None:
     pad = "x" * int(input.get("pad", 400))
     for i in range(int(input["n"])):
         ctx.emit(ev.Custom(name="i", value=[i, pad]))
+
+
+def long_text(ctx: TurnContext, input: Any) -> None:
+    """One assistant message of ``n`` deltas of ``size`` bytes (what a long session folds into)."""
+    delta = "y" * int(input.get("size", 1000))
+    ctx.emit(ev.TextMessageStart(message_id="m1"))
+    for _ in range(int(input["n"])):
+        ctx.emit(ev.TextMessageContent(message_id="m1", delta=delta))
+    ctx.emit(ev.TextMessageEnd(message_id="m1"))

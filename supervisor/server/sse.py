@@ -32,6 +32,7 @@ def encode_frames(lines: list[bytes]) -> bytes:
 
 
 MAX_WRITE_BYTES = 256 * 1024  # one send; with the transport's own buffer, a subscriber's bound
+_SNAPSHOT_BATCH = 256  # stored lines framed per write of a snapshot replay
 
 
 class SlowConsumer(Exception):
@@ -107,9 +108,15 @@ class EventStream:
                                                 compact=self.compact)
         if snapshot is not None:  # a finished turn in its snapshot form, then close
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-            body = b"event: gap\ndata: %s\n\n" % msgspec.json.encode(gap) if gap is not None else b""
-            body += encode_frames(snapshot)
-            await send({"type": "http.response.body", "body": body, "more_body": False})
+            try:
+                if gap is not None:
+                    await self._write(send, b"event: gap\ndata: %s\n\n" % msgspec.json.encode(gap))
+                for start in range(0, len(snapshot), _SNAPSHOT_BATCH):  # framed a batch at a time
+                    await self._write(send, encode_frames(snapshot[start:start + _SNAPSHOT_BATCH]))
+            except SlowConsumer:
+                self.streams.slow_dropped += 1
+                return
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         stop = self.streams.register()
         # One event per stream, set by new events, by shutdown and by a disconnect:
