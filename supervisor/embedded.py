@@ -339,7 +339,8 @@ class Supervisor:
         info = self.status(turn_id)
         if after is not None:
             self._check_cursor(after, info.last_seq)
-        gap, snapshot = self.replay_plan(turn_id, after=after or 0, compact=compact, info=info)
+        # compact: the whole snapshot form, paged by its own seqs (a page is bounded in bytes)
+        gap, snapshot = self.replay_plan(turn_id, after=0 if compact else after or 0, compact=compact, info=info)
         if snapshot is not None:
             lines = [x for x in snapshot if after is None or line_seq(x) > after]
             lines = lines[:limit] if after is not None else lines[-limit:] if limit else []
