@@ -208,8 +208,8 @@ def probe_compaction(source: Path | None) -> None:
             rss_after = daemon.memory_info().rss
             print(f"compaction of a 50,000-delta message: {info.get('compaction')} "
                   f"{info.get('compaction_error') or ''}".rstrip())
-            print(f"  compacted form: {events} events, the largest {largest / 1e6:.2f} MB "
-                  f"(max_event_bytes 1 MiB)")
+            print(f"  compacted form: {events} events, the largest {largest:,} bytes "
+                  f"(max_event_bytes {1 << 20:,})")
             print(f"  daemon RSS before the turn {rss_before / 2**20:.0f} MiB, after compaction and "
                   f"one full read {rss_after / 2**20:.0f} MiB")
         finally:
