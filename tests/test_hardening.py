@@ -179,6 +179,43 @@ def test_silent_tcp_connections_leave_the_unix_socket_and_turns_working(tmp_path
 
 
 @pytest.mark.timeout(30)
+def test_connections_per_peer_are_capped_and_other_peers_still_connect(tmp_path: Path) -> None:
+    port = _free_port()
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    d = start_daemon(tmp_path, tcp=f"127.0.0.1:{port}", token_file=str(token), max_tcp_connections_per_peer=5)
+    held: list[socket.socket] = []
+    try:
+        for _ in range(5):
+            held.append(socket.create_connection(("127.0.0.1", port)))
+        wait_for(lambda: _metric(d, "runnerd_tcp_connections") == 5)
+        with socket.create_connection(("127.0.0.1", port)) as sixth:
+            status, _, body = _json_error(_read_all(sixth))  # answered and closed at once
+        assert status == 503 and body["error"]["code"] == "too_many_connections"  # type: ignore[index]
+        with socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0)) as other:
+            other.sendall(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\n"
+                          b"Connection: close\r\n\r\n" % (port, TOKEN.encode()))
+            assert _read_all(other).startswith(b"HTTP/1.1 200")
+    finally:
+        for s in held:
+            s.close()
+        assert d.stop() == 0
+
+
+@pytest.mark.timeout(30)
+def test_an_idle_keep_alive_connection_is_closed(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path, idle_timeout_s=1.0)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(d.socket)
+            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = _read_all(s)  # returns only once the daemon closes the idle connection
+        assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1") == 1
+    finally:
+        assert d.stop() == 0
+
+
+@pytest.mark.timeout(30)
 def test_a_body_shorter_than_its_content_length_is_cut(tcp_daemon: tuple[Daemon, int]) -> None:
     d, port = tcp_daemon
     with socket.create_connection(("127.0.0.1", port)) as s:
