@@ -429,3 +429,17 @@ def test_no_token_input_or_event_content_in_the_log(tcp_daemon: tuple[Daemon, in
     log = d.log.read_text()
     assert r.json()["turn_id"] in log  # the log does name turns...
     assert TOKEN not in log and "WRONG-TOKEN-91b2" not in log and secret not in log  # ...never secrets
+
+
+@pytest.mark.timeout(30)
+def test_a_bad_query_parameter_is_refused_even_when_a_header_wins(daemon: Daemon) -> None:
+    """Found by schemathesis: with Last-Event-ID present, a garbage ?after= was ignored."""
+    with daemon.http() as c:
+        tid = c.post("/v1/turns", json={"agent": "count", "input": {"n": 1}}).json()["turn_id"]
+        wait_for(lambda: c.get(f"/v1/turns/{tid}").json()["status"] == "succeeded", 20)
+        r = c.get(f"/v1/turns/{tid}/events", params={"after": "x"}, headers={"Last-Event-ID": "0"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
+        r = c.get(f"/v1/turns/{tid}/export", params=[("limit", "1"), ("limit", "2")])
+        assert r.status_code == 400 and "more than once" in r.json()["error"]["message"]
+        assert c.get(f"/v1/turns/{tid}/events", params={"after": "1"},
+                     headers={"Last-Event-ID": "2"}).text.count("id: ") == 1  # the header wins
