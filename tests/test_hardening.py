@@ -443,3 +443,21 @@ def test_a_bad_query_parameter_is_refused_even_when_a_header_wins(daemon: Daemon
         assert r.status_code == 400 and "more than once" in r.json()["error"]["message"]
         assert c.get(f"/v1/turns/{tid}/events", params={"after": "1"},
                      headers={"Last-Event-ID": "2"}).text.count("id: ") == 1  # the header wins
+
+
+@pytest.mark.timeout(30)
+def test_a_refused_small_body_is_read_before_the_answer(tcp_daemon: tuple[Daemon, int]) -> None:
+    """Found by schemathesis: a 415 sent before the body arrived, then a close on unread
+    bytes, reset the connection and the client lost the answer."""
+    import select
+    d, port = tcp_daemon
+    body = b'{"agent": "count"}' * 100
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"POST /v1/turns HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\n"
+                  b"Content-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % (port, TOKEN.encode(), len(body)))
+        poller = select.poll()
+        poller.register(s, select.POLLIN | select.POLLRDHUP)
+        assert poller.poll(500) == []  # no answer (and no close) while the body is outstanding
+        s.sendall(body)
+        status, headers, answer = _json_error(_read_all(s))
+    assert status == 415 and answer["error"]["code"] == "unsupported_media_type"  # type: ignore[index]

@@ -104,11 +104,30 @@ def _refusal(scope: Scope, tcp: TcpPolicy | None) -> tuple[int, str, str] | None
     return None
 
 
+async def _drain(scope: Scope, receive: Receive, limit: int) -> None:
+    """Read and drop a refused request's body when it is at most ``limit`` bytes."""
+    declared = dict(scope["headers"]).get(b"content-length", b"")
+    if declared == b"0" or (declared and (not declared.isdigit() or int(declared) > limit)):
+        return
+    if not declared and b"transfer-encoding" not in dict(scope["headers"]):
+        return
+    seen = 0
+    while seen <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
 class AccessGuard:
     """ASGI middleware applying the checks above; ``is_closing`` tells it the daemon stops."""
 
-    def __init__(self, app: ASGIApp, *, tcp: TcpPolicy | None, is_closing: Callable[[], bool]) -> None:
+    def __init__(self, app: ASGIApp, *, tcp: TcpPolicy | None, is_closing: Callable[[], bool],
+                 drain_bytes: int = 64 * 1024) -> None:
         self.app = app
+        self.drain_bytes = drain_bytes
         self.tcp = tcp
         self.is_closing = is_closing
 
@@ -121,7 +140,9 @@ class AccessGuard:
             return
         refusal = _refusal(scope, self.tcp)
         if refusal is not None:
-            # Closing: the body (if any) of a refused request is never read.
+            # A small body is read first: closing on unread bytes makes the kernel send a reset,
+            # and the client may lose the answer. A larger one is not read; the connection closes.
+            await _drain(scope, receive, self.drain_bytes)
             await send_error(send, *refusal, close=True)
             return
         await self.app(scope, receive, send)
