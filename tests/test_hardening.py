@@ -461,3 +461,19 @@ def test_a_refused_small_body_is_read_before_the_answer(tcp_daemon: tuple[Daemon
         s.sendall(body)
         status, headers, answer = _json_error(_read_all(s))
     assert status == 415 and answer["error"]["code"] == "unsupported_media_type"  # type: ignore[index]
+
+
+def test_the_names_a_listener_answers_to() -> None:
+    from supervisor.server.access import listener_hosts
+    assert listener_hosts("127.0.0.1", 8765, loopback=True) == {"127.0.0.1:8765", "localhost:8765"}
+    assert listener_hosts("localhost", 80, loopback=True) == {"127.0.0.1:80", "localhost:80"}
+    assert listener_hosts("::1", 81, loopback=True, extra=["Runnerd.LAN"]) == {
+        "[::1]:81", "localhost:81", "runnerd.lan:81"}
+    assert listener_hosts("10.0.0.5", 90, loopback=False) == {"10.0.0.5:90"}  # no "localhost" off loopback
+
+
+def test_the_tcp_cap_leaves_descriptors_for_turns() -> None:
+    from supervisor.server.connections import tcp_connection_cap
+    assert tcp_connection_cap(1 << 20, 32, 1024) == 1024  # the configured cap when descriptors abound
+    assert tcp_connection_cap(1024, 32, 1024) == (1024 - 64 - 8 * 32) // 2
+    assert tcp_connection_cap(256, 32, 1024) == 4  # never zero: the daemon stays reachable over TCP

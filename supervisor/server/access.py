@@ -53,6 +53,8 @@ def listener_hosts(host: str, port: int, *, loopback: bool, extra: list[str] | N
     names = [f"[{host}]" if ":" in host else host, *(extra or [])]
     if loopback:
         names.append("localhost")
+    if host == "localhost":
+        names.append("127.0.0.1")  # what "localhost" was bound as
     return frozenset(f"{name}:{port}".lower() for name in names)
 
 
