@@ -22,7 +22,7 @@ from supervisor.config import Config
 from supervisor.errors import (
     HistoryGap, InvalidCursor, InvalidRequest, QueueFull, ResourceUnavailable, SessionBusy, SupervisorClosed, UnknownAgent, UnknownTurn,
 )
-from supervisor.storage.eventlog import FileEventLog
+from supervisor.storage.eventlog import READ_BUDGET, FileEventLog
 from supervisor.storage.lines import bound_page, line_seq
 from supervisor.ids import new_turn_id, validate_session_id, validate_turn_id
 from supervisor.storage.history import HistoryKeeper
@@ -350,10 +350,10 @@ class Supervisor:
         else:
             self.ensure_stream(turn_id)
             if after is None:
-                lines, total = self._tail(turn_id, limit)
+                lines, total = self._tail(turn_id, limit, self.config.max_page_bytes)
                 truncated = bool(lines) and line_seq(lines[0]) > 1 or (not lines and total > 0)
             else:
-                lines, total, _ = self._read(turn_id, after, limit)
+                lines, total, _ = self._read(turn_id, after, limit, self.config.max_page_bytes)
                 truncated = (line_seq(lines[-1]) if lines else after) < total
         lines, cut = bound_page(lines, self.config.max_page_bytes, keep_tail=after is None)  # bytes too
         truncated = truncated or cut
@@ -498,17 +498,18 @@ class Supervisor:
             info = self.status(turn_id)  # no lock held here: status takes its own
             self.registry.open_if_absent(turn_id, last_seq=info.last_seq, ended=info.ended)
 
-    def _read(self, turn_id: str, after: int, limit: int) -> tuple[list[bytes], int, bool]:
+    def _read(self, turn_id: str, after: int, limit: int,
+              max_bytes: int = READ_BUDGET) -> tuple[list[bytes], int, bool]:
         s = self.registry.read(turn_id, after, limit)
         if s.events is not None:
             return s.events, s.last_seq, s.ended
-        return self.eventlog.read_after(turn_id, after, limit, s.last_seq), s.last_seq, s.ended
+        return self.eventlog.read_after(turn_id, after, limit, s.last_seq, max_bytes), s.last_seq, s.ended
 
-    def _tail(self, turn_id: str, limit: int) -> tuple[list[bytes], int]:
+    def _tail(self, turn_id: str, limit: int, max_bytes: int = READ_BUDGET) -> tuple[list[bytes], int]:
         s = self.registry.tail(turn_id, limit)
         if s.events is not None:
             return s.events, s.last_seq
-        return self.eventlog.tail(turn_id, limit, s.last_seq), s.last_seq
+        return self.eventlog.tail(turn_id, limit, s.last_seq, max_bytes), s.last_seq
 
     def _on_ended(self, info: TurnInfo) -> None:
         self.keeper.submit(info.turn_id)
