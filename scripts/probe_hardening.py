@@ -14,7 +14,8 @@ Only configuration keys both versions know are used, with their defaults.
    ``export?after=0&limit=10000`` and never read. The daemon's RSS before, at its
    peak, and the time until the daemon has closed all 20 (capped at 60 s).
 3. Compaction of one 50,000-delta text message (50 MB): the largest event of the
-   compacted form, and the daemon's RSS before the turn and after compaction.
+   compacted form, the daemon's RSS before the turn and after compaction; then 5
+   clients on ``events?compact=true`` that never read (peak RSS, time to drop).
 """
 
 from __future__ import annotations
@@ -141,6 +142,31 @@ def probe_silent(source: Path | None) -> None:
             stop_process(proc)
 
 
+def _non_readers(sock: str, daemon: psutil.Process, target: str, count: int) -> tuple[int, float | None]:
+    """``count`` clients that send ``GET target`` and never read: the daemon's peak RSS
+    and when it had closed all of them (None: not within 60 s). They are closed after."""
+    clients = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(sock)
+            s.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            clients.append(s)
+        start = time.monotonic()
+        peak, dropped_at = daemon.memory_info().rss, None
+        while time.monotonic() - start < 60:
+            peak = max(peak, daemon.memory_info().rss)
+            if all(_closed_by_peer(s) for s in clients):
+                dropped_at = time.monotonic() - start
+                break
+            time.sleep(0.05)
+        return peak, dropped_at
+    finally:
+        for s in clients:
+            s.close()
+
+
 def probe_exports(source: Path | None) -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -206,12 +232,15 @@ def probe_compaction(source: Path | None) -> None:
                     after = page["next_after"]
             time.sleep(2)  # let the allocator settle before the reading
             rss_after = daemon.memory_info().rss
+            peak, dropped_at = _non_readers(sock, daemon, f"/v1/turns/{tid}/events?compact=true", 5)
             print(f"compaction of a 50,000-delta message: {info.get('compaction')} "
                   f"{info.get('compaction_error') or ''}".rstrip())
             print(f"  compacted form: {events} events, the largest {largest:,} bytes "
                   f"(max_event_bytes {1 << 20:,})")
             print(f"  daemon RSS before the turn {rss_before / 2**20:.0f} MiB, after compaction and "
                   f"one full read {rss_after / 2**20:.0f} MiB")
+            print(f"  5 clients on events?compact=true that never read: RSS peak +{(peak - rss_after) / 2**20:.0f} MiB, "
+                  "all dropped after: " + (f"{dropped_at:.1f} s" if dropped_at is not None else "not within 60 s"))
         finally:
             stop_process(proc)
 

@@ -32,7 +32,6 @@ def encode_frames(lines: list[bytes]) -> bytes:
 
 
 MAX_WRITE_BYTES = 256 * 1024  # one send; with the transport's own buffer, a subscriber's bound
-_SNAPSHOT_BATCH = 256  # stored lines framed per write of a snapshot replay
 
 
 class SlowConsumer(Exception):
@@ -111,8 +110,16 @@ class EventStream:
             try:
                 if gap is not None:
                     await self._write(send, b"event: gap\ndata: %s\n\n" % msgspec.json.encode(gap))
-                for start in range(0, len(snapshot), _SNAPSHOT_BATCH):  # framed a batch at a time
-                    await self._write(send, encode_frames(snapshot[start:start + _SNAPSHOT_BATCH]))
+                batch: list[bytes] = []
+                size = 0
+                for line in snapshot:  # framed about MAX_WRITE_BYTES at a time, never all at once
+                    batch.append(line)
+                    size += len(line)
+                    if size >= MAX_WRITE_BYTES:
+                        await self._write(send, encode_frames(batch))
+                        batch, size = [], 0
+                if batch:
+                    await self._write(send, encode_frames(batch))
             except SlowConsumer:
                 self.streams.slow_dropped += 1
                 return
