@@ -145,7 +145,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_running_turns: int = 32  # beyond this, turns wait in a FIFO queue
     max_queued: int = 1000  # beyond this, a start is refused (HTTP 429)
     max_event_bytes: int = 1 << 20
-    max_page_bytes: int = 4 << 20  # of events in one export page (at least one event is always returned)
+    max_page_bytes: int = 1 << 20  # of events in one export page (at least one event is always returned)
     buffer_bytes: int = 4 << 20  # per turn, recent events kept in memory
     ended_memory_s: float = 30.0  # an ended turn's events leave memory after this long
     log_level: str = "info"

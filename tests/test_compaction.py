@@ -252,3 +252,23 @@ def test_a_history_that_cannot_be_restated_keeps_its_raw_log() -> None:
     history = _huge_history(1, 6000)
     with pytest.raises(CompactionError, match="more than the"):
         compact(history, max_event_bytes=2048)
+
+
+@pytest.mark.timeout(30)
+def test_a_compacted_export_pages_through_the_snapshot_form_in_bounded_pages(tmp_path: Path) -> None:
+    with Supervisor(make_config(tmp_path, max_page_bytes=4096)) as sup:
+        turn = sup.start_turn("count", {"n": 50, "pad": 500})
+        sup.wait(turn.turn_id, 10)
+        wait_for(lambda: sup.status(turn.turn_id).compaction == "done")
+        form = sup.keeper.compacted(sup.status(turn.turn_id))
+        assert form is not None and sum(len(x) for x in form) > 5 * 4096
+        got: list[bytes] = []
+        after = 0
+        while True:
+            page = sup.export(turn.turn_id, compact=True, after=after, limit=10_000)
+            assert page.compacted and sum(len(bytes(r)) + 1 for r in page.events) <= 4096
+            got += [bytes(r) for r in page.events]
+            if not page.truncated:
+                break
+            after = page.next_after
+        assert got == form

@@ -162,18 +162,55 @@ def test_silent_tcp_connections_leave_the_unix_socket_and_turns_working(tmp_path
                      ("queued", "starting", "running"), 20)
             assert c.get(f"/v1/turns/{turn['turn_id']}").json()["status"] == "succeeded", \
                 c.get(f"/v1/turns/{turn['turn_id']}").json()
-        assert _metric(d, "runnerd_connections_refused_total") >= 300 - cap
+        wait_for(lambda: _metric(d, "runnerd_connections_refused_total") >= 300 - cap, 20)
         # Every silent connection ends: refused at once (503) or timed out (408).
         statuses = set()
         for s in silent:
             raw = _read_all(s)
             statuses.add(_json_error(raw)[0] if raw else None)
         assert statuses <= {408, 503}
-        assert _metric(d, "runnerd_tcp_connections") == 0
+        wait_for(lambda: _metric(d, "runnerd_tcp_connections") == 0)
         assert d.log.stat().st_size < 64 * 1024
     finally:
         for s in silent:
             s.close()
+        assert d.stop() == 0
+
+
+@pytest.mark.timeout(30)
+def test_connections_per_peer_are_capped_and_other_peers_still_connect(tmp_path: Path) -> None:
+    port = _free_port()
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    d = start_daemon(tmp_path, tcp=f"127.0.0.1:{port}", token_file=str(token), max_tcp_connections_per_peer=5)
+    held: list[socket.socket] = []
+    try:
+        for _ in range(5):
+            held.append(socket.create_connection(("127.0.0.1", port)))
+        wait_for(lambda: _metric(d, "runnerd_tcp_connections") == 5)
+        with socket.create_connection(("127.0.0.1", port)) as sixth:
+            status, _, body = _json_error(_read_all(sixth))  # answered and closed at once
+        assert status == 503 and body["error"]["code"] == "too_many_connections"  # type: ignore[index]
+        with socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0)) as other:
+            other.sendall(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\n"
+                          b"Connection: close\r\n\r\n" % (port, TOKEN.encode()))
+            assert _read_all(other).startswith(b"HTTP/1.1 200")
+    finally:
+        for s in held:
+            s.close()
+        assert d.stop() == 0
+
+
+@pytest.mark.timeout(30)
+def test_an_idle_keep_alive_connection_is_closed(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path, idle_timeout_s=1.0)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(d.socket)
+            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = _read_all(s)  # returns only once the daemon closes the idle connection
+        assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1") == 1
+    finally:
         assert d.stop() == 0
 
 
@@ -374,3 +411,68 @@ def test_a_tcp_bind_failure_leaves_no_socket_file(tmp_path: Path) -> None:
     assert r.returncode == 2 and "cannot listen" in r.stderr
     assert not (tmp_path / "run" / "runnerd.sock").exists()
     assert not any(p.name() == "runnerd" for p in psutil.Process().children(recursive=True))
+
+
+@pytest.mark.timeout(30)
+def test_no_token_input_or_event_content_in_the_log(tcp_daemon: tuple[Daemon, int]) -> None:
+    d, port = tcp_daemon
+    base = f"http://127.0.0.1:{port}"
+    secret = "SECRET-INPUT-7f3a9c"
+    r = httpx.post(base + "/v1/turns", json={"agent": "count", "input": {"n": 2, "secret": secret}},
+                   headers={"authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 201
+    assert httpx.get(base + "/v1/health", headers={"authorization": "Bearer WRONG-TOKEN-91b2"}).status_code == 401
+    with d.http() as c:
+        wait_for(lambda: c.get(f"/v1/turns/{r.json()['turn_id']}").json()["status"] == "succeeded", 20)
+        c.post("/v1/turns", json={"agent": "count", "input": {"n": "x" + secret}})  # a failing one too
+    log = d.log.read_text()
+    assert r.json()["turn_id"] in log  # the log does name turns...
+    assert TOKEN not in log and "WRONG-TOKEN-91b2" not in log and secret not in log  # ...never secrets
+
+
+@pytest.mark.timeout(30)
+def test_a_bad_query_parameter_is_refused_even_when_a_header_wins(daemon: Daemon) -> None:
+    """Found by schemathesis: with Last-Event-ID present, a garbage ?after= was ignored."""
+    with daemon.http() as c:
+        tid = c.post("/v1/turns", json={"agent": "count", "input": {"n": 1}}).json()["turn_id"]
+        wait_for(lambda: c.get(f"/v1/turns/{tid}").json()["status"] == "succeeded", 20)
+        r = c.get(f"/v1/turns/{tid}/events", params={"after": "x"}, headers={"Last-Event-ID": "0"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
+        r = c.get(f"/v1/turns/{tid}/export", params=[("limit", "1"), ("limit", "2")])
+        assert r.status_code == 400 and "more than once" in r.json()["error"]["message"]
+        assert c.get(f"/v1/turns/{tid}/events", params={"after": "1"},
+                     headers={"Last-Event-ID": "2"}).text.count("id: ") == 1  # the header wins
+
+
+@pytest.mark.timeout(30)
+def test_a_refused_small_body_is_read_before_the_answer(tcp_daemon: tuple[Daemon, int]) -> None:
+    """Found by schemathesis: a 415 sent before the body arrived, then a close on unread
+    bytes, reset the connection and the client lost the answer."""
+    import select
+    d, port = tcp_daemon
+    body = b'{"agent": "count"}' * 100
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"POST /v1/turns HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\n"
+                  b"Content-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % (port, TOKEN.encode(), len(body)))
+        poller = select.poll()
+        poller.register(s, select.POLLIN | select.POLLRDHUP)
+        assert poller.poll(500) == []  # no answer (and no close) while the body is outstanding
+        s.sendall(body)
+        status, headers, answer = _json_error(_read_all(s))
+    assert status == 415 and answer["error"]["code"] == "unsupported_media_type"  # type: ignore[index]
+
+
+def test_the_names_a_listener_answers_to() -> None:
+    from supervisor.server.access import listener_hosts
+    assert listener_hosts("127.0.0.1", 8765, loopback=True) == {"127.0.0.1:8765", "localhost:8765"}
+    assert listener_hosts("localhost", 80, loopback=True) == {"127.0.0.1:80", "localhost:80"}
+    assert listener_hosts("::1", 81, loopback=True, extra=["Runnerd.LAN"]) == {
+        "[::1]:81", "localhost:81", "runnerd.lan:81"}
+    assert listener_hosts("10.0.0.5", 90, loopback=False) == {"10.0.0.5:90"}  # no "localhost" off loopback
+
+
+def test_the_tcp_cap_leaves_descriptors_for_turns() -> None:
+    from supervisor.server.connections import tcp_connection_cap
+    assert tcp_connection_cap(1 << 20, 32, 1024) == 1024  # the configured cap when descriptors abound
+    assert tcp_connection_cap(1024, 32, 1024) == (1024 - 64 - 8 * 32) // 2
+    assert tcp_connection_cap(256, 32, 1024) == 4  # never zero: the daemon stays reachable over TCP

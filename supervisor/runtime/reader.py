@@ -17,7 +17,7 @@ import msgspec
 
 from supervisor.errors import HistoryGap, InvalidCursor, InvalidRequest
 from supervisor.runtime.registry import StreamRegistry
-from supervisor.storage.eventlog import FileEventLog
+from supervisor.storage.eventlog import READ_BUDGET, FileEventLog
 from supervisor.storage.lines import bound_page, line_seq
 from supervisor.turns import ExportPage, Gap, SeqRange, TurnInfo
 
@@ -84,12 +84,13 @@ class Reader:
             info = self.status(turn_id)
             self.registry.open_if_absent(turn_id, last_seq=info.last_seq, ended=info.ended)
 
-    def read(self, turn_id: str, after: int, limit: int = READ_CHUNK) -> Batch:
-        """Memory first; the store when memory no longer holds ``after + 1``."""
+    def read(self, turn_id: str, after: int, limit: int = READ_CHUNK, max_bytes: int = READ_BUDGET) -> Batch:
+        """Memory first; the store when memory no longer holds ``after + 1`` (then at most
+        ``max_bytes`` past the first line)."""
         s = self.registry.read(turn_id, after, limit)
         if s.events is not None:
             return Batch(s.events, s.last_seq, s.ended)
-        return Batch(self.store.read_after(turn_id, after, limit, s.last_seq), s.last_seq, s.ended)
+        return Batch(self.store.read_after(turn_id, after, limit, s.last_seq, max_bytes), s.last_seq, s.ended)
 
     async def aread(self, turn_id: str, after: int, limit: int = READ_CHUNK) -> Batch:
         """``read`` without blocking the event loop: the store is read in a thread."""
@@ -99,11 +100,11 @@ class Reader:
         lines = await asyncio.to_thread(self.store.read_after, turn_id, after, limit, s.last_seq)
         return Batch(lines, s.last_seq, s.ended)
 
-    def _tail(self, turn_id: str, limit: int) -> tuple[list[bytes], int]:
+    def _tail(self, turn_id: str, limit: int, max_bytes: int) -> tuple[list[bytes], int]:
         s = self.registry.tail(turn_id, limit)
         if s.events is not None:
             return s.events, s.last_seq
-        return self.store.tail(turn_id, limit, s.last_seq), s.last_seq
+        return self.store.tail(turn_id, limit, s.last_seq, max_bytes), s.last_seq
 
     # -- what to serve ---------------------------------------------------------------
 
@@ -140,7 +141,8 @@ class Reader:
         info = self.status(turn_id)
         if after is not None:
             check_cursor(after, info.last_seq)
-        gap, snapshot = self.plan(turn_id, after=after or 0, compact=compact, info=info)
+        # compact: the whole snapshot form, paged by its own seqs (a page is bounded in bytes)
+        gap, snapshot = self.plan(turn_id, after=0 if compact else after or 0, compact=compact, info=info)
         if snapshot is not None:
             wanted = [x for x in snapshot if after is None or line_seq(x) > after]
             lines = wanted[:limit] if after is not None else wanted[-limit:] if limit else []
@@ -149,10 +151,10 @@ class Reader:
         else:
             self.ensure_stream(turn_id)
             if after is None:
-                lines, total = self._tail(turn_id, limit)
+                lines, total = self._tail(turn_id, limit, self.max_page_bytes)
                 truncated = bool(lines) and line_seq(lines[0]) > 1 or (not lines and total > 0)
             else:
-                lines, total, _ = self.read(turn_id, after, limit)
+                lines, total, _ = self.read(turn_id, after, limit, self.max_page_bytes)
                 truncated = (line_seq(lines[-1]) if lines else after) < total
         lines, cut = bound_page(lines, self.max_page_bytes, keep_tail=after is None)  # bytes too
         truncated = truncated or cut

@@ -53,6 +53,8 @@ def listener_hosts(host: str, port: int, *, loopback: bool, extra: list[str] | N
     names = [f"[{host}]" if ":" in host else host, *(extra or [])]
     if loopback:
         names.append("localhost")
+    if host == "localhost":
+        names.append("127.0.0.1")  # what "localhost" was bound as
     return frozenset(f"{name}:{port}".lower() for name in names)
 
 
@@ -106,13 +108,31 @@ def _refusal(scope: Scope, tcp: TcpPolicy | None, public: frozenset[str]) -> tup
     return None
 
 
+async def _drain(scope: Scope, receive: Receive, limit: int) -> None:
+    """Read and drop a refused request's body when it is at most ``limit`` bytes."""
+    declared = dict(scope["headers"]).get(b"content-length", b"")
+    if declared == b"0" or (declared and (not declared.isdigit() or int(declared) > limit)):
+        return
+    if not declared and b"transfer-encoding" not in dict(scope["headers"]):
+        return
+    seen = 0
+    while seen <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
 class AccessGuard:
     """ASGI middleware applying the checks above; ``is_closing`` tells it the daemon stops."""
 
     def __init__(self, app: ASGIApp, *, tcp: TcpPolicy | None, is_closing: Callable[[], bool],
-                 public: frozenset[str] = frozenset()) -> None:
+                 public: frozenset[str] = frozenset(), drain_bytes: int = 64 * 1024) -> None:
         """``public``: paths a GET needs no token for (Host and Origin still hold)."""
         self.app = app
+        self.drain_bytes = drain_bytes
         self.tcp = tcp
         self.public = public
         self.is_closing = is_closing
@@ -126,7 +146,9 @@ class AccessGuard:
             return
         refusal = _refusal(scope, self.tcp, self.public)
         if refusal is not None:
-            # Closing: the body (if any) of a refused request is never read.
+            # A small body is read first: closing on unread bytes makes the kernel send a reset,
+            # and the client may lose the answer. A larger one is not read; the connection closes.
+            await _drain(scope, receive, self.drain_bytes)
             await send_error(send, *refusal, close=True)
             return
         await self.app(scope, receive, send)

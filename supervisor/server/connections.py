@@ -27,8 +27,8 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -84,14 +84,10 @@ class ConnectionStats:
 
 
 def _raw_error(status: int, code: str, message: str) -> bytes:
+    """A whole JSON error response, written past the parser on a connection about to close."""
     status, headers, body = error_body(status, code, message, close=True)
     head = b"".join(b"%s: %s\r\n" % kv for kv in headers)
-    return b"HTTP/1.1 %d %s\r\n%s\r\n%s" % (status, h11_reason(status), head, body)
-
-
-def h11_reason(status: int) -> bytes:
-    return {408: b"Request Timeout", 431: b"Request Header Fields Too Large",
-            503: b"Service Unavailable", 400: b"Bad Request"}.get(status, b"Error")
+    return b"HTTP/1.1 %d %s\r\n%s\r\n%s" % (status, HTTPStatus(status).phrase.encode(), head, body)
 
 
 class BoundedH11Protocol(H11Protocol):
@@ -117,7 +113,7 @@ class BoundedH11Protocol(H11Protocol):
             self._peer = peer
             stats.tcp_open += 1
             stats.per_peer[peer] += 1
-        self._arm(self.stats.header_timeout_s, self._headers_late)
+        self._arm("headers")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -133,10 +129,10 @@ class BoundedH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._deadline is None and self.conn.their_state is h11.IDLE:
-            self._arm(self.stats.header_timeout_s, self._headers_late)  # a new request begins
+            self._arm("headers")  # a new request begins
         super().data_received(data)
         if self.conn.their_state is h11.SEND_BODY and self._deadline_for != "body":
-            self._arm(self.stats.body_timeout_s, self._body_late)
+            self._arm("body")
         elif self.conn.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED):
             self._disarm()
 
@@ -166,10 +162,14 @@ class BoundedH11Protocol(H11Protocol):
 
     _deadline_for: str | None = None
 
-    def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
+    def _arm(self, kind: str) -> None:
+        """One deadline at a time: the headers' or the body's."""
         self._disarm()
-        self._deadline = self.loop.call_later(seconds, callback)
-        self._deadline_for = "headers" if callback == self._headers_late else "body"
+        if kind == "headers":
+            self._deadline = self.loop.call_later(self.stats.header_timeout_s, self._headers_late)
+        else:
+            self._deadline = self.loop.call_later(self.stats.body_timeout_s, self._body_late)
+        self._deadline_for = kind
 
     def _disarm(self) -> None:
         if self._deadline is not None:

@@ -92,7 +92,7 @@ class Api:
         return json_response(info, 201)
 
     async def list_turns(self, request: Request) -> Response:
-        q = request.query_params
+        q = _query(request)
         status = q.get("status")
         if status is not None and status not in {s.value for s in TurnStatus}:
             raise InvalidRequest(f"unknown status {status[:32]!r}")
@@ -124,7 +124,7 @@ class Api:
 
     async def export(self, request: Request) -> Response:
         turn_id = validate_turn_id(request.path_params["turn_id"])
-        q = request.query_params
+        q = _query(request)
         limit = _int_param(q.get("limit"), "limit", default=200, lo=0, hi=MAX_EXPORT_LIMIT)
         after = _int_param(q.get("after"), "after", default=None, lo=0, hi=MAX_CURSOR)
         compact = _bool_param(q.get("compact"), "compact")
@@ -134,15 +134,15 @@ class Api:
 
     async def events(self, request: Request) -> Response | EventStream:
         turn_id = validate_turn_id(request.path_params["turn_id"])
+        q = _query(request)
+        after = _int_param(q.get("after"), "after", default=0, lo=0, hi=MAX_CURSOR)
         header = request.headers.get("last-event-id")
-        if header is not None and header.strip() != "":
+        if header is not None and header.strip() != "":  # a reconnecting EventSource: it wins
             after = _int_param(header.strip(), "Last-Event-ID", default=0, lo=0, hi=MAX_CURSOR)
-        else:
-            after = _int_param(request.query_params.get("after"), "after", default=0, lo=0, hi=MAX_CURSOR)
         info = self.sup.status(turn_id)
         if after > info.last_seq:
             raise InvalidCursor(f"cursor {after} is beyond the last seq {info.last_seq}")
-        compact = _bool_param(request.query_params.get("compact"), "compact")
+        compact = _bool_param(q.get("compact"), "compact")
         return EventStream(self.sup, turn_id, after=after, keepalive_s=self.keepalive_s,
                            streams=self.streams, compact=compact, send_timeout_s=self.send_timeout_s)
 
@@ -175,6 +175,15 @@ class Api:
 
     async def metrics(self, request: Request) -> Response:
         return Response(render_metrics(self.sup, self.streams, self.connections), media_type="text/plain; version=0.0.4")
+
+
+def _query(request: Request) -> dict[str, str]:
+    """The query parameters, each at most once (a repeated one is ambiguous: 400)."""
+    q = request.query_params
+    for name in q:
+        if len(q.getlist(name)) > 1:
+            raise InvalidRequest(f"query parameter {name[:32]!r} given more than once")
+    return dict(q)
 
 
 def _bool_param(raw: str | None, name: str) -> bool:

@@ -134,11 +134,25 @@ class EventStream:
                                                 compact=self.compact)
         if snapshot is not None:  # a finished turn in its snapshot form, then close
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-            body = self.framing.notice("gap", gap) if gap is not None else b""
             if not self.framing.resend_snapshot:  # what the client has is not sent again
                 snapshot = [line for line in snapshot if line_seq(line) > self.after]
-            body += self.framing.frames(snapshot)
-            await send({"type": "http.response.body", "body": body, "more_body": False})
+            try:
+                if gap is not None:
+                    await self._write(send, self.framing.notice("gap", gap))
+                chunk: list[bytes] = []
+                size = 0
+                for line in snapshot:  # framed about MAX_WRITE_BYTES at a time, never all at once
+                    chunk.append(line)
+                    size += len(line)
+                    if size >= MAX_WRITE_BYTES:
+                        await self._write(send, self.framing.frames(chunk))
+                        chunk, size = [], 0
+                if chunk:
+                    await self._write(send, self.framing.frames(chunk))
+            except SlowConsumer:
+                self.streams.slow_dropped += 1
+                return
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         stop = self.streams.register()
         # One event per stream, set by new events, by shutdown and by a disconnect:

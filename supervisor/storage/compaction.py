@@ -205,9 +205,9 @@ def _cut(text: str, room: int) -> list[str]:
     out: list[str] = []
     start = 0
     while start < len(text):
-        n = min(len(text) - start, room)
-        while len(msgspec.json.encode(text[start:start + n])) > room:
-            n = max(1, n // 2)
+        n = min(len(text) - start, room - 2)  # the quotes
+        while (size := len(msgspec.json.encode(text[start:start + n]))) > room:
+            n = max(1, n * room // size - 1)  # escapes and multi-byte characters take more
         out.append(text[start:start + n])
         start += n
     return out

@@ -11,6 +11,7 @@ import ctypes
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 
 from supervisor.config import RetentionConfig
@@ -19,7 +20,7 @@ from supervisor.logs import get_logger
 from supervisor.runtime.registry import StreamRegistry
 from supervisor.runtime.turntable import TurnTable
 from supervisor.storage.compaction import CompactionError, compact
-from supervisor.storage.lines import is_terminal_line, line_seq
+from supervisor.storage.lines import line_seq
 from supervisor.storage.retention import Candidate, PruneReport, plan
 from supervisor.storage.stores import EventStore, TurnStore
 from supervisor.turns import TurnInfo
@@ -37,6 +38,10 @@ _CHUNK = 10_000
 MAX_COMPACT_BYTES = 256 << 20
 
 
+class _Form(list[bytes]):
+    """A compacted form's lines (a list subclass, so the cache can hold it weakly)."""
+
+
 class HistoryKeeper:
     def __init__(self, *, events: EventStore, records: TurnStore, table: TurnTable, registry: StreamRegistry,
                  retention: RetentionConfig, compact_finished: bool, max_event_bytes: int = 1 << 20) -> None:
@@ -48,6 +53,10 @@ class HistoryKeeper:
         self.retention = retention
         self.compact_finished = compact_finished
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        # The form of a turn, read once and shared by every reader replaying it at the same
+        # time (5 replays of a 50 MB form hold 50 MB, not 250); gone when the last one ends.
+        self._forms: weakref.WeakValueDictionary[str, _Form] = weakref.WeakValueDictionary()
+        self._forms_lock = threading.Lock()
         self._prune_lock = threading.Lock()
         self._meta_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="runnerd-history", daemon=True)
@@ -106,6 +115,7 @@ class HistoryKeeper:
         try:
             folded = compact(self._lines(turn_id, info.last_seq), max_event_bytes=self.max_event_bytes)
             self.events.write_compact(turn_id, folded)
+            self._forms.pop(turn_id, None)
             del folded
         except CompactionError as exc:
             log.warning("compaction_failed", turn_id=turn_id, error=str(exc))
@@ -137,8 +147,15 @@ class HistoryKeeper:
         """The compacted form, if present and consistent with the turn's status."""
         if info.compaction != "done":
             return None
-        lines = self.events.read_compact(info.turn_id)
-        if not lines or not is_terminal_line(lines[-1], info.last_seq):
+        with self._forms_lock:  # concurrent replays wait for one read instead of each reading
+            lines: list[bytes] | None = self._forms.get(info.turn_id)
+            if lines is None:
+                read = self.events.read_compact(info.turn_id)
+                if read is not None:
+                    lines = self._forms[info.turn_id] = _Form(read)
+                    weakref.finalize(lines, _give_back_memory)  # when the last replay of it ends
+        if not lines or line_seq(lines[-1]) != info.last_seq or not lines[-1].startswith(
+                b'{"seq":%d,"type":"RUN_' % info.last_seq):
             log.warning("compacted_file_disagrees", turn_id=info.turn_id)
             if not info.raw_removed:
                 self._update(info.turn_id, compaction=None)
