@@ -8,8 +8,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -24,6 +25,7 @@ from supervisor.errors import (
     SessionBusy,
     SupervisorClosed,
     UnknownAgent,
+    UnknownTurn,
 )
 from supervisor.ids import new_turn_id, validate_session_id, validate_turn_id
 from supervisor.logs import get_logger
@@ -40,6 +42,7 @@ from supervisor.storage.eventlog import FileEventLog
 from supervisor.storage.history import HistoryKeeper
 from supervisor.storage.lines import line_seq
 from supervisor.storage.retention import PruneReport
+from supervisor.storage.stores import EventStore, TurnStore
 from supervisor.storage.turnfiles import FileTurnStore
 from supervisor.turns import (
     Ending,
@@ -48,6 +51,9 @@ from supervisor.turns import (
     TurnInfo,
     TurnStatus,
 )
+
+if TYPE_CHECKING:
+    from supervisor.runtime.cluster import Cluster
 
 log = get_logger("runnerd.supervisor")
 CANCEL_ACK_S = 1.0  # bound on how long cancel() waits for the relay to record it
@@ -65,8 +71,19 @@ class Supervisor:
     def __init__(self, config: Config | None = None, *, subreaper: bool = True) -> None:
         self.config = config or Config()
         self._subreaper = subreaper
-        self.event_store = FileEventLog(self.config.state_dir)
-        self.turn_store = FileTurnStore(self.event_store)
+        self.cluster: Cluster | None = None
+        self.event_store: EventStore
+        self.turn_store: TurnStore
+        if self.config.cluster is not None:  # several nodes: records and events in Redis
+            from supervisor.runtime.cluster import Cluster  # the runnerd[redis] extra
+
+            self.cluster = Cluster(self.config.cluster, self.config.state_dir)
+            self.event_store, self.turn_store = self.cluster.events, self.cluster.turns
+        else:
+            self.event_store = events = FileEventLog(self.config.state_dir)
+            self.turn_store = FileTurnStore(events)
+        self._output_dir = Path(self.config.state_dir) / "turns"  # a turn's stdout/stderr: always local
+        self._output_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.table = TurnTable()
         self.registry = StreamRegistry(buffer_bytes=self.config.buffer_bytes)
         self.escalation = Escalation(self.config.cancel_grace_s, self.config.kill_grace_s)
@@ -93,7 +110,7 @@ class Supervisor:
                                     retention=self.config.retention,
                                     compact_finished=self.config.compact_finished)
         self.reader = Reader(store=self.event_store, registry=self.registry, status=self.status,
-                             compacted=self.keeper.compacted)
+                             compacted=self.keeper.compacted, on_open=self._follow_remote)
         self.scheduler = Scheduler(max_running=self.config.max_running_turns,
                                    max_queued=self.config.max_queued, start=self._launch,
                                    cancel_running=self._interrupt)
@@ -109,12 +126,17 @@ class Supervisor:
             return self
         if self._subreaper:
             become_subreaper()
+        if self.cluster is not None:
+            self.cluster.join()  # before recovery: a live node with our id must not see its turns ended
         past = recover_lost(self.event_store, self.turn_store)
         self.table.load(past)
         self.spawner.warm_up()
         self.relay.start()
         self.scheduler.start()
         self.keeper.start(past)
+        if self.cluster is not None:
+            self.cluster.start(registry=self.registry, cancel_local=self._cancel_local,
+                               local_turns=self._unended_local)
         self._started = True
         log.info("supervisor_started", state_dir=self.config.state_dir,
                  start_method=self.config.start_method, agents=sorted(self.config.agents))
@@ -142,6 +164,8 @@ class Supervisor:
             self.table.wait_for_end(0.05)  # woken by a turn's end, or re-check soon (a launch in flight)
         self.relay.stop(max(0.1, deadline - time.monotonic()))
         self.keeper.stop(max(0.1, deadline - time.monotonic()))
+        if self.cluster is not None:
+            self.cluster.leave(max(0.1, deadline - time.monotonic()))
         log.info("supervisor_stopped")
 
     def __enter__(self) -> Supervisor:
@@ -222,8 +246,11 @@ class Supervisor:
     def _launch(self, pending: Pending) -> None:
         """Spawn a turn the scheduler let through (caller's or dispatcher's thread)."""
         info, spec = pending.payload
+        early = self._cancel_sent_early(info.turn_id)
         with self.table.lock:
             info.status = TurnStatus.STARTING
+            if early is not None and not info.cancel_requested:
+                info.cancel_requested, info.cancel_reason = True, early or None
         try:
             spawned = self.spawner.spawn(spec)
         except (OSError, ValueError, RuntimeError) as exc:
@@ -233,7 +260,7 @@ class Supervisor:
                 TurnStatus.FAILED, ev.RunError(message=message, code="crashed"), TurnError("crashed", message)))
             return
         reader = FrameReader(spawned.reader, max_frame_bytes=max_frame_bytes(self.config.max_event_bytes))
-        output = OutputSink(spawned.output, self.event_store.dir / f"{info.turn_id}.output",
+        output = OutputSink(spawned.output, self._output_dir / f"{info.turn_id}.output",
                             self.config.limits.output_bytes)
         with self.table.lock:
             info.pid = spawned.process.pid
@@ -244,16 +271,28 @@ class Supervisor:
         self.relay.add(live)  # the relay applies a cancel that came while we spawned
 
     def status(self, turn_id: str) -> TurnInfo:
-        return self.table.get(validate_turn_id(turn_id))
+        try:
+            return self.table.get(validate_turn_id(turn_id))
+        except UnknownTurn:
+            if self.cluster is None:
+                raise
+            return self.cluster.status(turn_id)  # another node's turn
 
     def list_turns(self, *, status: str | None = None, session_id: str | None = None,
                    limit: int | None = None) -> list[TurnInfo]:
-        """Newest first."""
-        return self.table.select(status=status, session_id=session_id, limit=limit)
+        """Newest first (in a cluster: every node's turns)."""
+        if self.cluster is None:
+            return self.table.select(status=status, session_id=session_id, limit=limit)
+        return self._list_cluster(status=status, session_id=session_id, limit=limit)
 
     def cancel(self, turn_id: str, *, reason: str | None = None) -> TurnInfo:
         """Idempotent and immediate: the relay thread records the intent and escalates."""
         validate_turn_id(turn_id)
+        if self.cluster is not None and not self._is_local(turn_id):
+            return self.cluster.cancel_remote(turn_id, reason)  # its owner cancels it
+        return self._cancel_local(turn_id, reason)
+
+    def _cancel_local(self, turn_id: str, reason: str | None) -> TurnInfo:
         pending = self.scheduler.remove_queued(turn_id)
         if pending is not None:  # never started: end it here, cancelled
             self._end_queued(pending, reason)
@@ -338,6 +377,33 @@ class Supervisor:
 
     def _on_ended(self, info: TurnInfo) -> None:
         self.keeper.submit(info.turn_id)
+
+    # -- cluster (supervisor.runtime.cluster): reads and cancels of turns owned anywhere ------
+
+    def _is_local(self, turn_id: str) -> bool:
+        try:
+            self.table.get(turn_id)
+        except UnknownTurn:
+            return False
+        return True
+
+    def _unended_local(self) -> list[str]:
+        return [i.turn_id for i in self.table.select() if not i.ended]
+
+    def _follow_remote(self, info: TurnInfo) -> None:
+        """A reader opened a stream of a running turn another node owns: tail it into the registry."""
+        if self.cluster is not None and self.cluster.tail is not None and not self._is_local(info.turn_id):
+            self.cluster.tail.follow(info.turn_id)
+
+    def _cancel_sent_early(self, turn_id: str) -> str | None:
+        return self.cluster.cancel_requested(turn_id) if self.cluster is not None else None
+
+    def _list_cluster(self, *, status: str | None, session_id: str | None, limit: int | None) -> list[TurnInfo]:
+        assert self.cluster is not None
+        infos = {i.turn_id: i for i in self.cluster.select(status=status, session_id=session_id, limit=limit)}
+        # This node's own turns: the table is more current than their records.
+        infos.update((i.turn_id, i) for i in self.table.select(status=status, session_id=session_id, limit=limit))
+        return sorted(infos.values(), key=lambda i: i.turn_id, reverse=True)[:limit]
 
 
 def _resolve_user(user: str | None, group: str | None) -> tuple[int | None, int | None]:

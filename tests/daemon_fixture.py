@@ -19,7 +19,8 @@ TESTS = Path(__file__).parent
 
 
 def write_config(tmp: Path, *, retention: dict[str, object] | None = None,
-                 top: dict[str, object] | None = None, **server: object) -> Path:
+                 top: dict[str, object] | None = None, cluster: dict[str, object] | None = None,
+                 **server: object) -> Path:
     agents = dict(TEST_AGENTS, demo="worker.demos:chat", sleep="worker.demos:sleeper")
     lines = [f'state_dir = "{tmp / "state"}"', "cancel_grace_s = 0.3", "kill_grace_s = 0.3"]
     lines += [f"{k} = {v!r}".replace("'", '"') for k, v in (top or {}).items()]
@@ -27,6 +28,8 @@ def write_config(tmp: Path, *, retention: dict[str, object] | None = None,
     lines += [f'{name} = "{target}"' for name, target in agents.items()]
     if retention:
         lines += ["", "[retention]"] + [f"{k} = {v!r}" for k, v in retention.items()]
+    if cluster:
+        lines += ["", "[cluster]"] + [f"{k} = {v!r}".replace("'", '"') for k, v in cluster.items()]
     lines += ["", "[server]", f'socket = "{tmp / "run" / "runnerd.sock"}"']
     for key, value in server.items():
         lines.append(f"{key} = {value!r}".replace("'", '"'))
@@ -59,8 +62,8 @@ class Daemon:
 
 def start_daemon(tmp: Path, *, extra_env: dict[str, str] | None = None,
                  retention: dict[str, object] | None = None, top: dict[str, object] | None = None,
-                 **server: object) -> Daemon:
-    config = write_config(tmp, retention=retention, top=top, **server)
+                 cluster: dict[str, object] | None = None, **server: object) -> Daemon:
+    config = write_config(tmp, retention=retention, top=top, cluster=cluster, **server)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
     env.pop("NOTIFY_SOCKET", None)

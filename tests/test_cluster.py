@@ -1,0 +1,177 @@
+"""Two real runnerd daemons on one real redis-server: any node serves any turn.
+
+Each test starts its own redis-server on a Unix socket in its temp folder and
+its own daemons; everything is stopped at teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from conftest import turn_processes, wait_for
+from daemon_fixture import BIN, Daemon, start_daemon, stopped, write_config
+from redis_fixture import RedisServer, needs_redis, redis_server  # noqa: F401 - the fixture
+
+pytestmark = needs_redis
+
+
+def node(tmp: Path, redis: RedisServer, name: str, **cluster: object) -> Daemon:
+    settings: dict[str, object] = {"redis_url": redis.url, "node_id": name, "key_prefix": "rt"}
+    settings.update(cluster)
+    (tmp / name).mkdir()
+    return start_daemon(tmp / name, cluster=settings)
+
+
+@pytest.fixture
+def pair(tmp_path: Path, redis_server: RedisServer) -> Iterator[tuple[Daemon, Daemon]]:
+    a = node(tmp_path, redis_server, "a")
+    try:
+        b = node(tmp_path, redis_server, "b")
+    except BaseException:
+        next(stopped(a), None)
+        raise
+    try:
+        yield a, b
+    finally:
+        for d in (b, a):
+            gen = stopped(d)
+            next(gen)
+            next(gen, None)
+
+
+def sse(text: str) -> list[tuple[int, dict[str, object]]]:
+    out = []
+    for frame in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in frame.splitlines() if line and not line.startswith(":"))
+        if "id" in fields:
+            out.append((int(fields["id"]), json.loads(fields["data"])))
+    return out
+
+
+def start(c: httpx.Client, agent: str, input: object = None) -> str:
+    r = c.post("/v1/turns", json={"agent": agent, "input": input})
+    assert r.status_code == 201, r.text
+    return str(r.json()["turn_id"])
+
+
+@pytest.mark.timeout(120)
+def test_a_turn_started_on_a_is_followed_resumed_exported_and_listed_on_b(pair: tuple[Daemon, Daemon]) -> None:
+    a, b = pair
+    with a.http(30) as ca, b.http(30) as cb:
+        tid = start(ca, "paced", {"n": 300, "interval": 0.005})
+        url = f"/v1/turns/{tid}/events"
+        seen: list[int] = []
+        with cb.stream("GET", url) as r:  # live on B, dropped after 100 events
+            assert r.status_code == 200
+            buf = ""
+            for chunk in r.iter_text():
+                buf += chunk
+                *frames, buf = buf.split("\n\n")
+                seen += [s for s, _ in sse("\n\n".join(frames))]
+                if len(seen) >= 100:
+                    break
+        rest = sse(cb.get(url, headers={"Last-Event-ID": str(seen[-1])}).text)
+        assert seen + [s for s, _ in rest] == list(range(1, 303))  # no gap, no duplicate
+        assert rest[-1][1]["type"] == "RUN_FINISHED"
+        on_a = ca.get(f"/v1/turns/{tid}/export?limit=1000").json()
+        on_b = cb.get(f"/v1/turns/{tid}/export?limit=1000").json()
+        assert on_b["events"] == on_a["events"] and on_b["total"] == 302
+        status = cb.get(f"/v1/turns/{tid}").json()
+        assert status["status"] == "succeeded" and status["last_seq"] == 302
+        listed = {t["turn_id"]: t for t in cb.get("/v1/turns").json()["turns"]}
+        assert listed[tid]["status"] == "succeeded"
+        tid_b = start(cb, "count", {"n": 3})
+        wait_for(lambda: ca.get(f"/v1/turns/{tid_b}").json()["status"] == "succeeded", 30, 0.05)
+        assert [t["turn_id"] for t in ca.get("/v1/turns").json()["turns"]][:2] == [tid_b, tid]
+        assert cb.get("/v1/turns/01ARZ3NDEKTSV4RRFFQ69G5FAV").status_code == 404
+
+
+@pytest.mark.timeout(120)
+def test_cancel_on_b_ends_a_turn_running_on_a(pair: tuple[Daemon, Daemon]) -> None:
+    a, b = pair
+    with a.http(30) as ca, b.http(30) as cb:
+        tid = start(ca, "wait_forever")
+        wait_for(lambda: cb.get(f"/v1/turns/{tid}").json()["last_seq"] >= 7, 30, 0.05)
+        running = [t["turn_id"] for t in cb.get("/v1/turns?status=running").json()["turns"]]
+        assert tid in running  # B sees A's turn running (its record still says what A wrote at spawn)
+        r = cb.post(f"/v1/turns/{tid}/cancel", json={"reason": "from b"})
+        assert r.status_code == 202 and r.json()["cancel_requested"] is True
+        events = sse(cb.get(f"/v1/turns/{tid}/events").text)  # follows on B until the end
+        assert events[-1][1]["type"] == "RUN_FINISHED"
+        assert events[-1][1]["outcome"] == {"type": "cancelled"}
+        info = ca.get(f"/v1/turns/{tid}").json()
+        assert info["status"] == "cancelled" and info["cancel_reason"] == "from b"
+        wait_for(lambda: cb.get(f"/v1/turns/{tid}").json()["status"] == "cancelled", 30, 0.05)
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_of_a_node_ends_its_running_turns_lost_on_the_survivor(tmp_path: Path,
+                                                                      redis_server: RedisServer) -> None:
+    a = node(tmp_path, redis_server, "a", node_ttl_s=1.0)
+    try:
+        b = node(tmp_path, redis_server, "b", node_ttl_s=1.0)
+    except BaseException:
+        a.proc.kill()
+        raise
+    try:
+        with a.http(30) as ca, b.http(30) as cb:
+            tid = start(ca, "wait_forever")
+            wait_for(lambda: cb.get(f"/v1/turns/{tid}").json()["last_seq"] >= 7, 30, 0.05)
+            orphans = [p for p in psutil.Process(a.proc.pid).children(recursive=True)]
+            a.proc.send_signal(signal.SIGKILL)
+            a.proc.wait(10)
+            info = wait_for(lambda: (i := cb.get(f"/v1/turns/{tid}").json())["status"] == "lost" and i, 30, 0.05)
+            assert isinstance(info, dict) and info["error"]["code"] == "lost" and info["last_seq"] == 8
+            events = sse(cb.get(f"/v1/turns/{tid}/events").text)
+            assert [s for s, _ in events] == list(range(1, 9))
+            assert [e["type"] for _, e in events].count("RUN_ERROR") == 1
+            assert events[-1][1]["code"] == "lost"
+            for p in orphans:  # A's turn processes: a dead daemon cannot reap them (its host's recovery would)
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
+            wait_for(lambda: not turn_processes(), 10, 0.05)
+    finally:
+        for d in (b, a):
+            gen = stopped(d)
+            next(gen)
+            next(gen, None)
+
+
+def refused(tmp: Path, cluster: dict[str, object]) -> str:
+    tmp.mkdir()
+    config = write_config(tmp, cluster=cluster)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
+    r = subprocess.run([str(BIN / "runnerd"), "--config", str(config)], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert r.returncode == 2, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.startswith("runnerd: ")]
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+@pytest.mark.timeout(120)
+def test_bad_cluster_settings_stop_the_daemon_with_one_line(tmp_path: Path, redis_server: RedisServer) -> None:
+    assert "redis_url must start with redis://" in refused(tmp_path / "1", {"redis_url": "http://x"})
+    assert "absolute socket path" in refused(tmp_path / "2", {"redis_url": "unix://relative.sock"})
+    gone = refused(tmp_path / "3", {"redis_url": f"unix://{tmp_path}/nothing.sock"})
+    assert "cannot reach Redis" in gone
+    a = node(tmp_path, redis_server, "a")
+    try:
+        twice = refused(tmp_path / "4", {"redis_url": redis_server.url, "node_id": "a", "key_prefix": "rt"})
+        assert "node id 'a' is in use" in twice and "cluster.node_id" in twice
+        with a.http() as c:
+            assert c.get("/v1/health").status_code == 200  # the refused twin changed nothing
+    finally:
+        gen = stopped(a)
+        next(gen)
+        next(gen, None)
