@@ -23,11 +23,19 @@ from redis_fixture import RedisServer, needs_redis, redis_server  # noqa: F401 -
 pytestmark = needs_redis
 
 
-def node(tmp: Path, redis: RedisServer, name: str, **cluster: object) -> Daemon:
+def node(tmp: Path, redis: RedisServer, name: str, top: dict[str, object] | None = None,
+         **cluster: object) -> Daemon:
     settings: dict[str, object] = {"redis_url": redis.url, "node_id": name, "key_prefix": "rt"}
     settings.update(cluster)
     (tmp / name).mkdir()
-    return start_daemon(tmp / name, cluster=settings)
+    return start_daemon(tmp / name, cluster=settings, top=top)
+
+
+def stop_all(*daemons: Daemon) -> None:
+    for d in daemons:
+        gen = stopped(d)
+        next(gen)
+        next(gen, None)
 
 
 @pytest.fixture
@@ -175,3 +183,108 @@ def test_bad_cluster_settings_stop_the_daemon_with_one_line(tmp_path: Path, redi
         gen = stopped(a)
         next(gen)
         next(gen, None)
+
+
+@pytest.mark.timeout(120)
+def test_a_cancel_whose_message_was_missed_is_read_by_the_owner_before_it_launches(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    import redis
+
+    a = node(tmp_path, redis_server, "a", top={"max_running_turns": 1})
+    try:
+        with a.http(30) as c:
+            first = start(c, "wait_forever")
+            queued = start(c, "count", {"n": 3})
+            assert c.get(f"/v1/turns/{queued}").json()["status"] == "queued"
+            # What another node's cancel leaves when its pub/sub message never arrives: the key alone.
+            r = redis.Redis(unix_socket_path=redis_server.socket)
+            r.set(f"rt:cancel:{{{queued}}}", "sent early")
+            r.close()
+            assert c.post(f"/v1/turns/{first}/cancel").status_code == 202  # frees the slot
+            info = wait_for(lambda: (i := c.get(f"/v1/turns/{queued}").json())["status"] != "queued"
+                            and i["status"] not in ("starting", "running") and i, 30, 0.05)
+            assert isinstance(info, dict)
+            assert info["status"] == "cancelled" and info["cancel_reason"] == "sent early"
+    finally:
+        stop_all(a)
+
+
+@pytest.mark.timeout(120)
+def test_health_and_metrics_show_the_node_and_the_cluster(pair: tuple[Daemon, Daemon]) -> None:
+    a, b = pair
+    with a.http(30) as ca, b.http(30) as cb:
+        tid = start(ca, "wait_forever")
+        wait_for(lambda: ca.get(f"/v1/turns/{tid}").json()["status"] == "running", 30, 0.05)
+        health = cb.get("/v1/health").json()
+        assert health["status"] == "ok" and health["running"] == 0  # B runs nothing itself
+        assert health["cluster"]["node"] == "b" and health["cluster"]["nodes"] == 2
+        assert health["cluster"]["running"] == 1 and health["cluster"]["queued"] == 0
+        metrics = cb.get("/metrics").text
+        assert 'runnerd_cluster_redis_up{node="b"} 1' in metrics and "runnerd_cluster_nodes 2" in metrics
+        assert 'runnerd_cluster_turns{state="running"} 1' in metrics
+        ca.post(f"/v1/turns/{tid}/cancel")
+        wait_for(lambda: cb.get("/v1/health").json()["cluster"]["running"] == 0, 30, 0.05)
+
+
+@pytest.mark.timeout(120)
+def test_redis_gone_mid_turn_ends_it_storage_error_and_the_node_recovers(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    a = node(tmp_path, redis_server, "a")
+    try:
+        with a.http(30) as c:
+            tid = start(c, "paced", {"n": 100000, "interval": 0.01})
+            wait_for(lambda: c.get(f"/v1/turns/{tid}").json()["last_seq"] >= 5, 30, 0.05)
+            redis_server.stop()
+            info = wait_for(lambda: (i := c.get(f"/v1/turns/{tid}").json())["status"] == "failed" and i, 30, 0.05)
+            assert isinstance(info, dict) and info["error"]["code"] == "storage_error"
+            health = c.get("/v1/health")
+            assert health.status_code == 503 and health.json()["cluster"]["redis"] == "unavailable"
+            listed = c.get("/v1/turns")  # needs Redis: refused, not hung
+            assert listed.status_code == 503 and listed.json()["error"]["code"] == "storage_unavailable"
+            refused = c.post("/v1/turns", json={"agent": "count", "input": {"n": 1}})
+            assert refused.status_code == 503
+            redis_server.start()  # empty: this test runs it without persistence
+            wait_for(lambda: c.get("/v1/health").status_code == 200, 30, 0.05)
+            again = start(c, "count", {"n": 3})
+            wait_for(lambda: c.get(f"/v1/turns/{again}").json()["status"] == "succeeded", 30, 0.05)
+    finally:
+        stop_all(a)
+
+
+@pytest.mark.timeout(180)
+def test_a_node_paused_past_its_ttl_finds_its_turn_ended_lost_and_its_processes_killed(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    a = node(tmp_path, redis_server, "a", node_ttl_s=1.0)
+    try:
+        b = node(tmp_path, redis_server, "b", node_ttl_s=1.0)
+    except BaseException:
+        stop_all(a)
+        raise
+    try:
+        with a.http(30) as ca, b.http(30) as cb:
+            tid = start(ca, "paced", {"n": 100000, "interval": 0.01})
+            wait_for(lambda: cb.get(f"/v1/turns/{tid}").json()["last_seq"] >= 5, 30, 0.05)
+            a.proc.send_signal(signal.SIGSTOP)
+            try:
+                lost = wait_for(lambda: (i := cb.get(f"/v1/turns/{tid}").json())["status"] == "lost" and i, 30, 0.05)
+            finally:
+                a.proc.send_signal(signal.SIGCONT)
+            assert isinstance(lost, dict)
+            ended_at = lost["last_seq"]
+            # A wakes up: its appends are refused, the turn's processes are killed.
+            wait_for(lambda: ca.get(f"/v1/turns/{tid}").json()["status"] not in ("starting", "running"), 30, 0.05)
+            wait_for(lambda: not turn_processes(), 30, 0.05)
+            events = sse(cb.get(f"/v1/turns/{tid}/events").text)
+            assert [s for s, _ in events] == list(range(1, ended_at + 1))  # nothing of A's after the ending
+            assert events[-1][1]["type"] == "RUN_ERROR" and events[-1][1]["code"] == "lost"
+            assert cb.get(f"/v1/turns/{tid}").json()["status"] == "lost"
+            import redis
+
+            r = redis.Redis(unix_socket_path=redis_server.socket)
+            try:  # the stream itself, not only what readers are served up to the recorded last seq
+                assert r.xlen(f"rt:ev:{{{tid}}}") == ended_at
+            finally:
+                r.close()
+            wait_for(lambda: ca.get("/v1/health").json()["cluster"]["nodes"] == 2, 30, 0.05)  # A rejoined
+    finally:
+        stop_all(b, a)

@@ -43,7 +43,11 @@ LOST_MESSAGE = "the node running this turn stopped answering (its heartbeat expi
 _REFRESH = """
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('SADD', KEYS[2], ARGV[3])
+  return 2
+end
 return 0
 """
 _RELEASE = """
@@ -120,7 +124,8 @@ class Cluster:
         period = self.config.node_ttl_s / 3
         while not self._stopping.wait(period):
             try:
-                state = self._refresh(keys=[self.keys.heartbeat(self.node)], args=[self._token, self._ttl_ms])
+                state = self._refresh(keys=[self.keys.heartbeat(self.node), self.keys.nodes],
+                                      args=[self._token, self._ttl_ms, self.node])
                 if state == 2:
                     log.error("cluster_node_presumed_dead_rejoined", node=self.node)
                     self._drop_taken_turns()
@@ -224,6 +229,28 @@ class Cluster:
             self._cancel_local(turn_id, reason or None)
         except UnknownTurn:
             pass  # another node's turn
+
+    def health(self) -> tuple[dict[str, object], bool]:
+        """``view``, or why there is none: a node without Redis cannot serve other nodes' turns."""
+        try:
+            return self.view(), True
+        except StoreUnavailable as exc:
+            return {"node": self.node, "redis": "unavailable", "error": str(exc)}, False
+
+    def view(self) -> dict[str, object]:
+        """The node and the cluster as ``/v1/health`` and ``/metrics`` show them (raises ``StoreUnavailable``)."""
+        with translated():
+            members: Any = self.client.smembers(self.keys.nodes)
+            peers = sorted(m.decode() for m in members)
+            pipe = self.client.pipeline(transaction=False)
+            for peer in peers:
+                pipe.exists(self.keys.heartbeat(peer))
+            for status in ("queued", "starting", "running"):
+                pipe.scard(self.keys.status(status))
+            *alive, queued, starting, running = pipe.execute()
+        return {"node": self.node, "redis": "ok", "nodes": sum(map(bool, alive)), "running": starting + running,
+                "queued": queued, "lost_marked": self.lost_marked,
+                "remote_followed": self.tail.followed if self.tail is not None else 0}
 
     # -- reads of turns owned anywhere -------------------------------------------------------
 

@@ -152,15 +152,21 @@ class Api:
     async def health(self, request: Request) -> Response:
         healthy = self.sup.relay.alive and not self.streams.closing
         running = self.sup.table.running
-        body = {"status": "ok" if healthy else "unavailable", "running": running,
-                "open_streams": self.streams.count}
+        body: dict[str, object] = {"status": "ok" if healthy else "unavailable", "running": running,
+                                   "open_streams": self.streams.count}
+        if self.sup.cluster is not None:  # several nodes: this one and the cluster, or why not
+            body["cluster"], reachable = await run_in_threadpool(self.sup.cluster.health)
+            healthy = healthy and reachable
+            body["status"] = "ok" if healthy else "unavailable"
         return json_response(body, 200 if healthy else 503)
 
     async def openapi(self, request: Request) -> Response:
         return json_response(self._openapi)
 
     async def metrics(self, request: Request) -> Response:
-        return Response(render_metrics(self.sup, self.streams), media_type="text/plain; version=0.0.4")
+        cluster = await run_in_threadpool(self.sup.cluster.health) if self.sup.cluster is not None else None
+        return Response(render_metrics(self.sup, self.streams, cluster[0] if cluster else None),
+                        media_type="text/plain; version=0.0.4")
 
 
 def _bool_param(raw: str | None, name: str) -> bool:

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from supervisor.server.sse import StreamSet
 
 
-def render_metrics(sup: Supervisor, streams: StreamSet) -> bytes:
+def render_metrics(sup: Supervisor, streams: StreamSet, cluster: dict[str, object] | None = None) -> bytes:
     statuses = sup.table.counts()
     running = sup.table.running
     _, buffered = sup.registry.stats()
@@ -45,4 +45,24 @@ def render_metrics(sup: Supervisor, streams: StreamSet) -> bytes:
         "# TYPE runnerd_buffered_bytes gauge",
         f"runnerd_buffered_bytes {buffered}",
     ]
+    if cluster is not None:  # several nodes: this node's id and the cluster as Redis counts it
+        up = cluster.get("redis") == "ok"
+        lines += [
+            "# HELP runnerd_cluster_redis_up Whether this node reaches the cluster's Redis.",
+            "# TYPE runnerd_cluster_redis_up gauge",
+            f'runnerd_cluster_redis_up{{node="{cluster["node"]}"}} {int(up)}',
+        ]
+        if up:
+            lines += [
+                "# HELP runnerd_cluster_nodes Nodes whose heartbeat is current.",
+                "# TYPE runnerd_cluster_nodes gauge",
+                f"runnerd_cluster_nodes {cluster['nodes']}",
+                "# HELP runnerd_cluster_turns Unended turns of every node, by state.",
+                "# TYPE runnerd_cluster_turns gauge",
+                f'runnerd_cluster_turns{{state="running"}} {cluster["running"]}',
+                f'runnerd_cluster_turns{{state="queued"}} {cluster["queued"]}',
+                "# HELP runnerd_cluster_lost_marked_total Dead peers' turns this node ended lost.",
+                "# TYPE runnerd_cluster_lost_marked_total counter",
+                f"runnerd_cluster_lost_marked_total {cluster['lost_marked']}",
+            ]
     return ("\n".join(lines) + "\n").encode()
