@@ -77,7 +77,7 @@ class Supervisor:
         if self.config.cluster is not None:  # several nodes: records and events in Redis
             from supervisor.runtime.cluster import Cluster  # the runnerd[redis] extra
 
-            self.cluster = Cluster(self.config.cluster, self.config.state_dir)
+            self.cluster = Cluster(self.config.cluster, self.config.state_dir, max_queued=self.config.max_queued)
             self.event_store, self.turn_store = self.cluster.events, self.cluster.turns
         else:
             self.event_store = events = FileEventLog(self.config.state_dir)
@@ -136,7 +136,9 @@ class Supervisor:
         self.keeper.start(past)
         if self.cluster is not None:
             self.cluster.start(registry=self.registry, cancel_local=self._cancel_local,
-                               local_turns=self._unended_local)
+                               local_turns=self._unended_local, is_local=self._is_local, take=self._take,
+                               free=lambda: self.config.max_running_turns - self.table.busy,
+                               wait_free=self.table.wait_for_end)
         self._started = True
         log.info("supervisor_started", state_dir=self.config.state_dir,
                  start_method=self.config.start_method, agents=sorted(self.config.agents))
@@ -149,6 +151,8 @@ class Supervisor:
                 self._closed = True
                 return
             self._closed = True  # from now on _launch adds turns already cancelled
+        if self.cluster is not None:
+            self.cluster.stop_taking(timeout)  # what is still in the cluster's queue waits for another node
         escalation = self.config.cancel_grace_s + self.config.kill_grace_s + REAP_TIMEOUT_S + 1.0
         deadline = time.monotonic() + (escalation if timeout is None else timeout)
         drain_until = deadline - escalation if drain else 0.0
@@ -209,13 +213,11 @@ class Supervisor:
         turn_id = new_turn_id()
         info = TurnInfo(turn_id=turn_id, agent=agent, session_id=session_id,
                         status=TurnStatus.QUEUED, created_at=time.time(), timeout_s=timeout_s)
-        limits = self.config.limits
-        spec = TurnSpec(turn_id=turn_id, thread_id=session_id or turn_id, agent_name=agent,
-                        agent_target=self.config.agents[agent], input_json=input_json,
-                        max_event_bytes=self.config.max_event_bytes, log_level=self.config.log_level,
-                        env_allowlist=tuple(limits.env_allowlist) if limits.env_allowlist is not None else None,
-                        open_files=limits.open_files, core_dumps=limits.core_dumps,
-                        uid=self._uid, gid=self._gid)
+        if self.cluster is not None:  # into the cluster's queue: the first node with room takes it
+            self.cluster.dispatch.enqueue(info, input_json, multitask)
+            log.info("turn_submitted", turn_id=turn_id, agent=agent, session_id=session_id, cluster=True)
+            return self.status(turn_id)
+        spec = self._spec(info, input_json)
         try:
             self.event_store.create(turn_id)
             self.turn_store.put(info, durable=False)
@@ -237,6 +239,15 @@ class Supervisor:
         if now:
             self._launch(pending)
         return self.status(turn_id)
+
+    def _spec(self, info: TurnInfo, input_json: bytes) -> TurnSpec:
+        limits = self.config.limits
+        return TurnSpec(turn_id=info.turn_id, thread_id=info.session_id or info.turn_id, agent_name=info.agent,
+                        agent_target=self.config.agents[info.agent], input_json=input_json,
+                        max_event_bytes=self.config.max_event_bytes, log_level=self.config.log_level,
+                        env_allowlist=tuple(limits.env_allowlist) if limits.env_allowlist is not None else None,
+                        open_files=limits.open_files, core_dumps=limits.core_dumps,
+                        uid=self._uid, gid=self._gid)
 
     def _discard(self, turn_id: str) -> None:
         self.event_store.close(turn_id)
@@ -394,6 +405,38 @@ class Supervisor:
         """A reader opened a stream of a running turn another node owns: tail it into the registry."""
         if self.cluster is not None and self.cluster.tail is not None and not self._is_local(info.turn_id):
             self.cluster.tail.follow(info.turn_id)
+
+    def _take(self, turn_id: str, input_json: bytes, multitask: str) -> None:
+        """The dispatcher took a turn from the cluster's queue: own it, then admit it as if started here."""
+        info = self.turn_store.get(turn_id)
+        if info is None or info.status is not TurnStatus.QUEUED:
+            return  # cancelled (or removed) while it waited
+        info.status = TurnStatus.STARTING
+        if not self.turn_store.transition(info, frozenset({TurnStatus.QUEUED}), durable=False):
+            return  # a cancel won the race
+        info.status = TurnStatus.QUEUED  # locally: admitted, not yet spawned
+        unknown = info.agent not in self.config.agents
+        spec = self._spec(info, input_json) if not unknown else TurnSpec(
+            turn_id=turn_id, thread_id=info.session_id or turn_id, agent_name=info.agent, agent_target="",
+            input_json=input_json, max_event_bytes=self.config.max_event_bytes, log_level=self.config.log_level)
+        self.registry.open_if_absent(turn_id, last_seq=0, ended=False)  # a reader may follow it already
+        pending = Pending(turn_id, info.session_id, (info, spec))
+        self.table.admit(pending)
+        if unknown:
+            message = f"agent {info.agent!r} is not configured on node {self.cluster.node if self.cluster else ''}"
+            self.relay.end_unstarted(info, spec, Ending(
+                TurnStatus.FAILED, ev.RunError(message=message, code="agent_unavailable"),
+                TurnError("agent_unavailable", message)))
+            return
+        try:
+            now = self.scheduler.submit(pending, "enqueue")  # the session policy is not cluster-wide
+        except (QueueFull, SupervisorClosed) as exc:
+            self.relay.end_unstarted(info, spec, Ending(
+                TurnStatus.FAILED, ev.RunError(message=str(exc), code="crashed"), TurnError("crashed", str(exc))))
+            return
+        log.info("turn_taken", turn_id=turn_id, agent=info.agent, queued=not now)
+        if now:
+            self._launch(pending)
 
     def _cancel_sent_early(self, turn_id: str) -> str | None:
         return self.cluster.cancel_requested(turn_id) if self.cluster is not None else None

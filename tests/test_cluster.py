@@ -23,36 +23,37 @@ from redis_fixture import RedisServer, needs_redis, redis_server  # noqa: F401 -
 pytestmark = needs_redis
 
 
-def node(tmp: Path, redis: RedisServer, name: str, top: dict[str, object] | None = None,
-         **cluster: object) -> Daemon:
-    settings: dict[str, object] = {"redis_url": redis.url, "node_id": name, "key_prefix": "rt"}
-    settings.update(cluster)
-    (tmp / name).mkdir()
-    return start_daemon(tmp / name, cluster=settings, top=top)
+class Nodes:
+    """Daemons on one redis-server, started on demand (a turn runs where there is room:
+    a test that needs it on A starts it before B exists); all stopped at teardown."""
 
+    def __init__(self, tmp: Path, redis: RedisServer) -> None:
+        self.tmp = tmp
+        self.redis = redis
+        self.daemons: list[Daemon] = []
 
-def stop_all(*daemons: Daemon) -> None:
-    for d in daemons:
-        gen = stopped(d)
-        next(gen)
-        next(gen, None)
+    def add(self, name: str, top: dict[str, object] | None = None, **cluster: object) -> Daemon:
+        settings: dict[str, object] = {"redis_url": self.redis.url, "node_id": name, "key_prefix": "rt"}
+        settings.update(cluster)
+        (self.tmp / name).mkdir()
+        d = start_daemon(self.tmp / name, cluster=settings, top=top)
+        self.daemons.append(d)
+        return d
 
-
-@pytest.fixture
-def pair(tmp_path: Path, redis_server: RedisServer) -> Iterator[tuple[Daemon, Daemon]]:
-    a = node(tmp_path, redis_server, "a")
-    try:
-        b = node(tmp_path, redis_server, "b")
-    except BaseException:
-        next(stopped(a), None)
-        raise
-    try:
-        yield a, b
-    finally:
-        for d in (b, a):
+    def stop_all(self) -> None:
+        for d in reversed(self.daemons):
             gen = stopped(d)
             next(gen)
             next(gen, None)
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[Nodes]:
+    n = Nodes(tmp_path, redis_server)
+    try:
+        yield n
+    finally:
+        n.stop_all()
 
 
 def sse(text: str) -> list[tuple[int, dict[str, object]]]:
@@ -71,31 +72,40 @@ def start(c: httpx.Client, agent: str, input: object = None) -> str:
 
 
 @pytest.mark.timeout(120)
-def test_a_turn_started_on_a_is_followed_resumed_exported_and_listed_on_b(pair: tuple[Daemon, Daemon]) -> None:
-    a, b = pair
+def test_a_turn_started_on_a_is_followed_resumed_exported_and_listed_on_b(nodes: Nodes) -> None:
+    a = nodes.add("a")
+    with a.http(30) as ca:
+        tid = start(ca, "paced", {"n": 100000, "interval": 0.01})  # runs until cancelled
+        wait_for(lambda: ca.get(f"/v1/turns/{tid}").json()["status"] == "running", 30, 0.05)
+    b = nodes.add("b")
     with a.http(30) as ca, b.http(30) as cb:
-        tid = start(ca, "paced", {"n": 300, "interval": 0.005})
         url = f"/v1/turns/{tid}/events"
         seen: list[int] = []
-        with cb.stream("GET", url) as r:  # live on B, dropped after 100 events
+        stored = cb.get(f"/v1/turns/{tid}").json()["last_seq"]
+        with cb.stream("GET", url) as r:  # on B: the stored events, 100 live ones, then the connection drops
             assert r.status_code == 200
             buf = ""
             for chunk in r.iter_text():
                 buf += chunk
                 *frames, buf = buf.split("\n\n")
                 seen += [s for s, _ in sse("\n\n".join(frames))]
-                if len(seen) >= 100:
+                if seen and seen[-1] >= stored + 100:
                     break
-        rest = sse(cb.get(url, headers={"Last-Event-ID": str(seen[-1])}).text)
-        assert seen + [s for s, _ in rest] == list(range(1, 303))  # no gap, no duplicate
-        assert rest[-1][1]["type"] == "RUN_FINISHED"
-        on_a = ca.get(f"/v1/turns/{tid}/export?limit=1000").json()
-        on_b = cb.get(f"/v1/turns/{tid}/export?limit=1000").json()
-        assert on_b["events"] == on_a["events"] and on_b["total"] == 302
+        last_seen = seen[-1]
+        assert cb.get(f"/v1/turns/{tid}").json()["status"] == "running"
+        assert cb.post(f"/v1/turns/{tid}/cancel").status_code == 202
+        rest = sse(cb.get(url, headers={"Last-Event-ID": str(last_seen)}).text)  # resumed on B to the end
+        total = seen + [s for s, _ in rest]
+        assert total == list(range(1, len(total) + 1)) and len(rest) > 0  # no gap, no duplicate
+        assert rest[-1][1]["type"] == "RUN_FINISHED" and rest[-1][1]["outcome"] == {"type": "cancelled"}
+        n = len(total)
+        on_a = ca.get(f"/v1/turns/{tid}/export?limit=10000").json()
+        on_b = cb.get(f"/v1/turns/{tid}/export?limit=10000").json()
+        assert on_b["events"] == on_a["events"] and on_b["total"] == n
         status = cb.get(f"/v1/turns/{tid}").json()
-        assert status["status"] == "succeeded" and status["last_seq"] == 302
+        assert status["status"] == "cancelled" and status["last_seq"] == n
         listed = {t["turn_id"]: t for t in cb.get("/v1/turns").json()["turns"]}
-        assert listed[tid]["status"] == "succeeded"
+        assert listed[tid]["status"] == "cancelled"
         tid_b = start(cb, "count", {"n": 3})
         wait_for(lambda: ca.get(f"/v1/turns/{tid_b}").json()["status"] == "succeeded", 30, 0.05)
         assert [t["turn_id"] for t in ca.get("/v1/turns").json()["turns"]][:2] == [tid_b, tid]
@@ -103,10 +113,13 @@ def test_a_turn_started_on_a_is_followed_resumed_exported_and_listed_on_b(pair: 
 
 
 @pytest.mark.timeout(120)
-def test_cancel_on_b_ends_a_turn_running_on_a(pair: tuple[Daemon, Daemon]) -> None:
-    a, b = pair
-    with a.http(30) as ca, b.http(30) as cb:
+def test_cancel_on_b_ends_a_turn_running_on_a(nodes: Nodes) -> None:
+    a = nodes.add("a")
+    with a.http(30) as ca:
         tid = start(ca, "wait_forever")
+        wait_for(lambda: ca.get(f"/v1/turns/{tid}").json()["status"] == "running", 30, 0.05)
+    b = nodes.add("b")
+    with a.http(30) as ca, b.http(30) as cb:
         wait_for(lambda: cb.get(f"/v1/turns/{tid}").json()["last_seq"] >= 7, 30, 0.05)
         running = [t["turn_id"] for t in cb.get("/v1/turns?status=running").json()["turns"]]
         assert tid in running  # B sees A's turn running (its record still says what A wrote at spawn)
@@ -121,40 +134,31 @@ def test_cancel_on_b_ends_a_turn_running_on_a(pair: tuple[Daemon, Daemon]) -> No
 
 
 @pytest.mark.timeout(120)
-def test_sigkill_of_a_node_ends_its_running_turns_lost_on_the_survivor(tmp_path: Path,
-                                                                      redis_server: RedisServer) -> None:
-    a = node(tmp_path, redis_server, "a", node_ttl_s=1.0)
-    try:
-        b = node(tmp_path, redis_server, "b", node_ttl_s=1.0)
-    except BaseException:
-        a.proc.kill()
-        raise
-    try:
-        with a.http(30) as ca, b.http(30) as cb:
-            tid = start(ca, "wait_forever")
-            wait_for(lambda: cb.get(f"/v1/turns/{tid}").json()["last_seq"] >= 7, 30, 0.05)
-            orphans = [p for p in psutil.Process(a.proc.pid).children(recursive=True)]
-            a.proc.send_signal(signal.SIGKILL)
-            a.proc.wait(10)
-            info = wait_for(lambda: (i := cb.get(f"/v1/turns/{tid}").json())["status"] == "lost" and i, 30, 0.05)
-            assert isinstance(info, dict) and info["error"]["code"] == "lost" and info["last_seq"] == 8
-            events = sse(cb.get(f"/v1/turns/{tid}/events").text)
-            assert [s for s, _ in events] == list(range(1, 9))
-            assert [e["type"] for _, e in events].count("RUN_ERROR") == 1
-            assert events[-1][1]["code"] == "lost"
-            for p in orphans:  # A's turn processes: a dead daemon cannot reap them (its host's recovery would)
-                try:
-                    p.kill()
-                except psutil.Error:
-                    pass
-            wait_for(lambda: not turn_processes(), 10, 0.05)
-    finally:
-        for d in (b, a):
-            gen = stopped(d)
-            next(gen)
-            next(gen, None)
+def test_sigkill_of_a_node_ends_its_running_turns_lost_on_the_survivor(nodes: Nodes) -> None:
+    a = nodes.add("a", node_ttl_s=1.0)
+    with a.http(30) as ca:
+        tid = start(ca, "wait_forever")
+        wait_for(lambda: ca.get(f"/v1/turns/{tid}").json()["last_seq"] >= 7, 30, 0.05)
+    b = nodes.add("b", node_ttl_s=1.0)
+    with b.http(30) as cb:
+        orphans = psutil.Process(a.proc.pid).children(recursive=True)
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait(10)
+        info = wait_for(lambda: (i := cb.get(f"/v1/turns/{tid}").json())["status"] == "lost" and i, 30, 0.05)
+        assert isinstance(info, dict) and info["error"]["code"] == "lost" and info["last_seq"] == 8
+        events = sse(cb.get(f"/v1/turns/{tid}/events").text)
+        assert [s for s, _ in events] == list(range(1, 9))
+        assert [e["type"] for _, e in events].count("RUN_ERROR") == 1
+        assert events[-1][1]["code"] == "lost"
+    for p in orphans:  # A's turn processes: a dead daemon cannot reap them (its host's recovery would)
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    wait_for(lambda: not turn_processes(), 10, 0.05)
 
 
+@pytest.mark.timeout(120)
 def refused(tmp: Path, cluster: dict[str, object]) -> str:
     tmp.mkdir()
     config = write_config(tmp, cluster=cluster)
@@ -168,53 +172,48 @@ def refused(tmp: Path, cluster: dict[str, object]) -> str:
 
 
 @pytest.mark.timeout(120)
-def test_bad_cluster_settings_stop_the_daemon_with_one_line(tmp_path: Path, redis_server: RedisServer) -> None:
+def test_bad_cluster_settings_stop_the_daemon_with_one_line(tmp_path: Path, redis_server: RedisServer,
+                                                           nodes: Nodes) -> None:
     assert "redis_url must start with redis://" in refused(tmp_path / "1", {"redis_url": "http://x"})
     assert "absolute socket path" in refused(tmp_path / "2", {"redis_url": "unix://relative.sock"})
     gone = refused(tmp_path / "3", {"redis_url": f"unix://{tmp_path}/nothing.sock"})
     assert "cannot reach Redis" in gone
-    a = node(tmp_path, redis_server, "a")
-    try:
-        twice = refused(tmp_path / "4", {"redis_url": redis_server.url, "node_id": "a", "key_prefix": "rt"})
-        assert "node id 'a' is in use" in twice and "cluster.node_id" in twice
-        with a.http() as c:
-            assert c.get("/v1/health").status_code == 200  # the refused twin changed nothing
-    finally:
-        gen = stopped(a)
-        next(gen)
-        next(gen, None)
+    a = nodes.add("a")
+    twice = refused(tmp_path / "4", {"redis_url": redis_server.url, "node_id": "a", "key_prefix": "rt"})
+    assert "node id 'a' is in use" in twice and "cluster.node_id" in twice
+    with a.http() as c:
+        assert c.get("/v1/health").status_code == 200  # the refused twin changed nothing
 
 
 @pytest.mark.timeout(120)
 def test_a_cancel_whose_message_was_missed_is_read_by_the_owner_before_it_launches(
-        tmp_path: Path, redis_server: RedisServer) -> None:
+        redis_server: RedisServer, nodes: Nodes) -> None:
     import redis
 
-    a = node(tmp_path, redis_server, "a", top={"max_running_turns": 1})
-    try:
-        with a.http(30) as c:
-            first = start(c, "wait_forever")
-            queued = start(c, "count", {"n": 3})
-            assert c.get(f"/v1/turns/{queued}").json()["status"] == "queued"
-            # What another node's cancel leaves when its pub/sub message never arrives: the key alone.
-            r = redis.Redis(unix_socket_path=redis_server.socket)
-            r.set(f"rt:cancel:{{{queued}}}", "sent early")
-            r.close()
-            assert c.post(f"/v1/turns/{first}/cancel").status_code == 202  # frees the slot
-            info = wait_for(lambda: (i := c.get(f"/v1/turns/{queued}").json())["status"] != "queued"
-                            and i["status"] not in ("starting", "running") and i, 30, 0.05)
-            assert isinstance(info, dict)
-            assert info["status"] == "cancelled" and info["cancel_reason"] == "sent early"
-    finally:
-        stop_all(a)
+    a = nodes.add("a", top={"max_running_turns": 1})
+    with a.http(30) as c:
+        first = start(c, "wait_forever")
+        queued = start(c, "count", {"n": 3})
+        assert c.get(f"/v1/turns/{queued}").json()["status"] == "queued"
+        # What another node's cancel leaves when its pub/sub message never arrives: the key alone.
+        r = redis.Redis(unix_socket_path=redis_server.socket)
+        r.set(f"rt:cancel:{{{queued}}}", "sent early")
+        r.close()
+        assert c.post(f"/v1/turns/{first}/cancel").status_code == 202  # frees the slot
+        info = wait_for(lambda: (i := c.get(f"/v1/turns/{queued}").json())["status"] != "queued"
+                        and i["status"] not in ("starting", "running") and i, 30, 0.05)
+        assert isinstance(info, dict)
+        assert info["status"] == "cancelled" and info["cancel_reason"] == "sent early"
 
 
 @pytest.mark.timeout(120)
-def test_health_and_metrics_show_the_node_and_the_cluster(pair: tuple[Daemon, Daemon]) -> None:
-    a, b = pair
-    with a.http(30) as ca, b.http(30) as cb:
+def test_health_and_metrics_show_the_node_and_the_cluster(nodes: Nodes) -> None:
+    a = nodes.add("a")
+    with a.http(30) as ca:
         tid = start(ca, "wait_forever")
         wait_for(lambda: ca.get(f"/v1/turns/{tid}").json()["status"] == "running", 30, 0.05)
+    b = nodes.add("b")
+    with a.http(30) as ca, b.http(30) as cb:
         health = cb.get("/v1/health").json()
         assert health["status"] == "ok" and health["running"] == 0  # B runs nothing itself
         assert health["cluster"]["node"] == "b" and health["cluster"]["nodes"] == 2
@@ -228,63 +227,133 @@ def test_health_and_metrics_show_the_node_and_the_cluster(pair: tuple[Daemon, Da
 
 @pytest.mark.timeout(120)
 def test_redis_gone_mid_turn_ends_it_storage_error_and_the_node_recovers(
-        tmp_path: Path, redis_server: RedisServer) -> None:
-    a = node(tmp_path, redis_server, "a")
-    try:
-        with a.http(30) as c:
-            tid = start(c, "paced", {"n": 100000, "interval": 0.01})
-            wait_for(lambda: c.get(f"/v1/turns/{tid}").json()["last_seq"] >= 5, 30, 0.05)
-            redis_server.stop()
-            info = wait_for(lambda: (i := c.get(f"/v1/turns/{tid}").json())["status"] == "failed" and i, 30, 0.05)
-            assert isinstance(info, dict) and info["error"]["code"] == "storage_error"
-            health = c.get("/v1/health")
-            assert health.status_code == 503 and health.json()["cluster"]["redis"] == "unavailable"
-            listed = c.get("/v1/turns")  # needs Redis: refused, not hung
-            assert listed.status_code == 503 and listed.json()["error"]["code"] == "storage_unavailable"
-            refused = c.post("/v1/turns", json={"agent": "count", "input": {"n": 1}})
-            assert refused.status_code == 503
-            redis_server.start()  # empty: this test runs it without persistence
-            wait_for(lambda: c.get("/v1/health").status_code == 200, 30, 0.05)
-            again = start(c, "count", {"n": 3})
-            wait_for(lambda: c.get(f"/v1/turns/{again}").json()["status"] == "succeeded", 30, 0.05)
-    finally:
-        stop_all(a)
+        redis_server: RedisServer, nodes: Nodes) -> None:
+    a = nodes.add("a")
+    with a.http(30) as c:
+        tid = start(c, "paced", {"n": 100000, "interval": 0.01})
+        wait_for(lambda: c.get(f"/v1/turns/{tid}").json()["last_seq"] >= 5, 30, 0.05)
+        redis_server.stop()
+        info = wait_for(lambda: (i := c.get(f"/v1/turns/{tid}").json())["status"] == "failed" and i, 30, 0.05)
+        assert isinstance(info, dict) and info["error"]["code"] == "storage_error"
+        health = c.get("/v1/health")
+        assert health.status_code == 503 and health.json()["cluster"]["redis"] == "unavailable"
+        listed = c.get("/v1/turns")  # needs Redis: refused, not hung
+        assert listed.status_code == 503 and listed.json()["error"]["code"] == "storage_unavailable"
+        refused = c.post("/v1/turns", json={"agent": "count", "input": {"n": 1}})
+        assert refused.status_code == 503
+        redis_server.start()  # empty: this test runs it without persistence
+        wait_for(lambda: c.get("/v1/health").status_code == 200, 30, 0.05)
+        again = start(c, "count", {"n": 3})
+        wait_for(lambda: c.get(f"/v1/turns/{again}").json()["status"] == "succeeded", 30, 0.05)
 
 
 @pytest.mark.timeout(180)
 def test_a_node_paused_past_its_ttl_finds_its_turn_ended_lost_and_its_processes_killed(
-        tmp_path: Path, redis_server: RedisServer) -> None:
-    a = node(tmp_path, redis_server, "a", node_ttl_s=1.0)
-    try:
-        b = node(tmp_path, redis_server, "b", node_ttl_s=1.0)
-    except BaseException:
-        stop_all(a)
-        raise
-    try:
-        with a.http(30) as ca, b.http(30) as cb:
-            tid = start(ca, "paced", {"n": 100000, "interval": 0.01})
-            wait_for(lambda: cb.get(f"/v1/turns/{tid}").json()["last_seq"] >= 5, 30, 0.05)
-            a.proc.send_signal(signal.SIGSTOP)
-            try:
-                lost = wait_for(lambda: (i := cb.get(f"/v1/turns/{tid}").json())["status"] == "lost" and i, 30, 0.05)
-            finally:
-                a.proc.send_signal(signal.SIGCONT)
-            assert isinstance(lost, dict)
-            ended_at = lost["last_seq"]
-            # A wakes up: its appends are refused, the turn's processes are killed.
-            wait_for(lambda: ca.get(f"/v1/turns/{tid}").json()["status"] not in ("starting", "running"), 30, 0.05)
-            wait_for(lambda: not turn_processes(), 30, 0.05)
-            events = sse(cb.get(f"/v1/turns/{tid}/events").text)
-            assert [s for s, _ in events] == list(range(1, ended_at + 1))  # nothing of A's after the ending
-            assert events[-1][1]["type"] == "RUN_ERROR" and events[-1][1]["code"] == "lost"
-            assert cb.get(f"/v1/turns/{tid}").json()["status"] == "lost"
-            import redis
+        redis_server: RedisServer, nodes: Nodes) -> None:
+    a = nodes.add("a", node_ttl_s=1.0)
+    with a.http(30) as ca:
+        tid = start(ca, "paced", {"n": 100000, "interval": 0.01})
+        wait_for(lambda: ca.get(f"/v1/turns/{tid}").json()["status"] == "running", 30, 0.05)
+    b = nodes.add("b", node_ttl_s=1.0)
+    with a.http(30) as ca, b.http(30) as cb:
+        wait_for(lambda: cb.get(f"/v1/turns/{tid}").json()["last_seq"] >= 5, 30, 0.05)
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            lost = wait_for(lambda: (i := cb.get(f"/v1/turns/{tid}").json())["status"] == "lost" and i, 30, 0.05)
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        assert isinstance(lost, dict)
+        ended_at = lost["last_seq"]
+        # A wakes up: its appends are refused, the turn's processes are killed.
+        wait_for(lambda: ca.get(f"/v1/turns/{tid}").json()["status"] not in ("starting", "running"), 30, 0.05)
+        wait_for(lambda: not turn_processes(), 30, 0.05)
+        events = sse(cb.get(f"/v1/turns/{tid}/events").text)
+        assert [s for s, _ in events] == list(range(1, ended_at + 1))  # nothing of A's after the ending
+        assert events[-1][1]["type"] == "RUN_ERROR" and events[-1][1]["code"] == "lost"
+        assert cb.get(f"/v1/turns/{tid}").json()["status"] == "lost"
+        import redis
 
-            r = redis.Redis(unix_socket_path=redis_server.socket)
-            try:  # the stream itself, not only what readers are served up to the recorded last seq
-                assert r.xlen(f"rt:ev:{{{tid}}}") == ended_at
-            finally:
-                r.close()
-            wait_for(lambda: ca.get("/v1/health").json()["cluster"]["nodes"] == 2, 30, 0.05)  # A rejoined
-    finally:
-        stop_all(b, a)
+        r = redis.Redis(unix_socket_path=redis_server.socket)
+        try:  # the stream itself, not only what readers are served up to the recorded last seq
+            assert r.xlen(f"rt:ev:{{{tid}}}") == ended_at
+        finally:
+            r.close()
+        wait_for(lambda: ca.get("/v1/health").json()["cluster"]["nodes"] == 2, 30, 0.05)  # A rejoined
+
+
+def owner_running(d: Daemon) -> int:
+    with d.http(30) as c:
+        return int(c.get("/v1/health").json()["running"])
+
+
+@pytest.mark.timeout(180)
+def test_starts_on_any_node_run_where_there_is_room_in_fifo_order_and_the_queue_is_cluster_wide(
+        nodes: Nodes) -> None:
+    one_each = {"max_running_turns": 1, "max_queued": 2}
+    a = nodes.add("a", top=one_each)
+    b = nodes.add("b", top=one_each)
+    with a.http(30) as ca, b.http(30) as cb:
+        first = start(cb, "wait_forever")
+        second = start(cb, "wait_forever")
+        for tid in (first, second):
+            wait_for(lambda: ca.get(f"/v1/turns/{tid}").json()["status"] == "running", 60, 0.05)
+        assert owner_running(a) == 1 and owner_running(b) == 1  # each node took one: its limit
+        third = start(ca, "count", {"n": 2})
+        fourth = start(cb, "count", {"n": 2})
+        assert cb.get(f"/v1/turns/{third}").json()["queue_position"] == 1
+        assert ca.get(f"/v1/turns/{fourth}").json()["queue_position"] == 2
+        full = ca.post("/v1/turns", json={"agent": "count", "input": {"n": 1}})
+        assert full.status_code == 429 and full.json()["error"]["code"] == "queue_full"
+        assert cb.post(f"/v1/turns/{first}/cancel").status_code == 202  # one slot frees somewhere
+        done = wait_for(lambda: (s := {t: ca.get(f"/v1/turns/{t}").json() for t in (third, fourth)})
+                        [third]["status"] == "succeeded" and s, 60, 0.05)
+        assert isinstance(done, dict)
+        fourth_info = wait_for(lambda: (i := ca.get(f"/v1/turns/{fourth}").json())["status"] == "succeeded"
+                               and i, 60, 0.05)
+        assert isinstance(fourth_info, dict)
+        # One free slot (the second still runs): the fourth started after the third had ended.
+        assert fourth_info["started_at"] >= done[third]["ended_at"]
+        ca.post(f"/v1/turns/{second}/cancel")
+
+
+@pytest.mark.timeout(120)
+def test_cancel_of_a_turn_no_node_has_taken_ends_it_at_once(nodes: Nodes) -> None:
+    a = nodes.add("a", top={"max_running_turns": 1})
+    b = nodes.add("b", top={"max_running_turns": 1})
+    with a.http(30) as ca, b.http(30) as cb:
+        busy = [start(ca, "wait_forever") for _ in range(2)]
+        for tid in busy:
+            wait_for(lambda: ca.get(f"/v1/turns/{tid}").json()["status"] == "running", 60, 0.05)
+        queued = start(ca, "count", {"n": 2})
+        r = cb.post(f"/v1/turns/{queued}/cancel", json={"reason": "changed my mind"})
+        assert r.status_code == 202 and r.json()["status"] == "cancelled"
+        events = sse(ca.get(f"/v1/turns/{queued}/events").text)
+        assert [e["type"] for _, e in events] == ["RUN_STARTED", "RUN_FINISHED"]
+        assert events[-1][1]["outcome"] == {"type": "cancelled"}
+        for tid in busy:
+            ca.post(f"/v1/turns/{tid}/cancel")
+        for tid in busy:
+            wait_for(lambda: ca.get(f"/v1/turns/{tid}").json()["status"] == "cancelled", 60, 0.05)
+        assert ca.get(f"/v1/turns/{queued}").json()["status"] == "cancelled"  # nobody ran it after all
+
+
+@pytest.mark.timeout(120)
+def test_a_queue_entry_read_by_a_node_that_died_is_claimed_and_run_by_a_live_one(
+        redis_server: RedisServer, nodes: Nodes) -> None:
+    import redis
+
+    a = nodes.add("a", top={"max_running_turns": 1}, node_ttl_s=1.0)
+    with a.http(30) as c:
+        busy = start(c, "wait_forever")
+        wait_for(lambda: c.get(f"/v1/turns/{busy}").json()["status"] == "running", 60, 0.05)
+        waiting = start(c, "count", {"n": 2})
+        # A node "ghost" reads the entry and dies before taking it: its consumer keeps it pending.
+        r = redis.Redis(unix_socket_path=redis_server.socket)
+        try:
+            r.sadd("rt:nodes", "ghost")
+            got = r.xreadgroup("rt:nodes", "ghost", {"rt:dispatch": ">"}, count=1)
+            assert got and got[0][1][0][1][b"turn"].decode() == waiting
+        finally:
+            r.close()
+        c.post(f"/v1/turns/{busy}/cancel")  # A has room again, but ">" no longer holds the entry
+        wait_for(lambda: c.get(f"/v1/turns/{waiting}").json()["status"] == "succeeded", 60, 0.05)

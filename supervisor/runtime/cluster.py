@@ -27,6 +27,7 @@ from ipc import events as ev
 from supervisor.config import ClusterConfig
 from supervisor.errors import RunnerdError, StoreFenced, StoreUnavailable, UnknownTurn
 from supervisor.logs import get_logger
+from supervisor.runtime.dispatch import Dispatch
 from supervisor.runtime.registry import StreamRegistry
 from supervisor.runtime.remote_tail import RemoteTail
 from supervisor.storage.lines import event_line, line_seq
@@ -62,13 +63,14 @@ class NodeIdInUse(RunnerdError):
 
 
 class Cluster:
-    def __init__(self, config: ClusterConfig, state_dir: str) -> None:
+    def __init__(self, config: ClusterConfig, state_dir: str, *, max_queued: int) -> None:
         self.config = config
         self.node = config.node_name(state_dir)
         self.keys = Keys(config.key_prefix)
         self.client = connect(config.redis_url)
         self.events = RedisEventStore(self.client, self.keys)
         self.turns = RedisTurnStore(self.client, self.keys, self.node, self.events)
+        self.dispatch = Dispatch(self.client, self.keys, self.node, max_queued=max_queued)
         self._token = secrets.token_hex(16)
         self._ttl_ms = int(config.node_ttl_s * 1000)
         self._refresh = self.client.register_script(_REFRESH)
@@ -93,18 +95,26 @@ class Cluster:
             self.client.sadd(self.keys.nodes, self.node)
 
     def start(self, *, registry: StreamRegistry, cancel_local: Callable[[str, str | None], object],
-              local_turns: Callable[[], list[str]]) -> None:
+              local_turns: Callable[[], list[str]], is_local: Callable[[str], bool],
+              take: Callable[[str, bytes, str], None], free: Callable[[], int],
+              wait_free: Callable[[float], None]) -> None:
         self._cancel_local = cancel_local
         self._local_turns = local_turns
-        self.tail = RemoteTail(self.client, self.keys, self.node, registry)
+        self.tail = RemoteTail(self.client, self.keys, self.node, registry, is_local)
         self.tail.start()
+        self.dispatch.start(take=take, free=free, wait_free=wait_free)
         for target, name in ((self._beat, "runnerd-heartbeat"), (self._listen, "runnerd-cancel-bus")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
 
+    def stop_taking(self, timeout: float | None = None) -> None:
+        """Take no more turns from the cluster's queue (closing)."""
+        self.dispatch.stop(timeout)
+
     def leave(self, timeout: float = 5.0) -> None:
         """Stop the threads and give the node id back (the turns have ended by now)."""
+        self.dispatch.stop(timeout)
         self._stopping.set()
         if self.tail is not None:
             self.tail.stop(timeout)
@@ -151,6 +161,9 @@ class Cluster:
             active = self.turns.active_of(peer)
             for turn_id in active:
                 self.end_lost(turn_id)
+            claimed = self.dispatch.claim_from(peer)
+            if claimed:
+                log.warning("cluster_queue_entries_claimed", peer=peer, count=claimed)
             if not active:
                 self.client.srem(self.keys.nodes, peer)
 
@@ -189,6 +202,10 @@ class Cluster:
         info = self.status(turn_id)
         if info.ended:
             return info  # idempotent: nothing to cancel
+        if info.status is TurnStatus.QUEUED:
+            ended = self.dispatch.cancel_queued(info, reason)
+            if ended is not None:
+                return ended  # no node had taken it: ended here
         with translated():
             self.client.set(self.keys.cancel(turn_id), reason or "", ex=CANCEL_KEY_TTL_S)
             self.client.publish(self.keys.cancel_channel, turn_id)
@@ -258,6 +275,8 @@ class Cluster:
         info = self.turns.get(turn_id)
         if info is None:
             raise UnknownTurn(f"unknown turn {turn_id}")
+        if info.status is TurnStatus.QUEUED:
+            info.queue_position = self.dispatch.position(turn_id)
         return self._current(info, self.events.last_line(turn_id))
 
     def select(self, *, status: str | None, session_id: str | None, limit: int | None) -> list[TurnInfo]:

@@ -11,6 +11,7 @@ stream (``<p>:node:<n>:wake``).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -28,8 +29,10 @@ COUNT = 1000  # entries per stream per read
 
 
 class RemoteTail:
-    def __init__(self, client: redis.Redis, keys: Keys, node: str, registry: StreamRegistry) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, node: str, registry: StreamRegistry,
+                 is_local: Callable[[str], bool]) -> None:
         self.client = client
+        self.is_local = is_local  # a followed turn this node took from the queue: its relay feeds it
         self.keys = keys
         self.registry = registry
         self._wake_key = keys.wake(node)
@@ -77,7 +80,7 @@ class RemoteTail:
                 last, ended = self.registry.position(turn_id)
             except UnknownTurn:  # retention removed it
                 ended, last = True, 0
-            if ended:
+            if ended or self.is_local(turn_id):
                 with self._lock:
                     self._followed.discard(turn_id)
                 continue
@@ -100,6 +103,10 @@ class RemoteTail:
                     self._deliver(name.rsplit("{", 1)[1].rstrip("}"), entries)
 
     def _deliver(self, turn_id: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        # Entries exist only after the owner stored them, and a node takes a turn into its
+        # table before its relay stores anything: a turn local now was local when they were written.
+        if self.is_local(turn_id):
+            return
         try:
             last, ended = self.registry.position(turn_id)
         except UnknownTurn:

@@ -1,7 +1,8 @@
 """The Redis backend of ``TurnStore``: a hash per turn plus indexes, written by one script.
 
 ``<p>:turn:{id}`` holds ``info`` (the ``TurnInfo`` JSON), ``status`` and
-``node`` (the owner, set once). Indexes: ``<p>:turns`` (every id, sorted by
+``node`` (the owner: set once, by the first write that is not ``queued``: a
+turn in the cluster's queue belongs to no node until one takes it). Indexes: ``<p>:turns`` (every id, sorted by
 id, so by creation), ``<p>:status:<s>``, ``<p>:session:<sid>``,
 ``<p>:node:<n>:turns`` (every turn a node owns) and ``<p>:node:<n>:active``
 (its unended ones: what liveness ends ``lost`` when the node dies).
@@ -54,15 +55,17 @@ end
 if old then redis.call('SREM', p .. ':status:' .. old, id) end
 redis.call('SADD', p .. ':status:' .. new, id)
 redis.call('HSET', KEYS[1], 'info', ARGV[2], 'status', new)
-redis.call('HSETNX', KEYS[1], 'node', ARGV[4])
+if new ~= 'queued' then redis.call('HSETNX', KEYS[1], 'node', ARGV[4]) end  -- a queued turn has no owner yet
 redis.call('ZADD', KEYS[3], 0, id)
 if ARGV[5] ~= '' then redis.call('SADD', p .. ':session:' .. ARGV[5], id) end
 local owner = redis.call('HGET', KEYS[1], 'node')
-redis.call('SADD', p .. ':node:' .. owner .. ':turns', id)
-if ENDED[new] then
-  redis.call('SREM', p .. ':node:' .. owner .. ':active', id)
-else
-  redis.call('SADD', p .. ':node:' .. owner .. ':active', id)
+if owner then
+  redis.call('SADD', p .. ':node:' .. owner .. ':turns', id)
+  if ENDED[new] then
+    redis.call('SREM', p .. ':node:' .. owner .. ':active', id)
+  else
+    redis.call('SADD', p .. ':node:' .. owner .. ':active', id)
+  end
 end
 return 1
 """
