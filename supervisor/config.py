@@ -90,6 +90,7 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     node_id: str | None = None  # default: stable per host and state directory (see node_name)
     node_ttl_s: float = 10.0  # a node whose heartbeat is this old is dead; its turns end lost
     key_prefix: str = "runnerd"
+    redis_retry_s: float = 5.0  # an append waits this long for Redis to come back, then the turn fails
 
     def __post_init__(self) -> None:
         url = urlsplit(self.redis_url)
@@ -109,6 +110,8 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("cluster.key_prefix must be 1-64 characters of letters, digits, '.', '_' or '-'")
         if not 0.5 <= self.node_ttl_s <= 3600:
             raise ValueError("cluster.node_ttl_s must be within [0.5, 3600]")
+        if not 0 <= self.redis_retry_s <= 600:
+            raise ValueError("cluster.redis_retry_s must be within [0, 600]")
 
     def node_name(self, state_dir: str) -> str:
         """``node_id``, else the host name plus a hash of the state directory: the same

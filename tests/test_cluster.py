@@ -226,9 +226,9 @@ def test_health_and_metrics_show_the_node_and_the_cluster(nodes: Nodes) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_redis_gone_mid_turn_ends_it_storage_error_and_the_node_recovers(
+def test_redis_gone_past_the_retry_window_ends_the_turn_storage_error_and_the_node_recovers(
         redis_server: RedisServer, nodes: Nodes) -> None:
-    a = nodes.add("a")
+    a = nodes.add("a", redis_retry_s=0.5)
     with a.http(30) as c:
         tid = start(c, "paced", {"n": 100000, "interval": 0.01})
         wait_for(lambda: c.get(f"/v1/turns/{tid}").json()["last_seq"] >= 5, 30, 0.05)
@@ -357,3 +357,28 @@ def test_a_queue_entry_read_by_a_node_that_died_is_claimed_and_run_by_a_live_one
             r.close()
         c.post(f"/v1/turns/{busy}/cancel")  # A has room again, but ">" no longer holds the entry
         wait_for(lambda: c.get(f"/v1/turns/{waiting}").json()["status"] == "succeeded", 60, 0.05)
+
+
+@pytest.mark.timeout(180)
+def test_redis_restarted_within_the_retry_window_loses_no_event_of_a_running_turn(tmp_path: Path) -> None:
+    from redis_fixture import REDIS_SERVER
+
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(tmp_path / "redis", aof=True).start()
+    nodes = Nodes(tmp_path, server)
+    try:
+        a = nodes.add("a", redis_retry_s=30.0)
+        with a.http(30) as c:
+            tid = start(c, "paced", {"n": 1500, "interval": 0.01})
+            wait_for(lambda: c.get(f"/v1/turns/{tid}").json()["last_seq"] >= 20, 30, 0.05)
+            server.stop()  # AOF (appendfsync always): what Redis acknowledged survives
+            server.start()
+            info = wait_for(lambda: (i := c.get(f"/v1/turns/{tid}").json())["status"] not in
+                            ("queued", "starting", "running") and i, 120, 0.1)
+            assert isinstance(info, dict) and info["status"] == "succeeded", info
+            events = sse(c.get(f"/v1/turns/{tid}/events").text)
+            assert [s for s, _ in events] == list(range(1, 1503))  # nothing lost, nothing twice
+    finally:
+        nodes.stop_all()
+        server.stop()

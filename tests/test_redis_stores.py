@@ -68,7 +68,9 @@ def test_append_that_does_not_follow_is_fenced(redis_server: RedisServer) -> Non
         events.append(t, [text(2)])  # a hole before the first event
     events.append(t, [text(1), text(2)])
     with pytest.raises(StoreFenced):
-        events.append(t, [text(2)])  # a duplicate seq: another writer was first
+        events.append(t, [text(2, "other")])  # a duplicate seq: another writer was first
+    events.append(t, [text(1), text(2)])  # the same batch again (its first answer was lost): written once
+    assert events.reopen(t) == 2
     with pytest.raises(StoreFenced):
         events.append(t, [text(4)])  # a hole
     events.append(t, [text(3), lost(4)])

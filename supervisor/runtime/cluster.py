@@ -68,7 +68,7 @@ class Cluster:
         self.node = config.node_name(state_dir)
         self.keys = Keys(config.key_prefix)
         self.client = connect(config.redis_url)
-        self.events = RedisEventStore(self.client, self.keys)
+        self.events = RedisEventStore(self.client, self.keys, retry_s=config.redis_retry_s)
         self.turns = RedisTurnStore(self.client, self.keys, self.node, self.events)
         self.dispatch = Dispatch(self.client, self.keys, self.node, max_queued=max_queued)
         self._token = secrets.token_hex(16)

@@ -11,15 +11,18 @@ scripts check.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
 
 from supervisor.ids import validate_turn_id
 from supervisor.storage.lines import is_terminal_line, line_seq
+from supervisor.errors import StoreFenced, StoreUnavailable
 from supervisor.storage.redis_common import Keys, ending_of, translated
 
 READ_BUDGET = 8 << 20  # bytes one read may return (always at least one line)
+RETRY_PAUSE_S = 0.1  # between attempts of an append while Redis does not answer
 PAGE = 500  # entries per XRANGE round trip
 
 _APPEND = """
@@ -55,9 +58,10 @@ def entry_line(fields: dict[bytes, bytes]) -> bytes:
 class RedisEventStore:
     """Events of every node's turns, readable by every node."""
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, *, retry_s: float = 0.0) -> None:
         self.client = client
         self.keys = keys
+        self.retry_s = retry_s  # how long an append waits for an unreachable Redis
         self._append = client.register_script(_APPEND)
 
     def _key(self, turn_id: str) -> str:
@@ -81,8 +85,22 @@ class RedisEventStore:
         for offset, line in enumerate(lines):
             ending = ending_of(line) if is_terminal_line(line, first + offset) else None
             args += [line, ending[0].value if ending is not None else ""]
-        with translated():
-            self._append(keys=[self._key(turn_id)], args=args)
+        # Redis unreachable: try again for retry_s (the relay waits; each turn's pipe holds
+        # what its process writes meanwhile), then give up: the relay ends the turn storage_error.
+        deadline = time.monotonic() + self.retry_s
+        while True:
+            try:
+                with translated():
+                    self._append(keys=[self._key(turn_id)], args=args)
+                return
+            except StoreFenced:
+                if self.last_line(turn_id) == lines[-1]:
+                    return  # an earlier attempt was written, its answer was lost: done once
+                raise
+            except StoreUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(RETRY_PAUSE_S)
 
     def close(self, turn_id: str) -> None:
         """Nothing to flush: durability is Redis's (AOF ``appendfsync everysec``: about a second)."""
