@@ -214,8 +214,12 @@ class Supervisor:
         info = TurnInfo(turn_id=turn_id, agent=agent, session_id=session_id,
                         status=TurnStatus.QUEUED, created_at=time.time(), timeout_s=timeout_s)
         if self.cluster is not None:  # into the cluster's queue: the first node with room takes it
-            self.cluster.dispatch.enqueue(info, input_json, multitask)
-            log.info("turn_submitted", turn_id=turn_id, agent=agent, session_id=session_id, cluster=True)
+            earlier = self.cluster.dispatch.enqueue(info, input_json, multitask)
+            if multitask == "interrupt":
+                for other in earlier:
+                    self.cancel(other, reason=f"interrupted by turn {turn_id}")
+            log.info("turn_submitted", turn_id=turn_id, agent=agent, session_id=session_id, cluster=True,
+                     after=earlier)
             return self.status(turn_id)
         spec = self._spec(info, input_json)
         try:
@@ -406,7 +410,7 @@ class Supervisor:
         if self.cluster is not None and self.cluster.tail is not None and not self._is_local(info.turn_id):
             self.cluster.tail.follow(info.turn_id)
 
-    def _take(self, turn_id: str, input_json: bytes, multitask: str) -> None:
+    def _take(self, turn_id: str, input_json: bytes) -> None:
         """The dispatcher took a turn from the cluster's queue: own it, then admit it as if started here."""
         info = self.turn_store.get(turn_id)
         if info is None or info.status is not TurnStatus.QUEUED:
@@ -429,7 +433,7 @@ class Supervisor:
                 TurnError("agent_unavailable", message)))
             return
         try:
-            now = self.scheduler.submit(pending, "enqueue")  # the session policy is not cluster-wide
+            now = self.scheduler.submit(pending, "enqueue")  # the session policy was applied at enqueue
         except (QueueFull, SupervisorClosed) as exc:
             self.relay.end_unstarted(info, spec, Ending(
                 TurnStatus.FAILED, ev.RunError(message=str(exc), code="crashed"), TurnError("crashed", str(exc))))

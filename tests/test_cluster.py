@@ -382,3 +382,43 @@ def test_redis_restarted_within_the_retry_window_loses_no_event_of_a_running_tur
     finally:
         nodes.stop_all()
         server.stop()
+
+
+@pytest.mark.timeout(180)
+def test_the_session_policy_holds_across_nodes(redis_server: RedisServer, nodes: Nodes) -> None:
+    import redis
+
+    a = nodes.add("a", top={"max_running_turns": 1})
+    with a.http(30) as ca:
+        first = ca.post("/v1/turns", json={"agent": "wait_forever", "session_id": "s1"}).json()["turn_id"]
+        wait_for(lambda: ca.get(f"/v1/turns/{first}").json()["status"] == "running", 60, 0.05)
+    b = nodes.add("b")  # has room; A has none
+    with b.http(30) as cb:
+        # reject (the default), on the other node: refused, naming the active turn
+        r = cb.post("/v1/turns", json={"agent": "count", "input": {"n": 1}, "session_id": "s1"})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "session_busy", r.text
+        assert first in r.text
+        # enqueue: B takes the entry from the queue but holds it while the first runs on A
+        second = cb.post("/v1/turns", json={"agent": "count", "input": {"n": 2}, "session_id": "s1",
+                                            "multitask": "enqueue"}).json()["turn_id"]
+        client = redis.Redis(unix_socket_path=redis_server.socket)
+        try:
+            def held_by_b() -> bool:
+                pending = client.xpending_range("rt:dispatch", "rt:nodes", "-", "+", 10, consumername="b")
+                return bool(pending)
+            wait_for(held_by_b, 30, 0.05)
+        finally:
+            client.close()
+        assert cb.get(f"/v1/turns/{second}").json()["status"] == "queued"
+        # interrupt: the session's earlier turns are cancelled, it runs after them
+        third = cb.post("/v1/turns", json={"agent": "count", "input": {"n": 3}, "session_id": "s1",
+                                           "multitask": "interrupt"}).json()["turn_id"]
+        ended = {}
+        for tid in (first, second, third):
+            ended[tid] = wait_for(lambda: (i := cb.get(f"/v1/turns/{tid}").json())["status"] not in
+                                  ("queued", "starting", "running") and i, 60, 0.05)
+        assert ended[first]["status"] == "cancelled"  # type: ignore[index]
+        assert ended[first]["cancel_reason"] == f"interrupted by turn {third}"  # type: ignore[index]
+        assert ended[second]["status"] == "cancelled"  # queued behind it: interrupted too  # type: ignore[index]
+        assert ended[third]["status"] == "succeeded"  # type: ignore[index]
+        assert ended[third]["started_at"] >= ended[first]["ended_at"]  # type: ignore[index]

@@ -96,7 +96,7 @@ class Cluster:
 
     def start(self, *, registry: StreamRegistry, cancel_local: Callable[[str, str | None], object],
               local_turns: Callable[[], list[str]], is_local: Callable[[str], bool],
-              take: Callable[[str, bytes, str], None], free: Callable[[], int],
+              take: Callable[[str, bytes], None], free: Callable[[], int],
               wait_free: Callable[[float], None]) -> None:
         self._cancel_local = cancel_local
         self._local_turns = local_turns

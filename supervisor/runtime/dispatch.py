@@ -1,5 +1,9 @@
 """The cluster's queue: every node enqueues starts, every node takes them while it has free slots.
 
+Sessions hold cluster-wide: the enqueue script sees the session's unended
+turns (``reject`` refuses; ``enqueue``/``interrupt`` record them in the entry),
+and a node defers an entry until those have ended.
+
 ``POST /v1/turns`` on any node writes the turn's record (``queued``, no owner)
 and an entry of stream ``<p>:dispatch`` in one script, refused when the
 cluster already holds ``max_queued`` queued turns. Each node reads the stream
@@ -24,7 +28,7 @@ import msgspec
 import redis
 
 from ipc import events as ev
-from supervisor.errors import QueueFull
+from supervisor.errors import QueueFull, SessionBusy
 from supervisor.logs import get_logger
 from supervisor.storage.lines import event_line
 from supervisor.storage.redis_common import Keys, translated
@@ -32,17 +36,28 @@ from supervisor.turns import TurnInfo, TurnStatus, info_copy
 
 log = get_logger("runnerd.dispatch")
 BLOCK_MS = 2000  # a blocked read returns this often (stop, a slot freed meanwhile)
+DEFERRED_BLOCK_MS = 250  # … and this often while an entry waits for its session's earlier turns
 RETRY_S = 1.0
 
 _ENQUEUE = """
-local p, id = ARGV[3], ARGV[2]
-if redis.call('SCARD', p .. ':status:queued') >= tonumber(ARGV[1]) then return 0 end
-local qid = redis.call('XADD', KEYS[1], '*', 'turn', id, 'input', ARGV[6], 'multitask', ARGV[7])
+local p, id, sid, policy = ARGV[3], ARGV[2], ARGV[5], ARGV[7]
+local after = {}  -- the session's unended turns: this one starts after they have ended
+if sid ~= '' then
+  for _, status in ipairs({'queued', 'starting', 'running'}) do
+    for _, other in ipairs(redis.call('SINTER', p .. ':session:' .. sid, p .. ':status:' .. status)) do
+      table.insert(after, other)
+    end
+  end
+  if #after > 0 and policy == 'reject' then return {'busy', after[1]} end
+end
+if redis.call('SCARD', p .. ':status:queued') >= tonumber(ARGV[1]) then return {'full'} end
+local waits = table.concat(after, ',')
+local qid = redis.call('XADD', KEYS[1], '*', 'turn', id, 'input', ARGV[6], 'after', waits)
 redis.call('HSET', KEYS[2], 'info', ARGV[4], 'status', 'queued', 'qid', qid)
 redis.call('SADD', p .. ':status:queued', id)
 redis.call('ZADD', KEYS[3], 0, id)
-if ARGV[5] ~= '' then redis.call('SADD', p .. ':session:' .. ARGV[5], id) end
-return 1
+if sid ~= '' then redis.call('SADD', p .. ':session:' .. sid, id) end
+return {'ok', waits}
 """
 
 _CANCEL_QUEUED = """
@@ -72,15 +87,25 @@ class Dispatch:
 
     # -- any node: the queue ------------------------------------------------------------
 
-    def enqueue(self, info: TurnInfo, input_json: bytes, multitask: str) -> None:
+    def enqueue(self, info: TurnInfo, input_json: bytes, multitask: str) -> list[str]:
+        """Queue a start; the session's unended turns it waits for (``interrupt``: cancel them).
+
+        The session policy holds cluster-wide: ``reject`` refuses while any turn of the
+        session is unended anywhere; ``enqueue`` and ``interrupt`` queue the turn behind them.
+        """
         turn_id = info.turn_id
         with translated():
-            ok = self._enqueue(
+            reply: Any = self._enqueue(
                 keys=[self.stream, self.keys.turn(turn_id), self.keys.turns],
                 args=[self.max_queued, turn_id, self.keys.prefix, msgspec.json.encode(info),
                       info.session_id or "", input_json, multitask])
-        if not ok:
+        verdict = reply[0].decode()
+        if verdict == "busy":
+            active = reply[1].decode()
+            raise SessionBusy(f"session {info.session_id!r} has an active turn ({active})", active)
+        if verdict == "full":
             raise QueueFull(f"the cluster's queue is full ({self.max_queued} turns wait for a node)")
+        return [x for x in reply[1].decode().split(",") if x]
 
     def position(self, turn_id: str) -> int | None:
         """1-based place in the cluster's queue (entries before it are waiting or being taken)."""
@@ -108,7 +133,7 @@ class Dispatch:
 
     # -- this node: taking work -----------------------------------------------------------
 
-    def start(self, *, take: Callable[[str, bytes, str], None], free: Callable[[], int],
+    def start(self, *, take: Callable[[str, bytes], None], free: Callable[[], int],
               wait_free: Callable[[float], None]) -> None:
         with translated():
             self._ensure_group()
@@ -156,23 +181,37 @@ class Dispatch:
                 self._stopping.wait(RETRY_S)
 
     def _step(self) -> None:
-        # Our own unacknowledged entries first: claimed from a dead node, or left by our last run.
+        # Our own unacknowledged entries first: claimed from a dead node, left by our last
+        # run, or deferred (their session's earlier turns have not ended yet).
         mine: Any = self.client.xreadgroup(self.group, self.node, {self.stream: "0"}, count=100)
-        entries = mine[0][1] if mine else []
-        if not entries:
-            room = self._free()
-            if room <= 0:
-                self._wait_free(1.0)
-                return
-            new: Any = self.client.xreadgroup(self.group, self.node, {self.stream: ">"}, count=room,
-                                              block=BLOCK_MS)
-            entries = new[0][1] if new else []
-        for entry_id, fields in entries:
-            if self._stopping.is_set():
-                return  # left pending: a live node claims it once this one has left
-            if fields:  # an entry deleted while pending comes back without fields
-                self._take(fields[b"turn"].decode(), fields[b"input"], fields[b"multitask"].decode())
-            pipe = self.client.pipeline(transaction=True)
-            pipe.xack(self.stream, self.group, entry_id)
-            pipe.xdel(self.stream, entry_id)
-            pipe.execute()
+        deferred = sum(not self._handle(entry_id, fields) for entry_id, fields in (mine[0][1] if mine else []))
+        room = self._free()
+        if room <= 0:
+            self._wait_free(1.0)
+            return
+        new: Any = self.client.xreadgroup(self.group, self.node, {self.stream: ">"}, count=room,
+                                          block=DEFERRED_BLOCK_MS if deferred else BLOCK_MS)
+        for entry_id, fields in new[0][1] if new else []:
+            self._handle(entry_id, fields)
+
+    def _handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> bool:
+        """Take one entry (and acknowledge it); False: it stays pending for a later step."""
+        if self._stopping.is_set():
+            return False  # left pending: a live node claims it once this one has left
+        if fields:  # an entry deleted while pending comes back without fields
+            waits = [x for x in fields.get(b"after", b"").decode().split(",") if x]
+            if waits and not self._all_ended(waits):
+                return False
+            self._take(fields[b"turn"].decode(), fields[b"input"])
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xack(self.stream, self.group, entry_id)
+        pipe.xdel(self.stream, entry_id)
+        pipe.execute()
+        return True
+
+    def _all_ended(self, turn_ids: list[str]) -> bool:
+        pipe = self.client.pipeline(transaction=False)
+        for turn_id in turn_ids:
+            pipe.hget(self.keys.turn(turn_id), "status")
+        statuses: list[Any] = pipe.execute()
+        return all(s is None or TurnStatus(s.decode()).ended for s in statuses)
