@@ -32,11 +32,12 @@ class Nodes:
         self.redis = redis
         self.daemons: list[Daemon] = []
 
-    def add(self, name: str, top: dict[str, object] | None = None, **cluster: object) -> Daemon:
+    def add(self, name: str, top: dict[str, object] | None = None,
+            retention: dict[str, object] | None = None, **cluster: object) -> Daemon:
         settings: dict[str, object] = {"redis_url": self.redis.url, "node_id": name, "key_prefix": "rt"}
         settings.update(cluster)
         (self.tmp / name).mkdir()
-        d = start_daemon(self.tmp / name, cluster=settings, top=top)
+        d = start_daemon(self.tmp / name, cluster=settings, top=top, retention=retention)
         self.daemons.append(d)
         return d
 
@@ -422,3 +423,19 @@ def test_the_session_policy_holds_across_nodes(redis_server: RedisServer, nodes:
         assert ended[second]["status"] == "cancelled"  # queued behind it: interrupted too  # type: ignore[index]
         assert ended[third]["status"] == "succeeded"  # type: ignore[index]
         assert ended[third]["started_at"] >= ended[first]["ended_at"]  # type: ignore[index]
+
+
+@pytest.mark.timeout(120)
+def test_compaction_and_retention_by_the_owner_show_on_every_node(nodes: Nodes) -> None:
+    a = nodes.add("a", retention={"keep_raw_s": 0.0, "interval_s": 0.3})
+    with a.http(30) as ca:
+        tid = start(ca, "demo", {"prompt": "hello there"})
+        wait_for(lambda: ca.get(f"/v1/turns/{tid}").json()["raw_removed"], 60, 0.05)
+    b = nodes.add("b")
+    with a.http(30) as ca, b.http(30) as cb:
+        on_a = ca.get(f"/v1/turns/{tid}/export?after=0&limit=1000").json()
+        on_b = cb.get(f"/v1/turns/{tid}/export?after=0&limit=1000").json()
+        assert on_b["compacted"] is True and on_b["events"] == on_a["events"]
+        assert on_b["gap"]["form"] == "compacted" and on_b["gap"] == on_a["gap"]
+        assert [e["type"] for e in on_b["events"]][-1] == "RUN_FINISHED"
+        assert cb.get(f"/v1/turns/{tid}").json()["compaction"] == "done"
