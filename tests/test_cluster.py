@@ -114,7 +114,7 @@ def test_a_turn_started_on_a_is_followed_resumed_exported_and_listed_on_b(nodes:
 
 
 @pytest.mark.timeout(120)
-def test_cancel_on_b_ends_a_turn_running_on_a(nodes: Nodes) -> None:
+def test_cancel_on_b_ends_a_turn_running_on_a_and_runnerctl_on_c_lists_it(nodes: Nodes) -> None:
     a = nodes.add("a")
     with a.http(30) as ca:
         tid = start(ca, "wait_forever")
@@ -132,6 +132,11 @@ def test_cancel_on_b_ends_a_turn_running_on_a(nodes: Nodes) -> None:
         info = ca.get(f"/v1/turns/{tid}").json()
         assert info["status"] == "cancelled" and info["cancel_reason"] == "from b"
         wait_for(lambda: cb.get(f"/v1/turns/{tid}").json()["status"] == "cancelled", 30, 0.05)
+    c = nodes.add("c")  # runnerctl against a third node
+    assert tid in [t["turn_id"] for t in json.loads(c.ctl("list").stdout)]
+    assert json.loads(c.ctl("status", tid).stdout)["status"] == "cancelled"
+    exported = c.ctl("export", tid)
+    assert exported.returncode == 0 and "RUN_FINISHED" in exported.stdout
 
 
 @pytest.mark.timeout(120)

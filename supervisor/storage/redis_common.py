@@ -21,7 +21,8 @@ FENCED = "FENCED"  # the prefix of every refusal our scripts return
 
 
 class Keys:
-    """Every key name, in one place (``<prefix>:…``)."""
+    """Every key name, in one place (``<prefix>:…``). The Lua scripts build the index
+    names (status, session, node sets) from the prefix the same way."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -49,6 +50,9 @@ class Keys:
 
     def node_turns(self, node: str) -> str:
         return f"{self.prefix}:node:{node}:turns"
+
+    def node_active(self, node: str) -> str:
+        return f"{self.prefix}:node:{node}:active"
 
     def heartbeat(self, node: str) -> str:
         return f"{self.prefix}:node:{node}:alive"

@@ -152,7 +152,7 @@ class RedisTurnStore:
     def active_of(self, node: str) -> list[str]:
         """Turn ids a node owns that have not ended (liveness ends them when it dies)."""
         with translated():
-            members: Any = self.client.smembers(f"{self.keys.prefix}:node:{node}:active")
+            members: Any = self.client.smembers(self.keys.node_active(node))
         return sorted(m.decode() for m in members)
 
     def select(self, *, status: str | None = None, session_id: str | None = None,
