@@ -444,3 +444,33 @@ def test_compaction_and_retention_by_the_owner_show_on_every_node(nodes: Nodes) 
         assert on_b["gap"]["form"] == "compacted" and on_b["gap"] == on_a["gap"]
         assert [e["type"] for e in on_b["events"]][-1] == "RUN_FINISHED"
         assert cb.get(f"/v1/turns/{tid}").json()["compaction"] == "done"
+
+
+@pytest.mark.timeout(120)
+def test_many_followers_of_a_remote_turn_share_one_redis_read(redis_server: RedisServer, nodes: Nodes) -> None:
+    import contextlib
+
+    import redis
+
+    a = nodes.add("a")
+    with a.http(30) as ca:
+        tid = start(ca, "paced", {"n": 100000, "interval": 0.01})
+        wait_for(lambda: ca.get(f"/v1/turns/{tid}").json()["status"] == "running", 30, 0.05)
+    b = nodes.add("b")
+    r = redis.Redis(unix_socket_path=redis_server.socket)
+    try:
+        with b.http(30) as cb, contextlib.ExitStack() as streams:
+            cb.get(f"/v1/turns/{tid}")
+            before = r.info("clients")["connected_clients"]
+            stored = cb.get(f"/v1/turns/{tid}").json()["last_seq"]
+            for _ in range(20):  # one after the other: each gets a live event before the next opens
+                lines = streams.enter_context(cb.stream("GET", f"/v1/turns/{tid}/events?after={stored}"))
+                for line in lines.iter_lines():
+                    if line.startswith("data: "):
+                        break
+            during = r.info("clients")["connected_clients"]
+            assert during - before <= 2, (before, during)  # not one per subscriber
+        with a.http(30) as ca:
+            ca.post(f"/v1/turns/{tid}/cancel")
+    finally:
+        r.close()

@@ -9,7 +9,8 @@ The host that mounts ``create_app`` starts and stops the Supervisor itself.
 from __future__ import annotations
 
 import hmac
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.applications import Starlette
@@ -37,6 +38,7 @@ from supervisor.server.sse import EventStream, StreamSet
 from supervisor.turns import TurnStatus
 
 _json = msgspec.json.Encoder()
+T = TypeVar("T")
 MAX_HEADER_BYTES = 16 * 1024
 
 
@@ -104,11 +106,16 @@ class Api:
         if status is not None and status not in {s.value for s in TurnStatus}:
             raise InvalidRequest(f"unknown status {status[:32]!r}")
         limit = _int_param(q.get("limit"), "limit", default=100, lo=1, hi=10_000)
-        turns = self.sup.list_turns(status=status, session_id=q.get("session_id"), limit=limit)
+        turns = await self._read(lambda: self.sup.list_turns(status=status, session_id=q.get("session_id"),
+                                                             limit=limit))
         return json_response({"turns": turns})
 
     async def get_turn(self, request: Request) -> Response:
-        return json_response(self.sup.status(request.path_params["turn_id"]))
+        return json_response(await self._read(lambda: self.sup.status(request.path_params["turn_id"])))
+
+    async def _read(self, call: Callable[[], T]) -> T:
+        """A read from memory on one node; in a cluster it may ask Redis, so never on the event loop."""
+        return await run_in_threadpool(call) if self.sup.cluster is not None else call()
 
     async def cancel(self, request: Request) -> Response:
         turn_id = validate_turn_id(request.path_params["turn_id"])
@@ -134,7 +141,7 @@ class Api:
             after = _int_param(header.strip(), "Last-Event-ID", default=0, lo=0, hi=1 << 62)
         else:
             after = _int_param(request.query_params.get("after"), "after", default=0, lo=0, hi=1 << 62)
-        info = self.sup.status(turn_id)
+        info = await self._read(lambda: self.sup.status(turn_id))
         if after > info.last_seq:
             raise InvalidCursor(f"cursor {after} is beyond the last seq {info.last_seq}")
         compact = _bool_param(request.query_params.get("compact"), "compact")
