@@ -391,6 +391,8 @@ class Supervisor:
     # -- internals ---------------------------------------------------------------
 
     def _on_ended(self, info: TurnInfo) -> None:
+        if self.cluster is not None:
+            self._adopt_cluster_ending(info)
         self.keeper.submit(info.turn_id)
 
     # -- cluster (supervisor.runtime.cluster): reads and cancels of turns owned anywhere ------
@@ -441,6 +443,20 @@ class Supervisor:
         log.info("turn_taken", turn_id=turn_id, agent=info.agent, queued=not now)
         if now:
             self._launch(pending)
+
+    def _adopt_cluster_ending(self, info: TurnInfo) -> None:
+        """A turn another node ended while this one was presumed dead (its appends were refused):
+        the stored ending wins here too, and readers re-read the turn from the store."""
+        try:
+            stored = self.turn_store.get(info.turn_id)
+        except OSError:
+            return  # Redis unavailable: this node's ending stands
+        if stored is None or not stored.ended or stored.status is info.status:
+            return
+        self.table.update_ended(info.turn_id, status=stored.status, error=stored.error, last_seq=stored.last_seq,
+                                ended_at=stored.ended_at)
+        self.registry.forget(info.turn_id)  # memory holds events Redis refused
+        log.warning("turn_ending_adopted", turn_id=info.turn_id, status=stored.status.value)
 
     def _cancel_sent_early(self, turn_id: str) -> str | None:
         return self.cluster.cancel_requested(turn_id) if self.cluster is not None else None

@@ -273,6 +273,9 @@ def test_a_node_paused_past_its_ttl_finds_its_turn_ended_lost_and_its_processes_
         # A wakes up: its appends are refused, the turn's processes are killed.
         wait_for(lambda: ca.get(f"/v1/turns/{tid}").json()["status"] not in ("starting", "running"), 30, 0.05)
         wait_for(lambda: not turn_processes(), 30, 0.05)
+        on_a = wait_for(lambda: (i := ca.get(f"/v1/turns/{tid}").json())["status"] == "lost" and i, 30, 0.05)
+        assert isinstance(on_a, dict) and on_a["last_seq"] == ended_at, on_a  # A adopts the ending B wrote
+        assert [s for s, _ in sse(ca.get(f"/v1/turns/{tid}/events").text)] == list(range(1, ended_at + 1))
         events = sse(cb.get(f"/v1/turns/{tid}/events").text)
         assert [s for s, _ in events] == list(range(1, ended_at + 1))  # nothing of A's after the ending
         assert events[-1][1]["type"] == "RUN_ERROR" and events[-1][1]["code"] == "lost"
