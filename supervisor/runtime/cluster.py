@@ -122,8 +122,8 @@ class Cluster:
             thread.join(timeout)
         try:
             self._release(keys=[self.keys.heartbeat(self.node)], args=[self._token])
-            if not self.turns.active_of(self.node):
-                self.client.srem(self.keys.nodes, self.node)
+            if not self.turns.active_of(self.node) and not self.dispatch.holds():
+                self.client.srem(self.keys.nodes, self.node)  # else a peer's sweep claims what is left
         except (redis.RedisError, StoreUnavailable) as exc:
             log.warning("cluster_leave_failed", error=str(exc))
         self.client.close()

@@ -153,6 +153,13 @@ class Dispatch:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def holds(self) -> int:
+        """Entries this node read and has not acknowledged (a peer claims them once it has left)."""
+        with translated():
+            pending: Any = self.client.xpending_range(self.stream, self.group, "-", "+", 1,
+                                                      consumername=self.node)
+        return len(pending)
+
     def claim_from(self, peer: str) -> int:
         """Entries a dead node read but never took become this node's (read again by ``_run``)."""
         with translated():
