@@ -75,7 +75,10 @@ class Supervisor:
         self.event_store: EventStore
         self.turn_store: TurnStore
         if self.config.cluster is not None:  # several nodes: records and events in Redis
-            from supervisor.runtime.cluster import Cluster  # the runnerd[redis] extra
+            try:
+                from supervisor.runtime.cluster import Cluster  # the runnerd[redis] extra
+            except ImportError as exc:
+                raise InvalidRequest(f"[cluster] needs the redis client: pip install 'runnerd[redis]' ({exc})") from None
 
             self.cluster = Cluster(self.config.cluster, self.config.state_dir, max_queued=self.config.max_queued)
             self.event_store, self.turn_store = self.cluster.events, self.cluster.turns

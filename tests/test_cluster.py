@@ -165,10 +165,15 @@ def test_sigkill_of_a_node_ends_its_running_turns_lost_on_the_survivor(nodes: No
 
 
 @pytest.mark.timeout(120)
-def refused(tmp: Path, cluster: dict[str, object]) -> str:
+def refused(tmp: Path, cluster: dict[str, object], *, without_redis: bool = False) -> str:
     tmp.mkdir()
     config = write_config(tmp, cluster=cluster)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
+    path = [str(Path(__file__).parent)]
+    if without_redis:  # an install without the runnerd[redis] extra
+        (tmp / "shadow").mkdir()
+        (tmp / "shadow" / "redis.py").write_text("raise ImportError(\"No module named 'redis'\")\n")
+        path.insert(0, str(tmp / "shadow"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
     r = subprocess.run([str(BIN / "runnerd"), "--config", str(config)], capture_output=True, text=True,
                        timeout=60, env=env)
     assert r.returncode == 2, r.stderr
@@ -184,6 +189,8 @@ def test_bad_cluster_settings_stop_the_daemon_with_one_line(tmp_path: Path, redi
     assert "absolute socket path" in refused(tmp_path / "2", {"redis_url": "unix://relative.sock"})
     gone = refused(tmp_path / "3", {"redis_url": f"unix://{tmp_path}/nothing.sock"})
     assert "cannot reach Redis" in gone
+    bare = refused(tmp_path / "5", {"redis_url": redis_server.url}, without_redis=True)
+    assert "pip install 'runnerd[redis]'" in bare
     a = nodes.add("a")
     twice = refused(tmp_path / "4", {"redis_url": redis_server.url, "node_id": "a", "key_prefix": "rt"})
     assert "node id 'a' is in use" in twice and "cluster.node_id" in twice
