@@ -141,7 +141,7 @@ class Supervisor:
             self.cluster.start(registry=self.registry, cancel_local=self._cancel_local,
                                local_turns=self._unended_local, is_local=self._is_local, take=self._take,
                                free=lambda: self.config.max_running_turns - self.table.busy,
-                               wait_free=self.table.wait_for_end)
+                               wait_free=self.table.wait_for_end, adopt=self._adopt_cluster_ending)
         self._started = True
         log.info("supervisor_started", state_dir=self.config.state_dir,
                  start_method=self.config.start_method, agents=sorted(self.config.agents))
@@ -395,7 +395,7 @@ class Supervisor:
 
     def _on_ended(self, info: TurnInfo) -> None:
         if self.cluster is not None:
-            self._adopt_cluster_ending(info)
+            self.cluster.settle(info)  # Redis says it ended, as here (or we adopt what Redis says)
         self.keeper.submit(info.turn_id)
 
     # -- cluster (supervisor.runtime.cluster): reads and cancels of turns owned anywhere ------
@@ -447,19 +447,13 @@ class Supervisor:
         if now:
             self._launch(pending)
 
-    def _adopt_cluster_ending(self, info: TurnInfo) -> None:
-        """A turn another node ended while this one was presumed dead (its appends were refused):
-        the stored ending wins here too, and readers re-read the turn from the store."""
-        try:
-            stored = self.turn_store.get(info.turn_id)
-        except OSError:
-            return  # Redis unavailable: this node's ending stands
-        if stored is None or not stored.ended or stored.status is info.status:
-            return
-        self.table.update_ended(info.turn_id, status=stored.status, error=stored.error, last_seq=stored.last_seq,
-                                ended_at=stored.ended_at)
-        self.registry.forget(info.turn_id)  # memory holds events Redis refused
-        log.warning("turn_ending_adopted", turn_id=info.turn_id, status=stored.status.value)
+    def _adopt_cluster_ending(self, stored: TurnInfo) -> None:
+        """Redis holds another ending than ours (a peer ended the turn while this node was presumed
+        dead, or Redis lost events): the stored one wins here too, and readers re-read the store."""
+        self.table.update_ended(stored.turn_id, status=stored.status, error=stored.error,
+                                last_seq=stored.last_seq, ended_at=stored.ended_at)
+        self.registry.forget(stored.turn_id)  # memory holds events Redis does not
+        log.warning("turn_ending_adopted", turn_id=stored.turn_id, status=stored.status.value)
 
     def _cancel_sent_early(self, turn_id: str) -> str | None:
         return self.cluster.cancel_requested(turn_id) if self.cluster is not None else None

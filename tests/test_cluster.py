@@ -254,8 +254,18 @@ def test_redis_gone_past_the_retry_window_ends_the_turn_storage_error_and_the_no
         assert listed.status_code == 503 and listed.json()["error"]["code"] == "storage_unavailable"
         refused = c.post("/v1/turns", json={"agent": "count", "input": {"n": 1}})
         assert refused.status_code == 503
+        wait_for(lambda: "cluster_turn_unsettled" in a.log.read_text(), 60, 0.05)  # Redis missed its end
         redis_server.start()  # empty: this test runs it without persistence
         wait_for(lambda: c.get("/v1/health").status_code == 200, 30, 0.05)
+        import redis
+
+        r = redis.Redis(unix_socket_path=redis_server.socket)
+        try:  # the node writes again what it held in memory, and the ending Redis missed
+            wait_for(lambda: r.hget(f"rt:turn:{{{tid}}}", "status") == b"failed", 30, 0.05)
+            assert r.xlen(f"rt:ev:{{{tid}}}") == info["last_seq"]
+        finally:
+            r.close()
+        assert c.get(f"/v1/turns/{tid}").json()["last_seq"] == info["last_seq"]
         again = start(c, "count", {"n": 3})
         wait_for(lambda: c.get(f"/v1/turns/{again}").json()["status"] == "succeeded", 30, 0.05)
 

@@ -34,7 +34,7 @@ from supervisor.storage.lines import event_line, line_seq
 from supervisor.storage.redis_common import Keys, connect, ending_of, translated
 from supervisor.storage.redis_events import RedisEventStore
 from supervisor.storage.redis_turns import RedisTurnStore
-from supervisor.turns import TurnError, TurnInfo, TurnStatus
+from supervisor.turns import TurnError, TurnInfo, TurnStatus, info_copy
 
 log = get_logger("runnerd.cluster")
 UNENDED = frozenset({TurnStatus.QUEUED, TurnStatus.STARTING, TurnStatus.RUNNING})
@@ -79,6 +79,8 @@ class Cluster:
         self._threads: list[threading.Thread] = []
         self.tail: RemoteTail | None = None
         self.lost_marked = 0  # peers' turns this node ended lost
+        self._unsettled: dict[str, TurnInfo] = {}  # ended here, not yet as such in Redis (it was away)
+        self._unsettled_lock = threading.Lock()
 
     # -- membership ----------------------------------------------------------------
 
@@ -97,7 +99,9 @@ class Cluster:
     def start(self, *, registry: StreamRegistry, cancel_local: Callable[[str, str | None], object],
               local_turns: Callable[[], list[str]], is_local: Callable[[str], bool],
               take: Callable[[str, bytes], None], free: Callable[[], int],
-              wait_free: Callable[[float], None]) -> None:
+              wait_free: Callable[[float], None], adopt: Callable[[TurnInfo], None]) -> None:
+        self._registry = registry
+        self._adopt = adopt
         self._cancel_local = cancel_local
         self._local_turns = local_turns
         self.tail = RemoteTail(self.client, self.keys, self.node, registry, is_local)
@@ -142,8 +146,70 @@ class Cluster:
                 elif state == 0:
                     log.error("cluster_node_id_taken", node=self.node)
                 self.sweep()
+                self._settle_unsettled()
             except (redis.RedisError, StoreUnavailable) as exc:
                 log.warning("cluster_heartbeat_failed", error=str(exc))
+
+    # -- this node's endings Redis did not take ---------------------------------------------
+
+    def settle(self, info: TurnInfo) -> None:
+        """After a local turn ended: make Redis say so too, or adopt the ending a peer stored.
+
+        Redis may lack the ending (it was unreachable, or came back having lost
+        writes): the events this node still holds in memory after the stored
+        ones are written again, else one ``RUN_ERROR storage_error`` ends the
+        stored history; without Redis the turn is tried again at each heartbeat.
+        """
+        try:
+            adopted = self._settle(info)
+        except StoreUnavailable as exc:
+            log.warning("cluster_turn_unsettled", turn_id=info.turn_id, error=str(exc))
+            with self._unsettled_lock:
+                self._unsettled[info.turn_id] = info
+            return
+        with self._unsettled_lock:
+            self._unsettled.pop(info.turn_id, None)
+        if adopted is not None:
+            self._adopt(adopted)
+
+    def _settle_unsettled(self) -> None:
+        with self._unsettled_lock:
+            pending = list(self._unsettled.values())
+        for info in pending:
+            self.settle(info)
+
+    def _settle(self, info: TurnInfo) -> TurnInfo | None:
+        """The stream's ending, then the record to match; returns it when it differs from ``info``."""
+        top = self.events.last_line(info.turn_id)
+        ending = ending_of(top) if top is not None else None
+        last = line_seq(top) if top is not None else 0
+        if ending is None and last < info.last_seq:
+            held = self._registry.read(info.turn_id, last, info.last_seq - last).events
+            if held:  # memory still holds everything after the stored events: write it again
+                self.events.append(info.turn_id, held)
+                last, ending = info.last_seq, ending_of(held[-1])
+        if ending is None:  # the history Redis kept has no ending: end it here, storage_error
+            message = f"the events store lost this turn's events after seq {last}"
+            now_ms = time.time_ns() // 1_000_000
+            lines = []
+            if last == 0:
+                last = 1
+                lines.append(event_line(1, ev.RunStarted(thread_id=info.session_id or info.turn_id,
+                                                         run_id=info.turn_id, timestamp=now_ms)))
+            lines.append(event_line(last + 1, ev.RunError(message=message, code="storage_error", timestamp=now_ms)))
+            self.events.append(info.turn_id, lines)
+            ending = (TurnStatus.FAILED, TurnError("storage_error", message))
+            last += 1
+        stored = self.turns.get(info.turn_id)
+        settled = info_copy(info, status=ending[0], error=ending[1], last_seq=last)
+        if stored is None or not stored.ended:
+            self.turns.transition(settled, UNENDED)
+        elif stored.status is settled.status and stored.last_seq != last:
+            self.turns.put(settled)  # written without its terminal event: the stream's numbers win
+        if settled.status is info.status and settled.last_seq == info.last_seq:
+            return None
+        log.warning("cluster_turn_settled", turn_id=info.turn_id, status=settled.status.value, last_seq=last)
+        return settled
 
     def _drop_taken_turns(self) -> None:
         """Back from a pause: the turns peers ended while we were away are no longer ours."""
