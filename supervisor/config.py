@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -88,6 +92,49 @@ class RetentionConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("retention.interval_s must be > 0")
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Several nodes on one Redis (``[cluster]``); absent: a single node on files."""
+
+    redis_url: str  # redis://host:port/db, rediss://… (TLS) or unix:///path/redis.sock
+    node_id: str | None = None  # default: stable per host and state directory (see node_name)
+    node_ttl_s: float = 10.0  # a node whose heartbeat is this old is dead; its turns end lost
+    key_prefix: str = "runnerd"
+    redis_retry_s: float = 5.0  # an append waits this long for Redis to come back, then the turn fails
+
+    def __post_init__(self) -> None:
+        url = urlsplit(self.redis_url)
+        if url.scheme in ("redis", "rediss"):
+            if not url.hostname:
+                raise ValueError(f"cluster.redis_url {self.redis_url!r} names no host (redis://HOST:PORT/DB)")
+        elif url.scheme == "unix":
+            if not url.path.startswith("/"):
+                raise ValueError(f"cluster.redis_url {self.redis_url!r} needs an absolute socket path "
+                                 "(unix:///path/redis.sock)")
+        else:
+            raise ValueError(f"cluster.redis_url must start with redis://, rediss:// or unix://, "
+                             f"not {self.redis_url!r}")
+        if self.node_id is not None and not _NAME.fullmatch(self.node_id):
+            raise ValueError("cluster.node_id must be 1-64 characters of letters, digits, '.', '_' or '-'")
+        if not _NAME.fullmatch(self.key_prefix):
+            raise ValueError("cluster.key_prefix must be 1-64 characters of letters, digits, '.', '_' or '-'")
+        if not 0.5 <= self.node_ttl_s <= 3600:
+            raise ValueError("cluster.node_ttl_s must be within [0.5, 3600]")
+        if not 0 <= self.redis_retry_s <= 600:
+            raise ValueError("cluster.redis_retry_s must be within [0, 600]")
+
+    def node_name(self, state_dir: str) -> str:
+        """``node_id``, else the host name plus a hash of the state directory: the same
+        daemon gets the same id after a restart, two daemons on one host get two."""
+        if self.node_id is not None:
+            return self.node_id
+        digest = hashlib.sha256(os.path.realpath(state_dir).encode()).hexdigest()[:8]
+        host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:50] or "host"
+        return f"{host}-{digest}"
+
+
 DEFAULT_ENV_ALLOWLIST = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
                          "PYTHONPATH", "PYTHONUNBUFFERED", "VIRTUAL_ENV")
 
@@ -154,6 +201,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     agui: AguiConfig = msgspec.field(default_factory=AguiConfig)
+    cluster: ClusterConfig | None = None  # several nodes on one Redis (docs/CLUSTER.md)
 
     def __post_init__(self) -> None:
         if self.start_method not in ("forkserver", "spawn"):

@@ -8,8 +8,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -24,6 +25,7 @@ from supervisor.errors import (
     SessionBusy,
     SupervisorClosed,
     UnknownAgent,
+    UnknownTurn,
 )
 from supervisor.ids import new_turn_id, validate_session_id, validate_turn_id
 from supervisor.logs import get_logger
@@ -42,6 +44,7 @@ from supervisor.storage.eventlog import FileEventLog
 from supervisor.storage.history import HistoryKeeper
 from supervisor.storage.lines import line_seq
 from supervisor.storage.retention import PruneReport
+from supervisor.storage.stores import EventStore, TurnStore
 from supervisor.storage.turnfiles import FileTurnStore
 from supervisor.turns import (
     Ending,
@@ -50,6 +53,9 @@ from supervisor.turns import (
     TurnInfo,
     TurnStatus,
 )
+
+if TYPE_CHECKING:
+    from supervisor.runtime.cluster import Cluster
 
 log = get_logger("runnerd.supervisor")
 CANCEL_ACK_S = 1.0  # bound on how long cancel() waits for the relay to record it
@@ -67,8 +73,24 @@ class Supervisor:
     def __init__(self, config: Config | None = None, *, subreaper: bool = True) -> None:
         self.config = config or Config()
         self._subreaper = subreaper
-        self.event_store = FileEventLog(self.config.state_dir)
-        self.turn_store = FileTurnStore(self.event_store)
+        self.cluster: Cluster | None = None
+        self.event_store: EventStore
+        self.turn_store: TurnStore
+        if self.config.cluster is not None:  # several nodes: records and events in Redis
+            try:
+                from supervisor.runtime.cluster import (
+                    Cluster,  # the runnerd[redis] extra
+                )
+            except ImportError as exc:
+                raise InvalidRequest(f"[cluster] needs the redis client: pip install 'runnerd[redis]' ({exc})") from None
+
+            self.cluster = Cluster(self.config.cluster, self.config.state_dir, max_queued=self.config.max_queued)
+            self.event_store, self.turn_store = self.cluster.events, self.cluster.turns
+        else:
+            self.event_store = events = FileEventLog(self.config.state_dir)
+            self.turn_store = FileTurnStore(events)
+        self.output_dir = Path(self.config.state_dir) / "turns"  # a turn's stdout/stderr: always local
+        self.output_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.table = TurnTable()
         self.registry = StreamRegistry(buffer_bytes=self.config.buffer_bytes)
         self.escalation = Escalation(self.config.cancel_grace_s, self.config.kill_grace_s)
@@ -97,7 +119,8 @@ class Supervisor:
                                     compact_finished=self.config.compact_finished,
                                     max_event_bytes=self.config.max_event_bytes)
         self.reader = Reader(store=self.event_store, registry=self.registry, status=self.status,
-                             compacted=self.keeper.compacted, max_page_bytes=self.config.max_page_bytes)
+                             compacted=self.keeper.compacted, max_page_bytes=self.config.max_page_bytes,
+                             on_open=self._follow_remote)
         self.scheduler = Scheduler(max_running=self.config.max_running_turns,
                                    max_queued=self.config.max_queued, start=self._launch,
                                    cancel_running=self._interrupt)
@@ -118,12 +141,19 @@ class Supervisor:
         containment = self.cgroups.setup()  # before the forkserver: v2 may move this process
         log.info("containment", mode=containment.mode, controllers=containment.controllers,
                  reason=containment.reason)
+        if self.cluster is not None:
+            self.cluster.join()  # before recovery: a live node with our id must not see its turns ended
         past = recover_lost(self.event_store, self.turn_store, self.cgroups)
         self.table.load(past)
         self.spawner.warm_up()
         self.relay.start()
         self.scheduler.start()
         self.keeper.start(past)
+        if self.cluster is not None:
+            self.cluster.start(registry=self.registry, cancel_local=self._cancel_local,
+                               local_turns=self._unended_local, is_local=self._is_local, take=self._take,
+                               free=lambda: self.config.max_running_turns - self.table.busy,
+                               wait_free=self.table.wait_for_end, adopt=self._adopt_cluster_ending)
         self._started = True
         log.info("supervisor_started", state_dir=self.config.state_dir,
                  start_method=self.config.start_method, agents=sorted(self.config.agents))
@@ -136,6 +166,8 @@ class Supervisor:
                 self._closed = True
                 return
             self._closed = True  # from now on _launch adds turns already cancelled
+        if self.cluster is not None:
+            self.cluster.stop_taking(timeout)  # what is still in the cluster's queue waits for another node
         escalation = self.config.cancel_grace_s + self.config.kill_grace_s + REAP_TIMEOUT_S + 1.0
         deadline = time.monotonic() + (escalation if timeout is None else timeout)
         drain_until = deadline - escalation if drain else 0.0
@@ -152,6 +184,8 @@ class Supervisor:
         self.relay.stop(max(0.1, deadline - time.monotonic()))
         self.keeper.stop(max(0.1, deadline - time.monotonic()))
         self.cgroups.close()
+        if self.cluster is not None:
+            self.cluster.leave(max(0.1, deadline - time.monotonic()))
         log.info("supervisor_stopped")
 
     def __enter__(self) -> Supervisor:
@@ -204,14 +238,15 @@ class Supervisor:
         turn_id = new_turn_id()
         info = TurnInfo(turn_id=turn_id, agent=agent, session_id=session_id, run_id=run_id,
                         status=TurnStatus.QUEUED, created_at=time.time(), timeout_s=timeout_s)
-        limits = self.config.limits
-        spec = TurnSpec(turn_id=turn_id, thread_id=session_id or turn_id, agent_name=agent,
-                        agent_target=self.config.agents[agent], input_json=input_json,
-                        max_event_bytes=self.config.max_event_bytes, log_level=self.config.log_level,
-                        env_allowlist=tuple(limits.env_allowlist) if limits.env_allowlist is not None else None,
-                        open_files=limits.open_files, core_dumps=limits.core_dumps,
-                        uid=self._uid, gid=self._gid,
-                        nproc=limits.max_processes if self._uid is not None and not self.cgroups.enabled else None)
+        if self.cluster is not None:  # into the cluster's queue: the first node with room takes it
+            earlier = self.cluster.dispatch.enqueue(info, input_json, multitask)
+            if multitask == "interrupt":
+                for other in earlier:
+                    self.cancel(other, reason=f"interrupted by turn {turn_id}")
+            log.info("turn_submitted", turn_id=turn_id, agent=agent, session_id=session_id, cluster=True,
+                     after=earlier)
+            return self.status(turn_id)
+        spec = self._spec(info, input_json)
         try:
             self.event_store.create(turn_id)
             self.turn_store.put(info, durable=False)
@@ -235,6 +270,16 @@ class Supervisor:
             self._launch(pending)
         return self.status(turn_id)
 
+    def _spec(self, info: TurnInfo, input_json: bytes) -> TurnSpec:
+        limits = self.config.limits
+        return TurnSpec(turn_id=info.turn_id, thread_id=info.session_id or info.turn_id, agent_name=info.agent,
+                        agent_target=self.config.agents[info.agent], input_json=input_json,
+                        max_event_bytes=self.config.max_event_bytes, log_level=self.config.log_level,
+                        env_allowlist=tuple(limits.env_allowlist) if limits.env_allowlist is not None else None,
+                        open_files=limits.open_files, core_dumps=limits.core_dumps,
+                        uid=self._uid, gid=self._gid,
+                        nproc=limits.max_processes if self._uid is not None and not self.cgroups.enabled else None)
+
     def _discard(self, turn_id: str) -> None:
         self.event_store.close(turn_id)
         self.event_store.remove(turn_id)
@@ -243,8 +288,11 @@ class Supervisor:
     def _launch(self, pending: Pending) -> None:
         """Spawn a turn the scheduler let through (caller's or dispatcher's thread)."""
         info, spec = pending.payload
+        early = self._cancel_sent_early(info.turn_id)
         with self.table.lock:
             info.status = TurnStatus.STARTING
+            if early is not None and not info.cancel_requested:
+                info.cancel_requested, info.cancel_reason = True, early or None
         self.feed.publish(info.turn_id)
         cgroup: TurnCgroup | None = None
         try:
@@ -261,7 +309,7 @@ class Supervisor:
                 TurnStatus.FAILED, ev.RunError(message=message, code="crashed"), TurnError("crashed", message)))
             return
         reader = FrameReader(spawned.reader, max_frame_bytes=max_frame_bytes(self.config.max_event_bytes))
-        output = OutputSink(spawned.output, self.event_store.dir / f"{info.turn_id}.output",
+        output = OutputSink(spawned.output, self.output_dir / f"{info.turn_id}.output",
                             self.config.limits.output_bytes)
         with self.table.lock:
             info.pid = spawned.process.pid
@@ -272,16 +320,28 @@ class Supervisor:
         self.relay.add(live)  # the relay applies a cancel that came while we spawned
 
     def status(self, turn_id: str) -> TurnInfo:
-        return self.table.get(validate_turn_id(turn_id))
+        try:
+            return self.table.get(validate_turn_id(turn_id))
+        except UnknownTurn:
+            if self.cluster is None:
+                raise
+            return self.cluster.status(turn_id)  # another node's turn
 
     def list_turns(self, *, status: str | None = None, session_id: str | None = None,
                    limit: int | None = None) -> list[TurnInfo]:
-        """Newest first."""
-        return self.table.select(status=status, session_id=session_id, limit=limit)
+        """Newest first (in a cluster: every node's turns)."""
+        if self.cluster is None:
+            return self.table.select(status=status, session_id=session_id, limit=limit)
+        return self._list_cluster(status=status, session_id=session_id, limit=limit)
 
     def cancel(self, turn_id: str, *, reason: str | None = None) -> TurnInfo:
         """Idempotent and immediate: the relay thread records the intent and escalates."""
         validate_turn_id(turn_id)
+        if self.cluster is not None and not self._is_local(turn_id):
+            return self.cluster.cancel_remote(turn_id, reason)  # its owner cancels it
+        return self._cancel_local(turn_id, reason)
+
+    def _cancel_local(self, turn_id: str, reason: str | None) -> TurnInfo:
         pending = self.scheduler.remove_queued(turn_id)
         if pending is not None:  # never started: end it here, cancelled
             self._end_queued(pending, reason)
@@ -366,7 +426,76 @@ class Supervisor:
 
     def _on_ended(self, info: TurnInfo) -> None:
         self.feed.publish(info.turn_id)
+        if self.cluster is not None:
+            self.cluster.settle(info)  # Redis says it ended, as here (or we adopt what Redis says)
         self.keeper.submit(info.turn_id)
+
+    # -- cluster (supervisor.runtime.cluster): reads and cancels of turns owned anywhere ------
+
+    def _is_local(self, turn_id: str) -> bool:
+        try:
+            self.table.get(turn_id)
+        except UnknownTurn:
+            return False
+        return True
+
+    def _unended_local(self) -> list[str]:
+        return [i.turn_id for i in self.table.select() if not i.ended]
+
+    def _follow_remote(self, info: TurnInfo) -> None:
+        """A reader opened a stream of a running turn another node owns: tail it into the registry."""
+        if self.cluster is not None and self.cluster.tail is not None and not self._is_local(info.turn_id):
+            self.cluster.tail.follow(info.turn_id)
+
+    def _take(self, turn_id: str, input_json: bytes) -> None:
+        """The dispatcher took a turn from the cluster's queue: own it, then admit it as if started here."""
+        info = self.turn_store.get(turn_id)
+        if info is None or info.status is not TurnStatus.QUEUED:
+            return  # cancelled (or removed) while it waited
+        info.status = TurnStatus.STARTING
+        if not self.turn_store.transition(info, frozenset({TurnStatus.QUEUED}), durable=False):
+            return  # a cancel won the race
+        info.status = TurnStatus.QUEUED  # locally: admitted, not yet spawned
+        unknown = info.agent not in self.config.agents
+        spec = self._spec(info, input_json) if not unknown else TurnSpec(
+            turn_id=turn_id, thread_id=info.session_id or turn_id, agent_name=info.agent, agent_target="",
+            input_json=input_json, max_event_bytes=self.config.max_event_bytes, log_level=self.config.log_level)
+        self.registry.open_if_absent(turn_id, last_seq=0, ended=False)  # a reader may follow it already
+        pending = Pending(turn_id, info.session_id, (info, spec))
+        self.table.admit(pending)
+        if unknown:
+            message = f"agent {info.agent!r} is not configured on node {self.cluster.node if self.cluster else ''}"
+            self.relay.end_unstarted(info, spec, Ending(
+                TurnStatus.FAILED, ev.RunError(message=message, code="agent_unavailable"),
+                TurnError("agent_unavailable", message)))
+            return
+        try:
+            now = self.scheduler.submit(pending, "enqueue")  # the session policy was applied at enqueue
+        except (QueueFull, SupervisorClosed) as exc:
+            self.relay.end_unstarted(info, spec, Ending(
+                TurnStatus.FAILED, ev.RunError(message=str(exc), code="crashed"), TurnError("crashed", str(exc))))
+            return
+        log.info("turn_taken", turn_id=turn_id, agent=info.agent, queued=not now)
+        if now:
+            self._launch(pending)
+
+    def _adopt_cluster_ending(self, stored: TurnInfo) -> None:
+        """Redis holds another ending than ours (a peer ended the turn while this node was presumed
+        dead, or Redis lost events): the stored one wins here too, and readers re-read the store."""
+        self.table.update_ended(stored.turn_id, status=stored.status, error=stored.error,
+                                last_seq=stored.last_seq, ended_at=stored.ended_at)
+        self.registry.forget(stored.turn_id)  # memory holds events Redis does not
+        log.warning("turn_ending_adopted", turn_id=stored.turn_id, status=stored.status.value)
+
+    def _cancel_sent_early(self, turn_id: str) -> str | None:
+        return self.cluster.cancel_requested(turn_id) if self.cluster is not None else None
+
+    def _list_cluster(self, *, status: str | None, session_id: str | None, limit: int | None) -> list[TurnInfo]:
+        assert self.cluster is not None
+        infos = {i.turn_id: i for i in self.cluster.select(status=status, session_id=session_id, limit=limit)}
+        # This node's own turns: the table is more current than their records.
+        infos.update((i.turn_id, i) for i in self.table.select(status=status, session_id=session_id, limit=limit))
+        return sorted(infos.values(), key=lambda i: i.turn_id, reverse=True)[:limit]
 
 
 def _resolve_user(user: str | None, group: str | None) -> tuple[int | None, int | None]:

@@ -79,3 +79,17 @@ class ResourceUnavailable(RunnerdError, OSError):
 
     code = "resource_unavailable"
     status = 503
+
+
+class StoreUnavailable(RunnerdError, OSError):
+    """The shared store (Redis) did not answer or refused the write: try again later."""
+
+    code = "storage_unavailable"
+    status = 503
+
+
+class StoreFenced(StoreUnavailable):
+    """The store refused a write by a node that no longer owns the turn (it was ended elsewhere)."""
+
+    code = "storage_fenced"
+    status = 409

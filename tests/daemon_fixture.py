@@ -38,8 +38,8 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def write_config(tmp: Path, *, retention: dict[str, object] | None = None,
                  top: dict[str, object] | None = None, limits: dict[str, object] | None = None,
                  only_agents: dict[str, str] | None = None, agents: dict[str, str] | None = None,
-                 **server: object) -> Path:
-    """``only_agents`` replaces the test agents; ``agents`` adds to them."""
+                 cluster: dict[str, object] | None = None, **server: object) -> Path:
+    """``only_agents`` replaces the test agents; ``agents`` adds to them; ``cluster``: a [cluster] section."""
     agents = only_agents or dict(TEST_AGENTS, demo="worker.demos:chat", sleep="worker.demos:sleeper",
                                  **(agents or {}))
     lines = [f'state_dir = "{tmp / "state"}"', "cancel_grace_s = 0.3", "kill_grace_s = 0.3"]
@@ -50,6 +50,8 @@ def write_config(tmp: Path, *, retention: dict[str, object] | None = None,
         lines += ["", "[retention]"] + [f"{k} = {v!r}" for k, v in retention.items()]
     if limits:
         lines += ["", "[limits]"] + [f"{k} = {v!r}" for k, v in limits.items()]
+    if cluster:
+        lines += ["", "[cluster]"] + [f"{k} = {v!r}".replace("'", '"') for k, v in cluster.items()]
     lines += ["", "[server]", f'socket = "{tmp / "run" / "runnerd.sock"}"']
     for key, value in server.items():
         shown = str(value).lower() if isinstance(value, bool) else repr(value).replace("'", '"')
@@ -85,10 +87,10 @@ def start_daemon(tmp: Path, *, extra_env: dict[str, str] | None = None,
                  retention: dict[str, object] | None = None, top: dict[str, object] | None = None,
                  limits: dict[str, object] | None = None, nofile: int | None = None,
                  only_agents: dict[str, str] | None = None, agents: dict[str, str] | None = None,
-                 **server: object) -> Daemon:
+                 cluster: dict[str, object] | None = None, **server: object) -> Daemon:
     """``nofile``: the daemon's RLIMIT_NOFILE (soft and hard), to probe descriptor exhaustion."""
     config = write_config(tmp, retention=retention, top=top, limits=limits, only_agents=only_agents,
-                          agents=agents, **server)
+                          agents=agents, cluster=cluster, **server)
     env = child_env(extra_env)
     log = tmp / "runnerd.log"
     with open(log, "ab") as logf:

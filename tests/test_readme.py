@@ -75,6 +75,7 @@ def test_the_client_example_runs_against_a_daemon(tmp_path: Path) -> None:
 
 def test_the_readme_test_command_is_what_ci_runs() -> None:
     ci = (Path(__file__).parent.parent / ".ci" / "run").read_text()
-    command = "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/python -m pytest -q"
+    command = ("bash scripts/install-test-deps.sh && python3 -m venv .venv && .venv/bin/pip install -e '.[test]'"
+               " && .venv/bin/python -m pytest -q")
     assert command in README
     assert command in ci.splitlines()

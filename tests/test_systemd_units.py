@@ -13,6 +13,7 @@ import pytest
 
 from supervisor.config import (
     AguiConfig,
+    ClusterConfig,
     Config,
     LimitsConfig,
     RetentionConfig,
@@ -80,12 +81,13 @@ def test_example_config_mentions_every_key() -> None:
     text = EXAMPLE.read_text()
     # A key counts when it is set or shown commented out at the start of a line.
     shown = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, re.MULTILINE))
-    tables = {"agents", "server", "retention", "limits", "agui"}
+    tables = {"agents", "server", "retention", "limits", "agui", "cluster"}
     assert set(Config.__struct_fields__) - tables <= shown
     assert set(ServerConfig.__struct_fields__) <= shown
     assert set(RetentionConfig.__struct_fields__) <= shown
     assert set(LimitsConfig.__struct_fields__) <= shown
     assert set(AguiConfig.__struct_fields__) <= shown and "[agui]" in text
+    assert set(ClusterConfig.__struct_fields__) <= shown and "# [cluster]" in text
     assert "[agents]" in text and "[server]" in text and "[retention]" in text
 
 

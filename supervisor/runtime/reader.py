@@ -17,8 +17,9 @@ import msgspec
 
 from supervisor.errors import HistoryGap, InvalidCursor, InvalidRequest
 from supervisor.runtime.registry import StreamRegistry
-from supervisor.storage.eventlog import READ_BUDGET, FileEventLog
+from supervisor.storage.eventlog import READ_BUDGET
 from supervisor.storage.lines import bound_page, line_seq
+from supervisor.storage.stores import EventStore
 from supervisor.turns import ExportPage, Gap, SeqRange, TurnInfo
 
 READ_CHUNK = 1000
@@ -66,12 +67,14 @@ def lost_error(turn_id: str, cursor: int, last_seq: int) -> HistoryGap:
 class Reader:
     """Reads one turn's events for any number of callers; never holds a lock across I/O."""
 
-    def __init__(self, *, store: FileEventLog, registry: StreamRegistry,
+    def __init__(self, *, store: EventStore, registry: StreamRegistry,
                  status: Callable[[str], TurnInfo],
                  compacted: Callable[[TurnInfo], list[bytes] | None],
-                 max_page_bytes: int = 8 << 20) -> None:
+                 max_page_bytes: int = 8 << 20,
+                 on_open: Callable[[TurnInfo], None] | None = None) -> None:
         self.store = store
         self.max_page_bytes = max_page_bytes
+        self.on_open = on_open  # a stream opened for a turn this node did not start (cluster: tail it)
         self.registry = registry
         self.status = status
         self.compacted = compacted
@@ -83,6 +86,8 @@ class Reader:
         if turn_id not in self.registry:
             info = self.status(turn_id)
             self.registry.open_if_absent(turn_id, last_seq=info.last_seq, ended=info.ended)
+            if self.on_open is not None and not info.ended:
+                self.on_open(info)
 
     def read(self, turn_id: str, after: int, limit: int = READ_CHUNK, max_bytes: int = READ_BUDGET) -> Batch:
         """Memory first; the store when memory no longer holds ``after + 1`` (then at most

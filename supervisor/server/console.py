@@ -85,7 +85,7 @@ class Console:
 
     def _output(self, turn_id: str, offset: int, limit: int) -> dict[str, Any]:
         info = self.sup.status(turn_id)  # unknown turn: 404
-        path = self.sup.event_store.dir / f"{turn_id}.output"
+        path = self.sup.output_dir / f"{turn_id}.output"
         try:
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size

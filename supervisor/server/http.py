@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.applications import Starlette
@@ -51,6 +51,7 @@ from supervisor.server.sse import EventStream, StreamSet
 from supervisor.turns import TurnStatus
 
 _json = msgspec.json.Encoder()
+T = TypeVar("T")
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -100,7 +101,7 @@ class Api:
         session_id = q.get("session_id")
         if session_id is not None:
             validate_session_id(session_id)
-        turns = self.sup.list_turns(status=status, session_id=session_id, limit=limit)
+        turns = await self._read(lambda: self.sup.list_turns(status=status, session_id=session_id, limit=limit))
         return json_response({"turns": turns})
 
     async def turn_changes(self, request: Request) -> TurnFeedStream:
@@ -113,7 +114,11 @@ class Api:
                               send_timeout_s=self.send_timeout_s)
 
     async def get_turn(self, request: Request) -> Response:
-        return json_response(self.sup.status(request.path_params["turn_id"]))
+        return json_response(await self._read(lambda: self.sup.status(request.path_params["turn_id"])))
+
+    async def _read(self, call: Callable[[], T]) -> T:
+        """A read from memory on one node; in a cluster it may ask Redis, so never on the event loop."""
+        return await run_in_threadpool(call) if self.sup.cluster is not None else call()
 
     async def cancel(self, request: Request) -> Response:
         turn_id = validate_turn_id(request.path_params["turn_id"])
@@ -139,7 +144,7 @@ class Api:
         header = request.headers.get("last-event-id")
         if header is not None and header.strip() != "":  # a reconnecting EventSource: it wins
             after = _int_param(header.strip(), "Last-Event-ID", default=0, lo=0, hi=MAX_CURSOR)
-        info = self.sup.status(turn_id)
+        info = await self._read(lambda: self.sup.status(turn_id))
         if after > info.last_seq:
             raise InvalidCursor(f"cursor {after} is beyond the last seq {info.last_seq}")
         compact = _bool_param(q.get("compact"), "compact")
@@ -157,9 +162,13 @@ class Api:
     async def health(self, request: Request) -> Response:
         healthy = self.sup.relay.alive and not self.streams.closing
         running = self.sup.table.running
-        body = {"status": "ok" if healthy else "unavailable", "running": running,
-                "open_streams": self.streams.count,
-                "containment": msgspec.to_builtins(self.sup.containment)}
+        body: dict[str, object] = {"status": "ok" if healthy else "unavailable", "running": running,
+                                   "open_streams": self.streams.count,
+                                   "containment": msgspec.to_builtins(self.sup.containment)}
+        if self.sup.cluster is not None:  # several nodes: this one and the cluster, or why not
+            body["cluster"], reachable = await run_in_threadpool(self.sup.cluster.health)
+            healthy = healthy and reachable
+            body["status"] = "ok" if healthy else "unavailable"
         return json_response(body, 200 if healthy else 503)
 
     async def shutdown(self, request: Request) -> Response:
@@ -174,7 +183,9 @@ class Api:
         return json_response(self._openapi)
 
     async def metrics(self, request: Request) -> Response:
-        return Response(render_metrics(self.sup, self.streams, self.connections), media_type="text/plain; version=0.0.4")
+        cluster = await run_in_threadpool(self.sup.cluster.health) if self.sup.cluster is not None else None
+        return Response(render_metrics(self.sup, self.streams, self.connections, cluster[0] if cluster else None),
+                        media_type="text/plain; version=0.0.4")
 
 
 def _query(request: Request) -> dict[str, str]:

@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from supervisor.server.sse import StreamSet
 
 
-def render_metrics(sup: Supervisor, streams: StreamSet, connections: ConnectionStats | None = None) -> bytes:
+def render_metrics(sup: Supervisor, streams: StreamSet, connections: ConnectionStats | None = None,
+                   cluster: dict[str, object] | None = None) -> bytes:
     statuses = sup.table.counts()
     running = sup.table.running
     usages = [info.usage for info in sup.table.ended_records() if info.usage is not None]
@@ -72,4 +73,24 @@ def render_metrics(sup: Supervisor, streams: StreamSet, connections: ConnectionS
             ("accept_errors_total", "counter", connections.accept_errors, "accept() failures for lack of descriptors."),
         ):
             lines += [f"# HELP runnerd_{name} {text}", f"# TYPE runnerd_{name} {kind}", f"runnerd_{name} {value}"]
+    if cluster is not None:  # several nodes: this node's id and the cluster as Redis counts it
+        up = cluster.get("redis") == "ok"
+        lines += [
+            "# HELP runnerd_cluster_redis_up Whether this node reaches the cluster's Redis.",
+            "# TYPE runnerd_cluster_redis_up gauge",
+            f'runnerd_cluster_redis_up{{node="{cluster["node"]}"}} {int(up)}',
+        ]
+        if up:
+            lines += [
+                "# HELP runnerd_cluster_nodes Nodes whose heartbeat is current.",
+                "# TYPE runnerd_cluster_nodes gauge",
+                f"runnerd_cluster_nodes {cluster['nodes']}",
+                "# HELP runnerd_cluster_turns Unended turns of every node, by state.",
+                "# TYPE runnerd_cluster_turns gauge",
+                f'runnerd_cluster_turns{{state="running"}} {cluster["running"]}',
+                f'runnerd_cluster_turns{{state="queued"}} {cluster["queued"]}',
+                "# HELP runnerd_cluster_lost_marked_total Dead peers' turns this node ended lost.",
+                "# TYPE runnerd_cluster_lost_marked_total counter",
+                f"runnerd_cluster_lost_marked_total {cluster['lost_marked']}",
+            ]
     return ("\n".join(lines) + "\n").encode()

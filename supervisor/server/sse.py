@@ -163,7 +163,8 @@ class EventStream:
         cursor = self.after
         finished = False
         try:
-            self.sup.reader.ensure_stream(self.turn_id)
+            if self.turn_id not in self.sup.registry:  # its status may come from a store (another node's turn)
+                await asyncio.to_thread(self.sup.reader.ensure_stream, self.turn_id)
             self.sup.registry.add_waiter(self.turn_id, asyncio.get_running_loop(), wake)
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
             await send({"type": "http.response.body", "body": b": connected\n\n", "more_body": True})
