@@ -95,7 +95,7 @@ def preload_probe(ctx: TurnContext, input: Any) -> None:
 
 
 def flood(ctx: TurnContext, input: Any) -> None:
-    """Emits ``n`` ~100-byte TEXT_MESSAGE_CONTENT events as fast as it can.
+    """Emits ``n`` ~100-byte TEXT_MESSAGE_CONTENT events (in one started message) as fast as it can.
 
     ``batch`` = 1 streams one ``emit`` per token (the common agent loop);
     ``batch`` > 1 uses ``emit_many`` (the agent batches itself).
@@ -103,13 +103,15 @@ def flood(ctx: TurnContext, input: Any) -> None:
     n = int(input["n"])
     batch = int(input.get("batch", 1))
     message_id = "msg-bench-1"
+    ctx.emit(ev.TextMessageStart(message_id=message_id))  # content only for a started message
     if batch <= 1:
         for _ in range(n):
             ctx.emit(ev.TextMessageContent(message_id=message_id, delta=TEXT_DELTA))
-        return
-    for start in range(0, n, batch):
-        ctx.emit_many([ev.TextMessageContent(message_id=message_id, delta=TEXT_DELTA)
-                       for _ in range(min(batch, n - start))])
+    else:
+        for start in range(0, n, batch):
+            ctx.emit_many([ev.TextMessageContent(message_id=message_id, delta=TEXT_DELTA)
+                           for _ in range(min(batch, n - start))])
+    ctx.emit(ev.TextMessageEnd(message_id=message_id))
 
 
 def paced(ctx: TurnContext, input: Any) -> None:

@@ -268,7 +268,7 @@ def relay_rate(sup: Supervisor, n: int, batch: int) -> float:
             first_t, first_seq = last_t, line_seq(lines[-1])
         last_line = lines[-1]
     terminal = ev.decode_event(last_line)
-    if line_seq(last_line) != n + 2 or not isinstance(terminal, ev.RunFinished):
+    if line_seq(last_line) != n + 4 or not isinstance(terminal, ev.RunFinished):  # + start, end of the message
         raise RuntimeError(f"relay: turn ended at seq {line_seq(last_line)} with {terminal}")
     return (n - (first_seq - 1)) / (last_t - first_t)
 
@@ -304,6 +304,7 @@ def stage_costs(n: int) -> dict[str, float]:
                       token=CancelWatch(token), max_event_bytes=1 << 20)
     delta, mid = bench_agents.TEXT_DELTA, "msg-bench-1"
     line = b'{"seq":12345,' + bench_agents.RAW_EVENT[1:]
+    ctx.emit(ev.TextMessageStart(message_id=mid))  # content is accepted only for a started message
 
     def emit(k: int) -> None:
         for _ in range(k):

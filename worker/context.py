@@ -124,6 +124,10 @@ class TurnContext:
             expanded: list[tuple[ev.Event, dict[str, Any] | None]] = []
             try:
                 for event, extra in parsed:
+                    if not chunks and type(event) not in _CHUNKS:  # nothing to expand: the common case
+                        state.observe(event)
+                        expanded.append((event, extra))
+                        continue
                     for e in chunks.expand(event):
                         state.observe(e)
                         expanded.append((e, extra if e is event else None))

@@ -26,6 +26,7 @@ import msgspec
 
 from ipc import events as ev
 from ipc.openitems import OpenItems
+from supervisor.storage.lines import event_line
 
 __all__ = ["OpenItemTracker", "closing_lines", "open_items_of"]
 
@@ -50,10 +51,8 @@ class OpenItemTracker:
 
 def closing_lines(items: OpenItems, last_seq: int, reason: str) -> list[bytes]:
     now_ms = time.time_ns() // 1_000_000
-    lines = []
-    for i, event in enumerate(items.closers(reason=reason, timestamp=now_ms), start=last_seq + 1):
-        lines.append(b'{"seq":%d,' % i + ev.encode_event(event)[1:])
-    return lines
+    return [event_line(i, event)
+            for i, event in enumerate(items.closers(reason=reason, timestamp=now_ms), start=last_seq + 1)]
 
 
 _lenient = msgspec.json.Decoder(ev.Event)
