@@ -31,7 +31,7 @@ __all__ = [
     "ReasoningStart", "ReasoningMessageStart", "ReasoningMessageContent", "ReasoningMessageEnd",
     "ReasoningMessageChunk", "ReasoningEnd", "ReasoningEncryptedValue",
     "SubagentStarted", "SubagentFinished", "SubagentError", "SubagentOutcome",
-    "TERMINAL_TYPES", "LIFECYCLE_TYPES", "EVENT_TYPES", "PROTOCOL_VERSION",
+    "TERMINAL_TYPES", "LIFECYCLE_TYPES", "SUPERVISOR_ONLY", "EVENT_TYPES", "PROTOCOL_VERSION",
     "encode_event", "decode_event", "to_event",
     "check_json_patch", "check_messages",
 ]
@@ -355,6 +355,9 @@ EVENT_TYPES: frozenset[str] = frozenset(
 )
 TERMINAL_TYPES = frozenset({"RUN_FINISHED", "RUN_ERROR"})
 LIFECYCLE_TYPES = frozenset({"RUN_STARTED", "RUN_FINISHED", "RUN_ERROR"})
+# The lifecycle is the supervisor's alone: an agent that sent these would break
+# "exactly one terminal event". Checked in the child (ctx.emit) and again in the relay.
+SUPERVISOR_ONLY: tuple[type, ...] = (RunStarted, RunFinished, RunError)
 
 
 _encoder = msgspec.json.Encoder()

@@ -27,9 +27,6 @@ from worker.asyncrun import CancelWatch, cancel_on_token
 
 __all__ = ["TurnContext", "Cancelled", "EventTooLarge", "InvalidEvent", "MessageWriter", "ToolCall"]
 
-# The supervisor alone writes the lifecycle; an agent emitting these would
-# break "exactly one terminal event".
-_SUPERVISOR_ONLY = frozenset({ev.RunStarted, ev.RunFinished, ev.RunError})
 _CHUNKS = frozenset({ev.TextMessageChunk, ev.ToolCallChunk, ev.ReasoningMessageChunk})
 
 # The union's classes, as a set: a membership test, not 31 isinstance checks per emit.
@@ -325,7 +322,7 @@ def _parse(event: EventLike) -> tuple[ev.Event, dict[str, Any] | None]:
             raise InvalidEvent(f"{kind}: {exc}") from None
         known = _KNOWN_KEYS[type(parsed)]
         extra = {k: v for k, v in event.items() if k not in known} or None
-    if type(parsed) in _SUPERVISOR_ONLY:
+    if type(parsed) in ev.SUPERVISOR_ONLY:
         raise ValueError(f"{type(parsed).__name__} is written by the supervisor, not the agent")
     if parsed.seq is not msgspec.UNSET:
         raise ValueError("seq is assigned by the supervisor; leave it unset")

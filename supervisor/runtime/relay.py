@@ -45,7 +45,6 @@ from supervisor.turns import Ending, Intent, TurnInfo, TurnStatus, classify, inf
 
 log = get_logger("runnerd.relay")
 
-_SUPERVISOR_ONLY = (ev.RunStarted, ev.RunFinished, ev.RunError)
 _event_decoder: msgspec.json.Decoder[ev.Event] = msgspec.json.Decoder(ev.Event)
 REAP_TIMEOUT_S = 2.0  # after the root exits, how long leftovers may take to die
 REAP_POLL_S = 0.002
@@ -332,7 +331,7 @@ class Relay:
             event = _event_decoder.decode(data)
         except msgspec.DecodeError as exc:
             return f"invalid event: {exc}"
-        if isinstance(event, _SUPERVISOR_ONLY):
+        if isinstance(event, ev.SUPERVISOR_ONLY):
             return f"{type(event).__name__} may only come from the supervisor"
         if event.seq is not msgspec.UNSET:
             return "seq is assigned by the supervisor, never by the turn"
