@@ -141,7 +141,7 @@ class Runnerd(System):
             async for line in s.aiter_lines():
                 if not line.startswith("data:"):
                     continue
-                head = line[:40]
+                head = line[:60]
                 if '"type":"CUSTOM"' in head:
                     _agent_event(r, line[5:], sink, lambda d: int(json.loads(d)["value"]["t"]))
                     if cancel_after and r.events == cancel_after and cancel is None:
