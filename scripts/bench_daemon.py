@@ -49,7 +49,7 @@ from typing import Any
 
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
-from benchlib import launch_runnerd, median, ms, pct, stop_process  # noqa: E402
+from benchlib import launch_runnerd, median, ms, pct, stop_process, tree_cpu_s  # noqa: E402
 
 THIS = Path(__file__).resolve()
 BIN = Path(sys.executable).parent
@@ -225,18 +225,10 @@ class Sampler(threading.Thread):
     def tree_cpu(self) -> float:
         """CPU s of the process, its live descendants and the descendants they reaped."""
         import psutil
-        total = 0.0
         try:
-            procs = [self.proc, *self.proc.children(recursive=True)]
+            return tree_cpu_s([self.proc, *self.proc.children(recursive=True)])
         except psutil.NoSuchProcess:
             return 0.0
-        for p in procs:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system + t.children_user + t.children_system
-            except psutil.NoSuchProcess:
-                pass
-        return total
 
     def sample(self) -> None:
         import psutil

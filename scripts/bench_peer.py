@@ -38,7 +38,7 @@ import psutil
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
 
-from benchlib import launch_runnerd, median, pct, stop_process  # noqa: E402
+from benchlib import launch_runnerd, median, pct, stop_process, tree_cpu_s  # noqa: E402
 
 TOKEN = "bench-peer-token-0123456789"
 RUN_TIMEOUT_S = 120.0
@@ -232,18 +232,6 @@ def stop_peer(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
-def cpu_s(tree: list[psutil.Process]) -> float:
-    """User + system CPU of live processes and of the children they reaped."""
-    total = 0.0
-    for p in tree:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 def memory_mib(tree: list[psutil.Process]) -> tuple[float, float]:
     """(PSS, USS) of the tree, MiB: shared pages counted once (PSS) or not at all (USS)."""
     pss = uss = 0
@@ -262,7 +250,7 @@ async def load(system: System, c: httpx.AsyncClient, runs: int, n: int, rate: fl
     def sink(now_ns: int, t_ns: int) -> None:
         delays.append((now_ns - t_ns) / 1e6)
 
-    cpu0, w0 = cpu_s(system.tree()), time.perf_counter()
+    cpu0, w0 = tree_cpu_s(system.tree()), time.perf_counter()
     peak = (0.0, 0.0)
     tasks = [asyncio.create_task(system.run(c, n, rate, sink)) for _ in range(runs)]
     while not all(t.done() for t in tasks) and time.perf_counter() - w0 < RUN_TIMEOUT_S:
@@ -274,7 +262,7 @@ async def load(system: System, c: httpx.AsyncClient, runs: int, n: int, rate: fl
     got = sum(r.events for r in results)
     if got != runs * n:
         print(f"  {system.name}: {got} of {runs * n} events arrived")
-    return {"p50": median(delays), "p99": pct(delays, 99), "cpu": cpu_s(system.tree()) - cpu0,
+    return {"p50": median(delays), "p99": pct(delays, 99), "cpu": tree_cpu_s(system.tree()) - cpu0,
             "wall": wall, "pss": peak[0], "uss": peak[1]}
 
 

@@ -41,6 +41,20 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int | 
     return proc.returncode
 
 
+def tree_cpu_s(procs: Sequence[object]) -> float:
+    """User + system CPU of ``procs`` (psutil processes) and of the children they reaped."""
+    import psutil
+
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()  # type: ignore[attr-defined]
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def launch_runnerd(tmp: Path, agents: dict[str, str], settings: list[str], server: Sequence[str] = ()
                    ) -> tuple[subprocess.Popen[bytes], str, Path]:
     """Start ``runnerd`` from its console script on a temp config and socket, and
