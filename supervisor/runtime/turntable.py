@@ -96,6 +96,17 @@ class TurnTable:
         """A snapshot: other threads insert while the relay iterates."""
         return list(self._live.values())
 
+    def running_trees(self) -> list[tuple[str, int, float, int]]:
+        """(turn id, root pid, root start time, last seq) of each live turn not yet ended.
+
+        A live turn whose terminal event is written stays in the live table while the
+        relay reaps it; it is no longer running, so it is left out.
+        """
+        with self.lock:
+            return [(t, live.tree.root_pid, live.tree.root_create_time, live.info.last_seq)
+                    for t, live in self._live.items()
+                    if live.tree is not None and not live.info.status.ended]
+
     def pending_locked(self, turn_id: str) -> Pending | None:
         """The pending record itself (caller holds ``lock``): a cancel marks a turn being spawned."""
         return self._pending.get(turn_id)

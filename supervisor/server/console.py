@@ -70,12 +70,9 @@ class Console:
         self.sup = sup
 
     def _usage(self) -> dict[str, Any]:
-        roots = [(live.info.turn_id, live.tree.root_pid, live.tree.root_create_time)
-                 for live in self.sup.table.lives() if live.tree is not None]
         usage = {}
-        for turn_id, pid, ctime in roots:
+        for turn_id, pid, ctime, last_seq in self.sup.table.running_trees():
             rss, count = tree_usage(pid, ctime)
-            last_seq = self.sup.table.get(turn_id).last_seq  # a copy, under the table's lock
             usage[turn_id] = {"rss_bytes": rss, "processes": count, "last_seq": last_seq}
         return {"turns": usage}
 
