@@ -1,7 +1,7 @@
 """Kernel containment with real cgroups: a real runnerd inside a bounded outer cgroup.
 
 Every test that can fork-bomb or hog memory first makes its own outer cgroup
-(pids.max 200, 1 GiB; tests/cgroup_helper.py) and runs the daemon inside it,
+(pids.max 200, 1 GiB; tests/kernel_bound.py) and runs the daemon inside it,
 or skips with the reason. Each test ends by checking that no cgroup is left
 below the outer one, then removes the outer one.
 """
@@ -21,9 +21,9 @@ import httpx
 import msgspec
 import psutil
 import pytest
-from cgroup_helper import Outer, own_cgroups, v1_unavailable
 from conftest import TEST_AGENTS, wait_for
 from daemon_fixture import BIN, TESTS, write_config
+from kernel_bound import KernelBound, own_cgroups, unavailable
 
 from ipc.protocol import ExitCode, TurnSpec
 from ipc.wire import Done, FrameReader
@@ -36,13 +36,13 @@ from supervisor.turns import Intent, classify
 pytestmark = pytest.mark.timeout(90)
 
 MIB = 1 << 20
-V1_SKIP = v1_unavailable()
+V1_SKIP = unavailable()
 
 
 class Runnerd:
     """A runnerd process started inside the outer cgroup."""
 
-    def __init__(self, outer: Outer, tmp: Path, limits: dict[str, object]) -> None:
+    def __init__(self, outer: KernelBound, tmp: Path, limits: dict[str, object]) -> None:
         config = write_config(tmp)
         with open(config, "a") as f:
             f.write("\n[limits]\n" + "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in limits.items()))
@@ -105,22 +105,22 @@ class Runnerd:
 
 
 @pytest.fixture
-def outer() -> Iterator[Outer]:
+def outer() -> Iterator[KernelBound]:
     if V1_SKIP:
         pytest.skip(f"kernel-limited tests need a bounded v1 cgroup: {V1_SKIP}")
-    box = Outer(pids_max=200, memory_bytes=1 << 30)
+    box = KernelBound(pids_max=200, memory_bytes=1 << 30)
     try:
         yield box
         assert box.subgroups() == [], "cgroups left behind"
     finally:
-        box.destroy()
+        box.close()
 
 
-def _turn_cgroup_dirs(outer: Outer) -> list[str]:
+def _turn_cgroup_dirs(outer: KernelBound) -> list[str]:
     return [d for d in outer.subgroups() if "/turn-" in d]
 
 
-def test_exponential_fork_bomb_is_held_at_max_processes(outer: Outer, tmp_path: Path) -> None:
+def test_exponential_fork_bomb_is_held_at_max_processes(outer: KernelBound, tmp_path: Path) -> None:
     d = Runnerd(outer, tmp_path, {"max_processes": 50})
     try:
         with d.http() as c:
@@ -144,7 +144,7 @@ def test_exponential_fork_bomb_is_held_at_max_processes(outer: Outer, tmp_path: 
         with d.http() as c:
             assert c.get("/v1/health").json()["status"] == "ok"
         assert _turn_cgroup_dirs(outer) == []
-        wait_for(lambda: outer.pids() <= d.family(), 10, 0.02)  # nothing of the bomb left
+        wait_for(lambda: outer.procs() <= d.family(), 10, 0.02)  # nothing of the bomb left
         again = d.start("count", {"n": 3})  # the daemon still starts turns
         assert d.ended(again)["status"] == "succeeded"
         with d.http() as c:
@@ -157,7 +157,7 @@ def test_exponential_fork_bomb_is_held_at_max_processes(outer: Outer, tmp_path: 
         d.stop()
 
 
-def test_memory_hog_tree_ends_memory_limit_within_the_limit(outer: Outer, tmp_path: Path) -> None:
+def test_memory_hog_tree_ends_memory_limit_within_the_limit(outer: KernelBound, tmp_path: Path) -> None:
     # poll_s of an hour: only the kernel's OOM event can end this turn in time.
     d = Runnerd(outer, tmp_path, {"memory_bytes": 256 * MIB, "poll_s": 3600.0})
     try:
@@ -169,12 +169,12 @@ def test_memory_hog_tree_ends_memory_limit_within_the_limit(outer: Outer, tmp_pa
         assert 128 * MIB < peak <= 256 * MIB, info["usage"]  # the kernel's high-water mark
         assert info["usage"]["cpu_seconds"] > 0
         assert _turn_cgroup_dirs(outer) == []
-        wait_for(lambda: outer.pids() <= d.family(), 10, 0.02)
+        wait_for(lambda: outer.procs() <= d.family(), 10, 0.02)
     finally:
         d.stop()
 
 
-def test_setsid_renamed_envless_escapee_is_gone_after_cancel(outer: Outer, tmp_path: Path) -> None:
+def test_setsid_renamed_envless_escapee_is_gone_after_cancel(outer: KernelBound, tmp_path: Path) -> None:
     d = Runnerd(outer, tmp_path, {})
     try:
         turn = d.start("escapee")
@@ -188,12 +188,12 @@ def test_setsid_renamed_envless_escapee_is_gone_after_cancel(outer: Outer, tmp_p
         assert info["status"] == "cancelled", info
         assert not _alive(escaped)
         assert _turn_cgroup_dirs(outer) == []
-        wait_for(lambda: outer.pids() <= d.family(), 10, 0.02)
+        wait_for(lambda: outer.procs() <= d.family(), 10, 0.02)
     finally:
         d.stop()
 
 
-def test_daemon_sigkilled_then_restarted_leaves_no_process_and_no_cgroup(outer: Outer, tmp_path: Path) -> None:
+def test_daemon_sigkilled_then_restarted_leaves_no_process_and_no_cgroup(outer: KernelBound, tmp_path: Path) -> None:
     d = Runnerd(outer, tmp_path, {"max_processes": 50})
     turns = [d.start("escapee"), d.start("grandchildren")]
     escaped = wait_for(lambda: next((e["value"] for e in d.events(turns[0]) if e.get("name") == "escapee"), None))
@@ -210,7 +210,7 @@ def test_daemon_sigkilled_then_restarted_leaves_no_process_and_no_cgroup(outer: 
         assert not _alive(escaped)
         assert not [g for g in outer.subgroups() if g.endswith(f"-{old_pid}") or f"-{old_pid}/" in g]
         assert _turn_cgroup_dirs(outer) == []
-        wait_for(lambda: outer.pids() <= d2.family(), 10, 0.02)
+        wait_for(lambda: outer.procs() <= d2.family(), 10, 0.02)
     finally:
         d2.stop()
 

@@ -79,7 +79,7 @@ def _run_hostile(kb: KernelBound, tmp_path: Path, agent: str, input: object, lim
     """Runs ``agent`` (and a bystander) under the supervisor in the cgroup; ``on_warm``
     takes the baseline once the supervisor is up and before the agent starts."""
     args = {"state_dir": str(tmp_path / "state"), "agent": agent, "input": input, "limits": limits,
-            "cgroup": str(kb.pids)}
+            "cgroup": str(kb.pids_dir)}
     proc = kb.popen([sys.executable, "-c", RUNNER, json.dumps(args)], env=child_env(), stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=open(tmp_path / "runner.log", "wb"))
     try:
@@ -137,7 +137,7 @@ def test_a_multi_process_memory_hog_is_stopped_past_the_memory_cap(tmp_path: Pat
 
         def warm() -> None:
             baseline.append(kb.memory_usage())
-            (kb.memory / "memory.max_usage_in_bytes").write_text("0")  # the peak from here on
+            kb.reset_memory_peak()  # the peak from here on
 
         out = _run_hostile(kb, tmp_path, "memory_hog", {"children": 3, "chunk_mib": 8, "pause": 0.02},
                            {"memory_bytes": cap, "poll_s": LimitsConfig().poll_s, "cgroups": "off"}, warm)
