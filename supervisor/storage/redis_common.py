@@ -29,6 +29,12 @@ class Keys:
         self.turns = f"{prefix}:turns"  # sorted set of every turn id (lexicographic: by creation)
         self.nodes = f"{prefix}:nodes"  # set of node ids that ever joined and may own running turns
         self.cancel_channel = f"{prefix}:cancel"  # pub/sub: turn ids whose cancel was asked for
+        # Sorted set: "<id>|<status>|<owner>|<session>" of each ended turn with a TTL, scored by when it
+        # expires: what the retention pass reads to drop the index entries of turns Redis expired.
+        self.expiry = f"{prefix}:expiry"
+        self.pruned_channel = f"{prefix}:pruned"  # pub/sub: "removed <id>" / "raw <id>" after a retention pass
+        self.retention_lock = f"{prefix}:retention:lock"  # held by the one node running a retention pass
+        self.retention_due = f"{prefix}:retention:due"  # exists until the next periodic pass is due
 
     def events(self, turn_id: str) -> str:
         return f"{self.prefix}:ev:{{{turn_id}}}"
@@ -59,6 +65,29 @@ class Keys:
 
     def wake(self, node: str) -> str:
         return f"{self.prefix}:node:{node}:wake"
+
+
+# Lua, prepended to every script that ends a turn: with ``ttl`` (ms, '' for none) every key of the
+# turn expires that long after its ending is first written (a later re-write does not push it back),
+# and the turn is listed in ``<p>:expiry`` so the retention pass can drop its index entries.
+EXPIRE_ENDED = """
+local function expire_ended(p, id, status, owner, session, ttl)
+  local rec = p .. ':turn:{' .. id .. '}'
+  if ttl == '' or redis.call('PTTL', rec) ~= -1 then return end
+  local ms = tonumber(ttl)
+  local t = redis.call('TIME')
+  redis.call('ZADD', p .. ':expiry', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + ms,
+             id .. '|' .. status .. '|' .. owner .. '|' .. session)
+  for _, k in ipairs({rec, p .. ':ev:{' .. id .. '}', p .. ':compact:{' .. id .. '}', p .. ':cancel:{' .. id .. '}'}) do
+    redis.call('PEXPIRE', k, ms)
+  end
+end
+"""
+
+
+def ttl_arg(max_age_s: float | None) -> str:
+    """``[retention] max_age_s`` as the scripts' ``ttl`` argument (milliseconds, '' for none)."""
+    return "" if max_age_s is None else str(max(1, int(max_age_s * 1000)))
 
 
 def connect(url: str) -> redis.Redis:
