@@ -69,8 +69,9 @@ class ClusterRetention:
     def prune(self, *, dry_run: bool = False, now: float | None = None, periodic: bool = False) -> PruneReport:
         """One pass over every node's ended turns; ``periodic``: only if one is due cluster-wide."""
         now = time.time() if now is None else now
+        if not dry_run:
+            self.check_table()  # this node's view first: what expired or was removed elsewhere
         if periodic:
-            self.check_table()
             with translated():
                 due = self.client.set(self.keys.retention_due, self.cluster.node, nx=True,
                                       px=int(self.config.interval_s * 1000))
