@@ -512,8 +512,8 @@ def gone_everywhere(r: object, tid: str) -> bool:
     assert isinstance(r, redis.Redis)
     indexes = [k for k in r.keys("rt:*") if r.type(k) in (b"set", b"zset")]
     named = [k for k in indexes if (r.sismember(k, tid) if r.type(k) == b"set" else r.zscore(k, tid) is not None)]
-    return not r.keys(f"*{tid}*") and not named and not any(m.startswith(tid.encode())
-                                                            for m in r.zrange("rt:expiry", 0, -1))
+    expiring: list[bytes] = r.zrange("rt:expiry", 0, -1)  # type: ignore[assignment]
+    return not r.keys(f"*{tid}*") and not named and not any(m.startswith(tid.encode()) for m in expiring)
 
 
 @pytest.mark.timeout(120)
@@ -521,7 +521,7 @@ def test_a_turn_older_than_max_age_expires_in_redis_and_every_node_then_answers_
         redis_server: RedisServer, nodes: Nodes) -> None:
     import redis
 
-    retention = {"max_age_s": 2.0, "interval_s": 3600.0}  # no periodic pass: only Redis's TTL can remove it
+    retention: dict[str, object] = {"max_age_s": 2.0, "interval_s": 3600.0}  # no periodic pass: only Redis's TTL can remove it
     a = nodes.add("a", retention=retention)
     with a.http(30) as ca:  # both run on A (B does not exist yet to take them)
         keep = start(ca, "wait_forever")  # unended: never expires
@@ -589,7 +589,7 @@ def test_the_turn_limit_holds_cluster_wide_and_a_dead_nodes_turns_are_pruned_by_
 
 @pytest.mark.timeout(180)
 def test_a_pass_on_one_node_reaches_the_owners_view_and_gap_frames_are_as_on_one_node(nodes: Nodes) -> None:
-    retention = {"max_turns": 1, "keep_raw_s": 0.0, "interval_s": 3600.0}  # passes only when asked
+    retention: dict[str, object] = {"max_turns": 1, "keep_raw_s": 0.0, "interval_s": 3600.0}  # when asked
     a = nodes.add("a", retention=retention)
     with a.http(30) as ca:
         ids = [finish(ca, "demo", {"delay": 0}) for _ in range(2)]

@@ -12,9 +12,9 @@
   explicit ``prune`` waits for the lock.
 - **Every node's view**: the pass publishes what it removed on
   ``<p>:pruned``; each node forgets those turns (or marks their full log
-  gone) in its own table and registry, and at each interval checks the
-  ended turns its table holds against Redis, so a missed message or an
-  expired key is caught up within ``interval_s``.
+  gone) in its own table and registry, and at each of its passes (periodic
+  or asked) checks the ended turns its table holds against Redis, so a
+  missed message or an expired key is caught up within ``interval_s``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,13 @@ id, so by creation), ``<p>:status:<s>``, ``<p>:session:<sid>``,
 Fencing, in the same script: an ended status is final (a put that would change
 it is refused), and an ended record must agree with the terminal event in the
 turn's stream, so the node that lost a turn cannot overwrite the ending
-another node wrote.
+another node wrote. A put never creates an ended record: one that is gone was
+removed by retention, and a late write (its owner's compaction) must not bring it back.
+
+Retention (``runtime/cluster_retention.py``): with ``max_age_s`` the script that
+writes an ending gives the turn's keys a TTL and lists it in ``<p>:expiry``
+(``drop_expired`` later unindexes what expired); ``raw_removed`` is a field of
+its own, set by the retention pass and never cleared by a put.
 """
 
 from __future__ import annotations
