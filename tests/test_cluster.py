@@ -18,7 +18,13 @@ import psutil
 import pytest
 from conftest import turn_processes, wait_for
 from daemon_fixture import BIN, Daemon, start_daemon, stopped, write_config
-from redis_fixture import RedisServer, needs_redis, redis_server  # noqa: F401 - the fixture
+from redis_fixture import (  # noqa: F401 - the fixtures
+    RedisServer,
+    SentinelSet,
+    needs_redis,
+    redis_server,
+    sentinel_set,
+)
 
 pytestmark = needs_redis
 
@@ -186,6 +192,7 @@ def refused(tmp: Path, cluster: dict[str, object], *, without_redis: bool = Fals
 def test_bad_cluster_settings_stop_the_daemon_with_one_line(tmp_path: Path, redis_server: RedisServer,
                                                            nodes: Nodes) -> None:
     assert "redis_url must start with redis://" in refused(tmp_path / "1", {"redis_url": "http://x"})
+    assert "a sentinel needs a host and a port" in refused(tmp_path / "6", {"redis_url": "redis+sentinel://h/m"})
     assert "absolute socket path" in refused(tmp_path / "2", {"redis_url": "unix://relative.sock"})
     gone = refused(tmp_path / "3", {"redis_url": f"unix://{tmp_path}/nothing.sock"})
     assert "cannot reach Redis" in gone
@@ -612,3 +619,38 @@ def test_a_pass_on_one_node_reaches_the_owners_view_and_gap_frames_are_as_on_one
             assert c.get(f"/v1/turns/{ids[1]}/export", params={"after": 5}).json()["gap"] == gap
         assert json.loads(a.ctl("prune").stdout) == {"removed": [], "raw_removed": [], "bytes_freed": 0,
                                                      "dry_run": False}  # nothing left to do
+
+
+@pytest.mark.timeout(180)
+def test_through_sentinel_a_node_follows_a_failover_to_the_new_master(tmp_path: Path,
+                                                                      sentinel_set: SentinelSet) -> None:
+    (tmp_path / "a").mkdir()
+    a = start_daemon(tmp_path / "a", cluster={"redis_url": sentinel_set.url, "node_id": "a", "key_prefix": "rt"})
+    try:
+        with a.http(30) as ca:
+            before = finish(ca, "count", {"n": 3})
+            master, replica = sentinel_set.client("master"), sentinel_set.client("replica")
+            assert master.hget(f"rt:turn:{{{before}}}", "status") == b"succeeded"  # on the master Sentinel named
+            sentinel_set.failover()  # the replica is promoted, then the old master demoted (about 10 s here)
+
+            def started() -> str | None:  # the first calls may meet the demoted master: 503, then the new one
+                r = ca.post("/v1/turns", json={"agent": "count", "input": {"n": 3}})
+                return str(r.json()["turn_id"]) if r.status_code == 201 else None
+
+            after = wait_for(started, 60, 0.1)
+            assert isinstance(after, str)
+            wait_for(lambda: ca.get(f"/v1/turns/{after}").json()["status"] == "succeeded", 60, 0.05)
+            assert replica.hget(f"rt:turn:{{{after}}}", "status") == b"succeeded"  # written to the new master
+            assert ca.get(f"/v1/turns/{before}").json()["status"] == "succeeded"  # replicated history still read
+            events = sse(ca.get(f"/v1/turns/{after}/events").text)
+            assert [s for s, _ in events] == list(range(1, len(events) + 1))
+            assert events[-1][1]["type"] == "RUN_FINISHED"
+            # its heartbeat moved to the new master in time: never presumed dead, its key alive there
+            assert "cluster_node_presumed_dead_rejoined" not in a.log.read_text()
+            assert replica.pttl("rt:node:a:alive") > 0
+            health = ca.get("/v1/health").json()
+            assert health["cluster"]["redis"] == "ok" and health["cluster"]["nodes"] == 1
+    finally:
+        gen = stopped(a)
+        next(gen)
+        next(gen, None)

@@ -35,6 +35,7 @@ from supervisor.storage.redis_common import (
     Keys,
     connect,
     ending_of,
+    follow_master,
     translated,
     ttl_arg,
 )
@@ -147,6 +148,7 @@ class Cluster:
         period = self.config.node_ttl_s / 3
         while not self._stopping.wait(period):
             try:
+                follow_master(self.client)  # Sentinel: after a failover, refresh on the new master
                 state = self._refresh(keys=[self.keys.heartbeat(self.node), self.keys.nodes],
                                       args=[self._token, self._ttl_ms, self.node])
                 if state == 2:

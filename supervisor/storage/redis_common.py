@@ -12,8 +12,10 @@ from collections.abc import Iterator
 
 import msgspec
 import redis
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from ipc.events import RunError, RunFinished, decode_event
+from supervisor.config import sentinel_of
 from supervisor.errors import StoreFenced, StoreUnavailable
 from supervisor.turns import TurnError, TurnStatus
 
@@ -91,14 +93,39 @@ def ttl_arg(max_age_s: float | None) -> str:
 
 
 def connect(url: str) -> redis.Redis:
-    """A client pool for ``url`` (bytes in, bytes out); raises ``StoreUnavailable`` if Redis does not answer."""
+    """A client pool for ``url`` (bytes in, bytes out); raises ``StoreUnavailable`` if Redis does not answer.
+
+    Through Sentinel (``redis+sentinel://``) the pool asks the sentinels for the
+    master on every new connection, and a connection to a master that was
+    demoted fails (Sentinel disconnects its clients, or ``READONLY``), so the
+    next try (an append retries for ``redis_retry_s``) reaches the new master
+    (see also ``follow_master``).
+    """
+    target = sentinel_of(url)
     try:
-        client = redis.Redis.from_url(url, socket_timeout=10.0, socket_connect_timeout=5.0,
-                                      health_check_interval=30)
+        if target is None:
+            client = redis.Redis.from_url(url, socket_timeout=10.0, socket_connect_timeout=5.0,
+                                          health_check_interval=30)
+        else:
+            sentinels, master, db = target
+            sentinel = Sentinel(sentinels, socket_timeout=5.0,  # type: ignore[no-untyped-call]
+                                socket_connect_timeout=5.0)
+            client = sentinel.master_for(master, db=db, socket_timeout=10.0,  # type: ignore[no-untyped-call]
+                                         socket_connect_timeout=5.0, health_check_interval=30)
         client.ping()
     except (redis.RedisError, ValueError) as exc:
         raise StoreUnavailable(f"cannot reach Redis at {url}: {exc}") from None
     return client
+
+
+def follow_master(client: redis.Redis) -> None:
+    """Through Sentinel: ask which server is the master now. After a failover the old master may
+    accept writes until Sentinel demotes it (seconds later), and writes there are lost; once the pool
+    knows the new address it drops its connections to the old one as each is released. The heartbeat
+    calls this every ``node_ttl_s / 3``, so a node's key is refreshed on the new master in time."""
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        pool.get_master_address()  # type: ignore[no-untyped-call]
 
 
 @contextlib.contextmanager
