@@ -565,16 +565,18 @@ def test_the_turn_limit_holds_cluster_wide_and_a_dead_nodes_turns_are_pruned_by_
     a = nodes.add("a", retention={"max_turns": 1, "interval_s": 3600.0})  # A never runs a periodic pass
     with a.http(30) as ca:
         on_a = [finish(ca, "count", {"n": 3}) for _ in range(2)]
-    orphans = psutil.Process(a.proc.pid).children(recursive=True)
-    a.proc.send_signal(signal.SIGKILL)  # A's turns have ended; nobody owns them now
-    a.proc.wait(10)
-    for p in orphans:  # its forkserver: a dead daemon cannot stop it
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
     r = redis.Redis(unix_socket_path=redis_server.socket)
     try:
+        for tid in on_a:  # their records say so in Redis (written just after the terminal event)
+            wait_for(lambda: r.hget(f"rt:turn:{{{tid}}}", "status") == b"succeeded", 30, 0.02)
+        orphans = psutil.Process(a.proc.pid).children(recursive=True)
+        a.proc.send_signal(signal.SIGKILL)  # A's turns have ended; nobody owns them now
+        a.proc.wait(10)
+        for p in orphans:  # its forkserver: a dead daemon cannot stop it
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
         b = nodes.add("b", retention={"max_turns": 1, "interval_s": 0.3})
         with b.http(30) as cb:
             # B's periodic pass keeps the newest ended turn of the cluster: A's second one
@@ -600,9 +602,9 @@ def test_a_pass_on_one_node_reaches_the_owners_view_and_gap_frames_are_as_on_one
     a = nodes.add("a", retention=retention)
     with a.http(30) as ca:
         ids = [finish(ca, "demo", {"delay": 0}) for _ in range(2)]
-        wait_for(lambda: all(ca.get(f"/v1/turns/{t}").json()["compaction"] == "done" for t in ids), 60, 0.05)
     b = nodes.add("b", retention=retention)
-    with a.http(30) as ca, b.http(30) as cb:
+    with a.http(30) as ca, b.http(30) as cb:  # B reads the records in Redis: what its pass will see
+        wait_for(lambda: all(cb.get(f"/v1/turns/{t}").json()["compaction"] == "done" for t in ids), 60, 0.05)
         report = cb.post("/v1/prune", json={}).json()  # B's pass, over A's turns
         assert report["removed"] == [ids[0]] and report["raw_removed"] == [ids[1]] and report["bytes_freed"] > 0
         # A, which runs no pass, hears of it: its own view of its turns follows

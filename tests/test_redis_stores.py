@@ -216,3 +216,23 @@ def test_a_full_log_marked_removed_stays_so_whatever_the_owner_writes(redis_serv
     turns.put(info)  # the owner's older copy says raw_removed=False
     assert turns.get(t).raw_removed and turns.ended([t])[0].raw_removed  # type: ignore[union-attr]
     assert events.sizes([t, new_turn_id()])[1] == 0 and events.sizes([t])[0] > 0
+
+
+def test_a_dead_owners_turn_whose_terminal_event_is_stored_gets_that_ending_not_lost(
+        redis_server: RedisServer, tmp_path: object) -> None:
+    from supervisor.config import ClusterConfig
+    from supervisor.runtime.cluster import Cluster
+
+    events, a = stores(redis_server, "a")
+    t = new_turn_id()
+    a.put(TurnInfo(turn_id=t, agent="demo", status=TurnStatus.RUNNING))
+    events.append(t, [text(1), finished(2, t)])  # node a died here, before its record said so
+    b = Cluster(ClusterConfig(redis_url=redis_server.url, node_id="b", key_prefix="t"), str(tmp_path),
+                max_queued=10)
+    try:
+        assert b.end_lost(t) is False  # b's liveness sweep, for a's turn
+        info = a.get(t)
+        assert info is not None and info.status is TurnStatus.SUCCEEDED and info.last_seq == 2
+        assert a.active_of("a") == [] and events.last_line(t) == finished(2, t)  # no RUN_ERROR after it
+    finally:
+        b.client.close()

@@ -255,6 +255,15 @@ class Cluster:
             info = self.turns.get(turn_id)
             if info is None or info.ended:
                 return False
+            stored = self.turns.ending_from_log(turn_id)
+            if stored is not None:  # the owner wrote its ending, then died before its record said so
+                stored.ended_at = stored.ended_at or time.time()
+                try:
+                    self.turns.transition(stored, UNENDED)
+                except StoreFenced:
+                    pass  # its record already agrees with another ending
+                log.warning("cluster_turn_ending_adopted", turn_id=turn_id, status=stored.status.value)
+                return False
             last = self.events.reopen(turn_id)
             now_ms = time.time_ns() // 1_000_000
             lines = []
