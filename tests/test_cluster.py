@@ -549,7 +549,8 @@ def test_a_turn_older_than_max_age_expires_in_redis_and_every_node_then_answers_
                 assert c.get(f"/v1/turns/{tid}").status_code == 404
                 assert tid not in [t["turn_id"] for t in c.get("/v1/turns").json()["turns"]]
             assert gone_everywhere(r, tid)  # the pass dropped its index entries too
-            assert ca.get(f"/v1/turns/{keep}").json()["status"] == "running" and r.pttl(f"rt:turn:{{{keep}}}") == -1
+            wait_for(lambda: ca.get(f"/v1/turns/{keep}").json()["status"] == "running", 30, 0.05)
+            assert r.pttl(f"rt:turn:{{{keep}}}") == -1  # an unended turn never expires
             assert cb.post(f"/v1/turns/{keep}/cancel").status_code == 202
             ended = wait_for(lambda: (i := ca.get(f"/v1/turns/{keep}").json())["ended_at"] is not None and i, 30, 0.05)
             assert isinstance(ended, dict) and ended["status"] == "cancelled"
@@ -632,7 +633,8 @@ def test_through_sentinel_a_node_follows_a_failover_to_the_new_master(tmp_path: 
         with a.http(30) as ca:
             before = finish(ca, "count", {"n": 3})
             master, replica = sentinel_set.client("master"), sentinel_set.client("replica")
-            assert master.hget(f"rt:turn:{{{before}}}", "status") == b"succeeded"  # on the master Sentinel named
+            # on the master Sentinel named (the record is written just after the terminal event)
+            wait_for(lambda: master.hget(f"rt:turn:{{{before}}}", "status") == b"succeeded", 30, 0.02)
             sentinel_set.failover()  # the replica is promoted, then the old master demoted (about 10 s here)
 
             def started() -> str | None:  # the first calls may meet the demoted master: 503, then the new one
@@ -641,8 +643,9 @@ def test_through_sentinel_a_node_follows_a_failover_to_the_new_master(tmp_path: 
 
             after = wait_for(started, 60, 0.1)
             assert isinstance(after, str)
-            wait_for(lambda: ca.get(f"/v1/turns/{after}").json()["status"] == "succeeded", 60, 0.05)
-            assert replica.hget(f"rt:turn:{{{after}}}", "status") == b"succeeded"  # written to the new master
+            # written to the new master
+            wait_for(lambda: replica.hget(f"rt:turn:{{{after}}}", "status") == b"succeeded", 60, 0.02)
+            assert ca.get(f"/v1/turns/{after}").json()["status"] == "succeeded"
             assert ca.get(f"/v1/turns/{before}").json()["status"] == "succeeded"  # replicated history still read
             events = sse(ca.get(f"/v1/turns/{after}/events").text)
             assert [s for s, _ in events] == list(range(1, len(events) + 1))
