@@ -157,11 +157,12 @@ class Supervisor:
         self.scheduler.start()
         self.keeper.start(past)
         if self.cluster is not None:
+            assert self.retention is not None  # made with the cluster
             self.cluster.start(registry=self.registry, cancel_local=self._cancel_local,
                                local_turns=self._unended_local, is_local=self._is_local, take=self._take,
                                free=lambda: self.config.max_running_turns - self.table.busy,
                                wait_free=self.table.wait_for_end, adopt=self._adopt_cluster_ending,
-                               pruned=self.retention.apply if self.retention is not None else lambda _: None)
+                               pruned=self.retention.apply)
         self._started = True
         log.info("supervisor_started", state_dir=self.config.state_dir,
                  start_method=self.config.start_method, agents=sorted(self.config.agents))
