@@ -10,7 +10,9 @@
   a peer already ended, then claims the key again.
 - **Cancel**: a cancel for a turn owned elsewhere sets ``<p>:cancel:{id}`` and
   publishes the id; the owner cancels on the message, and reads the key
-  before it launches a turn, so a cancel sent early is never lost.
+  before it launches a turn, so a cancel sent early is never lost. The same
+  subscriber hands what a retention pass removed (``<p>:pruned``) to
+  ``runtime.cluster_retention``.
 """
 
 from __future__ import annotations
