@@ -95,10 +95,35 @@ class RetentionConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
+def sentinel_of(url: str) -> tuple[list[tuple[str, int]], str, int] | None:
+    """``redis+sentinel://HOST:PORT[,HOST:PORT…]/MASTER[/DB]`` as (sentinels, master name, db);
+    None for any other scheme. Raises ``ValueError`` saying what is wrong."""
+    scheme = "redis+sentinel://"
+    if not url.startswith(scheme):
+        return None
+    form = f"cluster.redis_url {url!r}: expected {scheme}HOST:PORT[,HOST:PORT...]/MASTER[/DB]"
+    hosts, _, path = url[len(scheme):].partition("/")
+    master, _, db = path.partition("/")
+    sentinels = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":")
+        if not name or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{form} (a sentinel needs a host and a port)")
+        sentinels.append((name, int(port)))
+    if not _NAME.fullmatch(master):
+        raise ValueError(f"{form} (the master name is missing or has other characters than letters, "
+                         "digits, '.', '_' or '-')")
+    if db and not db.isdigit():
+        raise ValueError(f"{form} (DB is a number)")
+    return sentinels, master, int(db or 0)
+
+
 class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Several nodes on one Redis (``[cluster]``); absent: a single node on files."""
 
-    redis_url: str  # redis://host:port/db, rediss://… (TLS) or unix:///path/redis.sock
+    # redis://host:port/db, rediss://… (TLS), unix:///path/redis.sock, or through Sentinel:
+    # redis+sentinel://host:port[,host:port…]/master-name[/db]
+    redis_url: str
     node_id: str | None = None  # default: stable per host and state directory (see node_name)
     node_ttl_s: float = 10.0  # a node whose heartbeat is this old is dead; its turns end lost
     key_prefix: str = "runnerd"
@@ -106,7 +131,9 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         url = urlsplit(self.redis_url)
-        if url.scheme in ("redis", "rediss"):
+        if url.scheme == "redis+sentinel":
+            sentinel_of(self.redis_url)  # raises on a malformed one
+        elif url.scheme in ("redis", "rediss"):
             if not url.hostname:
                 raise ValueError(f"cluster.redis_url {self.redis_url!r} names no host (redis://HOST:PORT/DB)")
         elif url.scheme == "unix":
@@ -114,8 +141,8 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise ValueError(f"cluster.redis_url {self.redis_url!r} needs an absolute socket path "
                                  "(unix:///path/redis.sock)")
         else:
-            raise ValueError(f"cluster.redis_url must start with redis://, rediss:// or unix://, "
-                             f"not {self.redis_url!r}")
+            raise ValueError(f"cluster.redis_url must start with redis://, rediss://, unix:// or "
+                             f"redis+sentinel://, not {self.redis_url!r}")
         if self.node_id is not None and not _NAME.fullmatch(self.node_id):
             raise ValueError("cluster.node_id must be 1-64 characters of letters, digits, '.', '_' or '-'")
         if not _NAME.fullmatch(self.key_prefix):

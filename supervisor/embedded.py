@@ -56,6 +56,7 @@ from supervisor.turns import (
 
 if TYPE_CHECKING:
     from supervisor.runtime.cluster import Cluster
+    from supervisor.runtime.cluster_retention import ClusterRetention
 
 log = get_logger("runnerd.supervisor")
 CANCEL_ACK_S = 1.0  # bound on how long cancel() waits for the relay to record it
@@ -84,7 +85,8 @@ class Supervisor:
             except ImportError as exc:
                 raise InvalidRequest(f"[cluster] needs the redis client: pip install 'runnerd[redis]' ({exc})") from None
 
-            self.cluster = Cluster(self.config.cluster, self.config.state_dir, max_queued=self.config.max_queued)
+            self.cluster = Cluster(self.config.cluster, self.config.state_dir, max_queued=self.config.max_queued,
+                                   max_age_s=self.config.retention.max_age_s)
             self.event_store, self.turn_store = self.cluster.events, self.cluster.turns
         else:
             self.event_store = events = FileEventLog(self.config.state_dir)
@@ -113,11 +115,16 @@ class Supervisor:
         )
         self._uid, self._gid = _resolve_user(self.config.limits.user, self.config.limits.group)
         self.cgroups = Cgroups(self.config.state_dir, self.config.limits)
+        self.retention: ClusterRetention | None = None
+        if self.cluster is not None:  # one pass over every node's turns, by one node at a time
+            from supervisor.runtime.cluster_retention import ClusterRetention
+            self.retention = ClusterRetention(self.cluster, self.config.retention, table=self.table,
+                                              registry=self.registry)
         self.keeper = HistoryKeeper(events=self.event_store, records=self.turn_store, table=self.table,
                                     registry=self.registry,
                                     retention=self.config.retention,
                                     compact_finished=self.config.compact_finished,
-                                    max_event_bytes=self.config.max_event_bytes)
+                                    max_event_bytes=self.config.max_event_bytes, shared=self.retention)
         self.reader = Reader(store=self.event_store, registry=self.registry, status=self.status,
                              compacted=self.keeper.compacted, max_page_bytes=self.config.max_page_bytes,
                              on_open=self._follow_remote)
@@ -150,10 +157,12 @@ class Supervisor:
         self.scheduler.start()
         self.keeper.start(past)
         if self.cluster is not None:
+            assert self.retention is not None  # made with the cluster
             self.cluster.start(registry=self.registry, cancel_local=self._cancel_local,
                                local_turns=self._unended_local, is_local=self._is_local, take=self._take,
                                free=lambda: self.config.max_running_turns - self.table.busy,
-                               wait_free=self.table.wait_for_end, adopt=self._adopt_cluster_ending)
+                               wait_free=self.table.wait_for_end, adopt=self._adopt_cluster_ending,
+                               pruned=self.retention.apply)
         self._started = True
         log.info("supervisor_started", state_dir=self.config.state_dir,
                  start_method=self.config.start_method, agents=sorted(self.config.agents))

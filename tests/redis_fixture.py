@@ -1,12 +1,17 @@
-"""A real ``redis-server`` per test: its own Unix socket in a temp folder, no TCP port, gone at teardown."""
+"""A real ``redis-server`` per test: its own Unix socket in a temp folder, no TCP port, gone at teardown.
+
+``SentinelSet`` (a master, a replica, a sentinel) is the exception: Sentinel watches over TCP, so
+it listens on 127.0.0.1 only, on ports chosen at run time.
+"""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,3 +75,126 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free right now (Sentinel watches its master over TCP, not a Unix socket)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _ping(port: int, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
+    import redis
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"redis-server exited {proc.returncode}: {log.read_text()}")
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+        try:
+            if client.ping():
+                return
+        except redis.RedisError:
+            pass
+        finally:
+            client.close()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"redis on port {port} did not answer PING within {timeout} s")
+        time.sleep(0.02)
+
+
+class SentinelSet:
+    """A master, its replica and one sentinel watching them, each on a 127.0.0.1 port chosen at run time."""
+
+    MASTER = "rtmaster"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.ports = {"master": free_port(), "replica": free_port(), "sentinel": free_port()}
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.url = f"redis+sentinel://127.0.0.1:{self.ports['sentinel']}/{self.MASTER}"
+
+    def _start(self, name: str, args: list[str]) -> None:
+        folder = self.folder / name
+        folder.mkdir(parents=True, exist_ok=True)
+        assert REDIS_SERVER is not None
+        with open(folder / "redis.log", "ab") as log:
+            proc = subprocess.Popen([REDIS_SERVER, *args], stdout=log, stderr=log, cwd=folder)
+        self.procs.append(proc)
+        _ping(self.ports[name], 30.0, proc, folder / "redis.log")
+
+    def client(self, name: str) -> Any:
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.ports[name], socket_timeout=5)
+
+    def start(self) -> SentinelSet:
+        common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no",
+                  "--loglevel", "warning"]
+        self._start("master", ["--port", str(self.ports["master"]), "--dir", str(self.folder / "master"), *common])
+        self._start("replica", ["--port", str(self.ports["replica"]), "--dir", str(self.folder / "replica"),
+                                "--replicaof", "127.0.0.1", str(self.ports["master"]), *common])
+        replica = self.client("replica")
+        self._until(lambda: replica.info("replication").get("master_link_status") == "up", "the replica's link")
+        (self.folder / "sentinel").mkdir(parents=True, exist_ok=True)
+        conf = self.folder / "sentinel" / "sentinel.conf"  # Sentinel rewrites its own config: a file of its own
+        conf.write_text(f"port {self.ports['sentinel']}\nbind 127.0.0.1\ndir {self.folder / 'sentinel'}\n"
+                        f"sentinel monitor {self.MASTER} 127.0.0.1 {self.ports['master']} 1\n"
+                        f"sentinel down-after-milliseconds {self.MASTER} 2000\n"
+                        f"sentinel failover-timeout {self.MASTER} 10000\n")
+        self._start("sentinel", [str(conf), "--sentinel", "--daemonize", "no", "--loglevel", "warning"])
+        sentinel = self.client("sentinel")
+        self._until(lambda: any(r.get(b"flags") == b"slave" and r.get(b"master-link-status") == b"ok"
+                                for r in sentinel.execute_command("SENTINEL", "REPLICAS", self.MASTER)),
+                    "the sentinel to know the replica")
+        return self
+
+    def master_port(self) -> int:
+        host, port = self.client("sentinel").execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.MASTER)
+        return int(port)
+
+    def failover(self) -> None:
+        """Promote the replica (as Sentinel does when the master dies) and wait until the old master follows it."""
+        self.client("sentinel").execute_command("SENTINEL", "FAILOVER", self.MASTER)
+        self._until(lambda: self.master_port() == self.ports["replica"], "the sentinel to name the new master")
+        old = self.client("master")
+        self._until(lambda: old.info("replication").get("role") == "slave", "the old master to be demoted")
+
+    def _until(self, condition: Callable[[], object], what: str, timeout: float = 60.0) -> None:
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if condition():
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"waited {timeout} s for {what}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+
+
+@pytest.fixture
+def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    group = SentinelSet(tmp_path / "sentinel-set")
+    try:
+        yield group.start()
+    finally:
+        group.stop()

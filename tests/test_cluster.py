@@ -18,7 +18,13 @@ import psutil
 import pytest
 from conftest import turn_processes, wait_for
 from daemon_fixture import BIN, Daemon, start_daemon, stopped, write_config
-from redis_fixture import RedisServer, needs_redis, redis_server  # noqa: F401 - the fixture
+from redis_fixture import (  # noqa: F401 - the fixtures
+    RedisServer,
+    SentinelSet,
+    needs_redis,
+    redis_server,
+    sentinel_set,
+)
 
 pytestmark = needs_redis
 
@@ -186,6 +192,7 @@ def refused(tmp: Path, cluster: dict[str, object], *, without_redis: bool = Fals
 def test_bad_cluster_settings_stop_the_daemon_with_one_line(tmp_path: Path, redis_server: RedisServer,
                                                            nodes: Nodes) -> None:
     assert "redis_url must start with redis://" in refused(tmp_path / "1", {"redis_url": "http://x"})
+    assert "a sentinel needs a host and a port" in refused(tmp_path / "6", {"redis_url": "redis+sentinel://h/m"})
     assert "absolute socket path" in refused(tmp_path / "2", {"redis_url": "unix://relative.sock"})
     gone = refused(tmp_path / "3", {"redis_url": f"unix://{tmp_path}/nothing.sock"})
     assert "cannot reach Redis" in gone
@@ -452,7 +459,7 @@ def test_the_session_policy_holds_across_nodes(redis_server: RedisServer, nodes:
 
 
 @pytest.mark.timeout(120)
-def test_compaction_and_retention_by_the_owner_show_on_every_node(nodes: Nodes) -> None:
+def test_compaction_by_the_owner_and_raw_log_trimming_show_on_every_node(nodes: Nodes) -> None:
     a = nodes.add("a", retention={"keep_raw_s": 0.0, "interval_s": 0.3})
     with a.http(30) as ca:
         tid = start(ca, "demo", {"prompt": "hello there"})
@@ -495,3 +502,160 @@ def test_many_followers_of_a_remote_turn_share_one_redis_read(redis_server: Redi
             ca.post(f"/v1/turns/{tid}/cancel")
     finally:
         r.close()
+
+
+def finish(c: httpx.Client, agent: str, input: object = None) -> str:
+    """Start a turn and follow it to its end on the same node (its ending is then in Redis)."""
+    tid = start(c, agent, input)
+    events = sse(c.get(f"/v1/turns/{tid}/events").text)
+    assert events[-1][1]["type"] == "RUN_FINISHED", events[-1]
+    return tid
+
+
+def gone_everywhere(r: object, tid: str) -> bool:
+    """No key of the turn and no index entry naming it is left in Redis (prefix ``rt``)."""
+    import redis
+
+    assert isinstance(r, redis.Redis)
+    indexes = [k for k in r.keys("rt:*") if r.type(k) in (b"set", b"zset")]
+    named = [k for k in indexes if (r.sismember(k, tid) if r.type(k) == b"set" else r.zscore(k, tid) is not None)]
+    expiring: list[bytes] = r.zrange("rt:expiry", 0, -1)  # type: ignore[assignment]
+    return not r.keys(f"*{tid}*") and not named and not any(m.startswith(tid.encode()) for m in expiring)
+
+
+@pytest.mark.timeout(120)
+def test_a_turn_older_than_max_age_expires_in_redis_and_every_node_then_answers_404(
+        redis_server: RedisServer, nodes: Nodes) -> None:
+    import redis
+
+    retention: dict[str, object] = {"max_age_s": 2.0, "interval_s": 3600.0}  # no periodic pass: only Redis's TTL can remove it
+    a = nodes.add("a", retention=retention)
+    with a.http(30) as ca:  # both run on A (B does not exist yet to take them)
+        keep = start(ca, "wait_forever")  # unended: never expires
+        tid = finish(ca, "count", {"n": 3})
+    b = nodes.add("b", retention=retention)
+    r = redis.Redis(unix_socket_path=redis_server.socket)
+    try:
+        with a.http(30) as ca, b.http(30) as cb:
+            wait_for(lambda: cb.get(f"/v1/turns/{tid}").status_code == 404, 30, 0.05)  # B: Redis expired it
+            assert tid not in [t["turn_id"] for t in cb.get("/v1/turns").json()["turns"]]
+            assert tid not in [t["turn_id"] for t in cb.get("/v1/turns?status=succeeded").json()["turns"]]
+            assert cb.get(f"/v1/turns/{tid}/events").status_code == 404
+            assert cb.get(f"/v1/turns/{tid}/export").status_code == 404
+            # A (the owner) held it in memory; a pass there (explicit here) brings its view in step
+            report = ca.post("/v1/prune", json={}).json()
+            assert report["removed"] == []  # nothing left for the pass itself: Redis removed it
+            for c in (ca, cb):
+                assert c.get(f"/v1/turns/{tid}").status_code == 404
+                assert tid not in [t["turn_id"] for t in c.get("/v1/turns").json()["turns"]]
+            assert gone_everywhere(r, tid)  # the pass dropped its index entries too
+            wait_for(lambda: ca.get(f"/v1/turns/{keep}").json()["status"] == "running", 30, 0.05)
+            assert r.pttl(f"rt:turn:{{{keep}}}") == -1  # an unended turn never expires
+            assert cb.post(f"/v1/turns/{keep}/cancel").status_code == 202
+            ended = wait_for(lambda: (i := ca.get(f"/v1/turns/{keep}").json())["ended_at"] is not None and i, 30, 0.05)
+            assert isinstance(ended, dict) and ended["status"] == "cancelled"
+    finally:
+        r.close()
+
+
+@pytest.mark.timeout(180)
+def test_the_turn_limit_holds_cluster_wide_and_a_dead_nodes_turns_are_pruned_by_a_live_nodes_pass(
+        redis_server: RedisServer, nodes: Nodes) -> None:
+    import redis
+
+    a = nodes.add("a", retention={"max_turns": 1, "interval_s": 3600.0})  # A never runs a periodic pass
+    with a.http(30) as ca:
+        on_a = [finish(ca, "count", {"n": 3}) for _ in range(2)]
+    r = redis.Redis(unix_socket_path=redis_server.socket)
+    try:
+        for tid in on_a:  # their records say so in Redis (written just after the terminal event)
+            wait_for(lambda: r.hget(f"rt:turn:{{{tid}}}", "status") == b"succeeded", 30, 0.02)
+        orphans = psutil.Process(a.proc.pid).children(recursive=True)
+        a.proc.send_signal(signal.SIGKILL)  # A's turns have ended; nobody owns them now
+        a.proc.wait(10)
+        for p in orphans:  # its forkserver: a dead daemon cannot stop it
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        b = nodes.add("b", retention={"max_turns": 1, "interval_s": 0.3})
+        with b.http(30) as cb:
+            # B's periodic pass keeps the newest ended turn of the cluster: A's second one
+            wait_for(lambda: cb.get(f"/v1/turns/{on_a[0]}").status_code == 404, 30, 0.05)
+            assert cb.get(f"/v1/turns/{on_a[1]}").json()["status"] == "succeeded"
+            mine = finish(cb, "count", {"n": 3})
+            wait_for(lambda: cb.get(f"/v1/turns/{on_a[1]}").status_code == 404, 30, 0.05)
+            assert [t["turn_id"] for t in cb.get("/v1/turns").json()["turns"]] == [mine]
+            assert cb.get(f"/v1/turns/{on_a[1]}/events").status_code == 404
+            assert gone_everywhere(r, on_a[0]) and gone_everywhere(r, on_a[1])
+            ended = r.sunion([f"rt:status:{s}" for s in ("succeeded", "failed", "cancelled", "timed_out", "lost")])
+            assert ended == {mine.encode()}
+            c = nodes.add("c", retention={"max_turns": 1, "interval_s": 3600.0})
+            dry = json.loads(c.ctl("prune", "--dry-run").stdout)
+            assert dry["removed"] == [] and dry["dry_run"]
+    finally:
+        r.close()
+
+
+@pytest.mark.timeout(180)
+def test_a_pass_on_one_node_reaches_the_owners_view_and_gap_frames_are_as_on_one_node(nodes: Nodes) -> None:
+    retention: dict[str, object] = {"max_turns": 1, "keep_raw_s": 0.0, "interval_s": 3600.0}  # when asked
+    a = nodes.add("a", retention=retention)
+    with a.http(30) as ca:
+        ids = [finish(ca, "demo", {"delay": 0}) for _ in range(2)]
+    b = nodes.add("b", retention=retention)
+    with a.http(30) as ca, b.http(30) as cb:  # B reads the records in Redis: what its pass will see
+        wait_for(lambda: all(cb.get(f"/v1/turns/{t}").json()["compaction"] == "done" for t in ids), 60, 0.05)
+        report = cb.post("/v1/prune", json={}).json()  # B's pass, over A's turns
+        assert report["removed"] == [ids[0]] and report["raw_removed"] == [ids[1]] and report["bytes_freed"] > 0
+        # A, which runs no pass, hears of it: its own view of its turns follows
+        wait_for(lambda: ca.get(f"/v1/turns/{ids[0]}").status_code == 404, 30, 0.05)
+        wait_for(lambda: ca.get(f"/v1/turns/{ids[1]}").json()["raw_removed"], 30, 0.05)
+        for c in (ca, cb):
+            assert [t["turn_id"] for t in c.get("/v1/turns").json()["turns"]] == [ids[1]]
+            text = c.get(f"/v1/turns/{ids[1]}/events", headers={"Last-Event-ID": "5"}).text
+            head, _, rest = text.partition("\n\n")
+            assert head.startswith("event: gap\ndata: ")
+            gap = json.loads(head.split("data: ", 1)[1])
+            assert gap["after"] == 5 and gap["missing"] == {"from": 6, "to": 40} and gap["form"] == "compacted"
+            assert '"type":"RUN_FINISHED"' in rest
+            assert c.get(f"/v1/turns/{ids[1]}/export", params={"after": 5}).json()["gap"] == gap
+        assert json.loads(a.ctl("prune").stdout) == {"removed": [], "raw_removed": [], "bytes_freed": 0,
+                                                     "dry_run": False}  # nothing left to do
+
+
+@pytest.mark.timeout(180)
+def test_through_sentinel_a_node_follows_a_failover_to_the_new_master(tmp_path: Path,
+                                                                      sentinel_set: SentinelSet) -> None:
+    (tmp_path / "a").mkdir()
+    a = start_daemon(tmp_path / "a", cluster={"redis_url": sentinel_set.url, "node_id": "a", "key_prefix": "rt"})
+    try:
+        with a.http(30) as ca:
+            before = finish(ca, "count", {"n": 3})
+            master, replica = sentinel_set.client("master"), sentinel_set.client("replica")
+            # on the master Sentinel named (the record is written just after the terminal event)
+            wait_for(lambda: master.hget(f"rt:turn:{{{before}}}", "status") == b"succeeded", 30, 0.02)
+            sentinel_set.failover()  # the replica is promoted, then the old master demoted (about 10 s here)
+
+            def started() -> str | None:  # the first calls may meet the demoted master: 503, then the new one
+                r = ca.post("/v1/turns", json={"agent": "count", "input": {"n": 3}})
+                return str(r.json()["turn_id"]) if r.status_code == 201 else None
+
+            after = wait_for(started, 60, 0.1)
+            assert isinstance(after, str)
+            # written to the new master
+            wait_for(lambda: replica.hget(f"rt:turn:{{{after}}}", "status") == b"succeeded", 60, 0.02)
+            assert ca.get(f"/v1/turns/{after}").json()["status"] == "succeeded"
+            assert ca.get(f"/v1/turns/{before}").json()["status"] == "succeeded"  # replicated history still read
+            events = sse(ca.get(f"/v1/turns/{after}/events").text)
+            assert [s for s, _ in events] == list(range(1, len(events) + 1))
+            assert events[-1][1]["type"] == "RUN_FINISHED"
+            # its heartbeat moved to the new master in time: never presumed dead, its key alive there
+            assert "cluster_node_presumed_dead_rejoined" not in a.log.read_text()
+            assert replica.pttl("rt:node:a:alive") > 0
+            health = ca.get("/v1/health").json()
+            assert health["cluster"]["redis"] == "ok" and health["cluster"]["nodes"] == 1
+    finally:
+        gen = stopped(a)
+        next(gen)
+        next(gen, None)

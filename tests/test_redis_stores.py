@@ -81,9 +81,12 @@ def test_append_that_does_not_follow_is_fenced(redis_server: RedisServer) -> Non
 
 
 def test_compacted_form_and_removal(redis_server: RedisServer) -> None:
-    events, _ = stores(redis_server)
+    events, turns = stores(redis_server)
     t = new_turn_id()
     events.append(t, [text(1), text(2)])
+    events.write_compact(t, [text(1, "all")])  # no record: a turn retention removed gets no form
+    assert events.read_compact(t) is None
+    turns.put(TurnInfo(turn_id=t, agent="a", status=TurnStatus.RUNNING))
     assert events.read_compact(t) is None
     events.write_compact(t, [text(1, "all")])
     assert events.read_compact(t) == [text(1, "all")]
@@ -132,11 +135,15 @@ def test_an_ended_status_is_final_and_agrees_with_the_events(redis_server: Redis
     ending = turns.ending_from_log(t)
     assert ending is not None and ending.status is TurnStatus.LOST and ending.last_seq == 2
     ok = new_turn_id()
+    turns.put(TurnInfo(turn_id=ok, agent="demo", status=TurnStatus.RUNNING))
     events.append(ok, [text(1), finished(2, ok)])
     turns.put(TurnInfo(turn_id=ok, agent="demo", status=TurnStatus.SUCCEEDED, last_seq=2))
     compacted = TurnInfo(turn_id=ok, agent="demo", status=TurnStatus.SUCCEEDED, last_seq=2, compaction="done")
     turns.put(compacted)  # the same ending may be rewritten (compaction, retention marks)
     assert turns.get(ok) == compacted
+    turns.remove(ok)  # retention removed it: a late write of its ending (its owner's compaction) is refused
+    turns.put(compacted)
+    assert turns.get(ok) is None and ok not in [i.turn_id for i in turns.select()]
 
 
 def test_listing_is_cluster_wide_newest_first_and_load_all_is_this_nodes(redis_server: RedisServer) -> None:
@@ -163,3 +170,69 @@ def test_unreachable_redis_is_a_clear_error(redis_server: RedisServer) -> None:
         events.append(new_turn_id(), [text(1)])
     with pytest.raises(StoreUnavailable, match="cannot reach Redis"):
         connect(redis_server.url)
+
+
+def test_an_ended_turn_expires_whole_after_max_age_and_its_index_entries_go(redis_server: RedisServer) -> None:
+    from conftest import wait_for
+
+    client = connect(redis_server.url)
+    keys = Keys("t")
+    events = RedisEventStore(client, keys)
+    turns = RedisTurnStore(client, keys, "a", events, max_age_s=0.5)
+    t, running = new_turn_id(), new_turn_id()
+    for turn_id in (t, running):
+        turns.put(TurnInfo(turn_id=turn_id, agent="demo", status=TurnStatus.RUNNING, session_id="s"))
+        events.append(turn_id, [text(1)])
+    client.set(keys.cancel(t), "asked")
+    events.append(t, [finished(2, t)])
+    ended = TurnInfo(turn_id=t, agent="demo", status=TurnStatus.SUCCEEDED, last_seq=2, session_id="s")
+    turns.put(ended)
+    events.write_compact(t, [finished(2, t)])  # written after the ending: expires with it
+    mine = [keys.turn(t), keys.events(t), keys.compact(t), keys.cancel(t)]
+    ttls = [client.pttl(k) for k in mine]
+    assert all(0 < ms <= 500 for ms in ttls), ttls
+    assert [client.pttl(k) for k in (keys.turn(running), keys.events(running))] == [-1, -1]  # not ended
+    turns.put(ended)  # re-written (compaction state): the ending's TTL is not pushed back
+    assert client.pttl(keys.turn(t)) <= ttls[0]
+    wait_for(lambda: client.exists(*mine) == 0, 10, 0.02)
+    assert client.sismember(keys.status("succeeded"), t)  # dangling until read or dropped
+    assert turns.select(status="succeeded") == []  # a read drops what it finds dangling
+    assert not client.sismember(keys.status("succeeded"), t)
+    assert [i.turn_id for i in turns.select(session_id="s")] == [running]
+    assert turns.drop_expired() == 1  # the rest: every index it was in
+    assert client.zscore(keys.turns, t) is None and not client.sismember(keys.node_turns("a"), t)
+    assert client.zcard(keys.expiry) == 0 and [i.turn_id for i in turns.select()] == [running]
+
+
+def test_a_full_log_marked_removed_stays_so_whatever_the_owner_writes(redis_server: RedisServer) -> None:
+    events, turns = stores(redis_server)
+    t = new_turn_id()
+    turns.put(TurnInfo(turn_id=t, agent="demo", status=TurnStatus.RUNNING))
+    events.append(t, [text(1), finished(2, t)])
+    info = TurnInfo(turn_id=t, agent="demo", status=TurnStatus.SUCCEEDED, last_seq=2, compaction="done")
+    turns.put(info)
+    assert turns.ended_ids() == [t] and not turns.get(t).raw_removed  # type: ignore[union-attr]
+    turns.mark_raw_removed(t)  # by the node that ran the retention pass
+    turns.put(info)  # the owner's older copy says raw_removed=False
+    assert turns.get(t).raw_removed and turns.ended([t])[0].raw_removed  # type: ignore[union-attr]
+    assert events.sizes([t, new_turn_id()])[1] == 0 and events.sizes([t])[0] > 0
+
+
+def test_a_dead_owners_turn_whose_terminal_event_is_stored_gets_that_ending_not_lost(
+        redis_server: RedisServer, tmp_path: object) -> None:
+    from supervisor.config import ClusterConfig
+    from supervisor.runtime.cluster import Cluster
+
+    events, a = stores(redis_server, "a")
+    t = new_turn_id()
+    a.put(TurnInfo(turn_id=t, agent="demo", status=TurnStatus.RUNNING))
+    events.append(t, [text(1), finished(2, t)])  # node a died here, before its record said so
+    b = Cluster(ClusterConfig(redis_url=redis_server.url, node_id="b", key_prefix="t"), str(tmp_path),
+                max_queued=10)
+    try:
+        assert b.end_lost(t) is False  # b's liveness sweep, for a's turn
+        info = a.get(t)
+        assert info is not None and info.status is TurnStatus.SUCCEEDED and info.last_seq == 2
+        assert a.active_of("a") == [] and events.last_line(t) == finished(2, t)  # no RUN_ERROR after it
+    finally:
+        b.client.close()

@@ -10,7 +10,9 @@
   a peer already ended, then claims the key again.
 - **Cancel**: a cancel for a turn owned elsewhere sets ``<p>:cancel:{id}`` and
   publishes the id; the owner cancels on the message, and reads the key
-  before it launches a turn, so a cancel sent early is never lost.
+  before it launches a turn, so a cancel sent early is never lost. The same
+  subscriber hands what a retention pass removed (``<p>:pruned``) to
+  ``runtime.cluster_retention``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ from supervisor.runtime.dispatch import Dispatch
 from supervisor.runtime.registry import StreamRegistry
 from supervisor.runtime.remote_tail import RemoteTail
 from supervisor.storage.lines import event_line, line_seq
-from supervisor.storage.redis_common import Keys, connect, ending_of, translated
+from supervisor.storage.redis_common import (
+    Keys,
+    connect,
+    ending_of,
+    follow_master,
+    translated,
+    ttl_arg,
+)
 from supervisor.storage.redis_events import RedisEventStore
 from supervisor.storage.redis_turns import RedisTurnStore
 from supervisor.turns import TurnError, TurnInfo, TurnStatus, info_copy
@@ -63,14 +72,15 @@ class NodeIdInUse(RunnerdError):
 
 
 class Cluster:
-    def __init__(self, config: ClusterConfig, state_dir: str, *, max_queued: int) -> None:
+    def __init__(self, config: ClusterConfig, state_dir: str, *, max_queued: int,
+                 max_age_s: float | None = None) -> None:
         self.config = config
         self.node = config.node_name(state_dir)
         self.keys = Keys(config.key_prefix)
         self.client = connect(config.redis_url)
         self.events = RedisEventStore(self.client, self.keys, retry_s=config.redis_retry_s)
-        self.turns = RedisTurnStore(self.client, self.keys, self.node, self.events)
-        self.dispatch = Dispatch(self.client, self.keys, self.node, max_queued=max_queued)
+        self.turns = RedisTurnStore(self.client, self.keys, self.node, self.events, max_age_s=max_age_s)
+        self.dispatch = Dispatch(self.client, self.keys, self.node, max_queued=max_queued, ttl=ttl_arg(max_age_s))
         self._token = secrets.token_hex(16)
         self._ttl_ms = int(config.node_ttl_s * 1000)
         self._refresh = self.client.register_script(_REFRESH)
@@ -99,8 +109,10 @@ class Cluster:
     def start(self, *, registry: StreamRegistry, cancel_local: Callable[[str, str | None], object],
               local_turns: Callable[[], list[str]], is_local: Callable[[str], bool],
               take: Callable[[str, bytes], None], free: Callable[[], int],
-              wait_free: Callable[[float], None], adopt: Callable[[TurnInfo], None]) -> None:
+              wait_free: Callable[[float], None], adopt: Callable[[TurnInfo], None],
+              pruned: Callable[[bytes], None]) -> None:
         self._registry = registry
+        self._pruned = pruned
         self._adopt = adopt
         self._cancel_local = cancel_local
         self._local_turns = local_turns
@@ -138,6 +150,7 @@ class Cluster:
         period = self.config.node_ttl_s / 3
         while not self._stopping.wait(period):
             try:
+                follow_master(self.client)  # Sentinel: after a failover, refresh on the new master
                 state = self._refresh(keys=[self.keys.heartbeat(self.node), self.keys.nodes],
                                       args=[self._token, self._ttl_ms, self.node])
                 if state == 2:
@@ -171,6 +184,11 @@ class Cluster:
             self._unsettled.pop(info.turn_id, None)
         if adopted is not None:
             self._adopt(adopted)
+
+    def unsettled(self) -> set[str]:
+        """Turns ended here whose ending Redis has not taken yet."""
+        with self._unsettled_lock:
+            return set(self._unsettled)
 
     def _settle_unsettled(self) -> None:
         with self._unsettled_lock:
@@ -239,6 +257,15 @@ class Cluster:
             info = self.turns.get(turn_id)
             if info is None or info.ended:
                 return False
+            stored = self.turns.ending_from_log(turn_id)
+            if stored is not None:  # the owner wrote its ending, then died before its record said so
+                stored.ended_at = stored.ended_at or time.time()
+                try:
+                    self.turns.transition(stored, UNENDED)
+                except StoreFenced:
+                    pass  # its record already agrees with another ending
+                log.warning("cluster_turn_ending_adopted", turn_id=turn_id, status=stored.status.value)
+                return False
             last = self.events.reopen(turn_id)
             now_ms = time.time_ns() // 1_000_000
             lines = []
@@ -288,11 +315,15 @@ class Cluster:
         while not self._stopping.is_set():
             pubsub: Any = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
-                pubsub.subscribe(self.keys.cancel_channel)
+                pubsub.subscribe(self.keys.cancel_channel, self.keys.pruned_channel)
                 self._catch_up()  # requests published while we were not subscribed
                 while not self._stopping.is_set():
                     message = pubsub.get_message(timeout=1.0)
-                    if message is not None and message["type"] == "message":
+                    if message is None or message["type"] != "message":
+                        continue
+                    if message["channel"].decode() == self.keys.pruned_channel:
+                        self._pruned(message["data"])  # retention removed it: forget it here too
+                    else:
                         self._apply_cancel(message["data"].decode())
             except (redis.RedisError, StoreUnavailable) as exc:
                 log.warning("cluster_cancel_bus_failed", error=str(exc))

@@ -31,7 +31,7 @@ from ipc import events as ev
 from supervisor.errors import QueueFull, SessionBusy
 from supervisor.logs import get_logger
 from supervisor.storage.lines import event_line
-from supervisor.storage.redis_common import Keys, translated
+from supervisor.storage.redis_common import EXPIRE_ENDED, Keys, translated
 from supervisor.turns import TurnInfo, TurnStatus, info_copy
 
 log = get_logger("runnerd.dispatch")
@@ -60,7 +60,7 @@ if sid ~= '' then redis.call('SADD', p .. ':session:' .. sid, id) end
 return {'ok', waits}
 """
 
-_CANCEL_QUEUED = """
+_CANCEL_QUEUED = EXPIRE_ENDED + """
 local p, id = ARGV[1], ARGV[2]
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
 redis.call('HSET', KEYS[1], 'info', ARGV[3], 'status', 'cancelled')
@@ -68,13 +68,15 @@ redis.call('SREM', p .. ':status:queued', id)
 redis.call('SADD', p .. ':status:cancelled', id)
 redis.call('XADD', KEYS[2], '1-0', 'l', ARGV[4])
 redis.call('XADD', KEYS[2], '2-0', 'l', ARGV[5], 'e', 'cancelled')
+expire_ended(p, id, 'cancelled', '', ARGV[6], ARGV[7])
 return 1
 """
 
 
 class Dispatch:
-    def __init__(self, client: redis.Redis, keys: Keys, node: str, *, max_queued: int) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, node: str, *, max_queued: int, ttl: str = "") -> None:
         self.client = client
+        self.ttl = ttl  # an ended turn's keys expire this long after its ending (``ttl_arg``)
         self.keys = keys
         self.node = node
         self.max_queued = max(1, max_queued)  # every start passes through the queue
@@ -128,7 +130,8 @@ class Dispatch:
         info.cancel_requested, info.cancel_reason, info.queue_position = True, reason, None
         with translated():
             ended = self._cancel(keys=[self.keys.turn(info.turn_id), self.keys.events(info.turn_id)],
-                                 args=[self.keys.prefix, info.turn_id, msgspec.json.encode(info), started, finished])
+                                 args=[self.keys.prefix, info.turn_id, msgspec.json.encode(info), started, finished,
+                                       info.session_id or "", self.ttl])
         return info if ended else None
 
     # -- this node: taking work -----------------------------------------------------------

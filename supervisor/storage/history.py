@@ -13,6 +13,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
+from typing import Protocol
 
 from supervisor.config import RetentionConfig
 from supervisor.errors import UnknownTurn
@@ -42,10 +43,19 @@ class _Form(list[bytes]):
     """A compacted form's lines (a list subclass, so the cache can hold it weakly)."""
 
 
+class SharedRetention(Protocol):
+    """Retention over a store several nodes share (``runtime.cluster_retention``): one pass covers every
+    node's turns, so it replaces this node's own pass over its table."""
+
+    def prune(self, *, dry_run: bool = False, now: float | None = None, periodic: bool = False) -> PruneReport: ...
+
+
 class HistoryKeeper:
     def __init__(self, *, events: EventStore, records: TurnStore, table: TurnTable, registry: StreamRegistry,
-                 retention: RetentionConfig, compact_finished: bool, max_event_bytes: int = 1 << 20) -> None:
+                 retention: RetentionConfig, compact_finished: bool, max_event_bytes: int = 1 << 20,
+                 shared: SharedRetention | None = None) -> None:
         self.events = events
+        self.shared = shared
         self.max_event_bytes = max_event_bytes
         self.records = records
         self.table = table
@@ -97,7 +107,7 @@ class HistoryKeeper:
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + self.retention.interval_s
                 try:
-                    self.prune()
+                    self.prune(periodic=True)
                 except OSError as exc:
                     log.error("retention_pass_failed", error=str(exc))
 
@@ -165,7 +175,9 @@ class HistoryKeeper:
 
     # -- retention --------------------------------------------------------------
 
-    def prune(self, *, dry_run: bool = False, now: float | None = None) -> PruneReport:
+    def prune(self, *, dry_run: bool = False, now: float | None = None, periodic: bool = False) -> PruneReport:
+        if self.shared is not None:
+            return self.shared.prune(dry_run=dry_run, now=now, periodic=periodic)
         with self._prune_lock:
             past = self.table.ended_records()
             candidates = [Candidate(i, self.events.size(i.turn_id)) for i in past]

@@ -45,9 +45,20 @@ for i = 2, #ARGV, 2 do
     redis.call('XADD', KEYS[1], seq .. '-0', 'l', ARGV[i])
   else
     redis.call('XADD', KEYS[1], seq .. '-0', 'l', ARGV[i], 'e', ARGV[i + 1])
+    local ttl = redis.call('PTTL', KEYS[2])  -- an ending stored after the record's: expire with it
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
   end
 end
 return last + (#ARGV - 1) / 2
+"""
+
+# The compacted form expires with the turn's record (``[retention] max_age_s``), and is not
+# written for a turn retention removed meanwhile.
+_WRITE_COMPACT = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 """
 
 
@@ -63,6 +74,7 @@ class RedisEventStore:
         self.keys = keys
         self.retry_s = retry_s  # how long an append waits for an unreachable Redis
         self._append = client.register_script(_APPEND)
+        self._write_compact = client.register_script(_WRITE_COMPACT)
 
     def _key(self, turn_id: str) -> str:
         return self.keys.events(validate_turn_id(turn_id))
@@ -91,7 +103,7 @@ class RedisEventStore:
         while True:
             try:
                 with translated():
-                    self._append(keys=[self._key(turn_id)], args=args)
+                    self._append(keys=[self._key(turn_id), self.keys.turn(turn_id)], args=args)
                 return
             except StoreFenced:
                 if self.last_line(turn_id) == lines[-1]:
@@ -108,8 +120,9 @@ class RedisEventStore:
     # -- the compacted form ----------------------------------------------------------
 
     def write_compact(self, turn_id: str, lines: list[bytes]) -> None:
+        keys = [self.keys.compact(validate_turn_id(turn_id)), self.keys.turn(turn_id)]
         with translated():
-            self.client.set(self.keys.compact(validate_turn_id(turn_id)), b"".join(x + b"\n" for x in lines))
+            self._write_compact(keys=keys, args=[b"".join(x + b"\n" for x in lines)])
 
     def read_compact(self, turn_id: str) -> list[bytes] | None:
         with translated():
@@ -139,6 +152,16 @@ class RedisEventStore:
     def size(self, turn_id: str) -> int:
         with translated():
             return sum(self._usage(k) for k in (self._key(turn_id), self.keys.compact(turn_id)))
+
+    def sizes(self, turn_ids: list[str]) -> list[int]:
+        """``size`` of many turns in one round trip."""
+        with translated():
+            pipe = self.client.pipeline(transaction=False)
+            for turn_id in turn_ids:
+                pipe.memory_usage(self._key(turn_id))
+                pipe.memory_usage(self.keys.compact(turn_id))
+            found: list[Any] = pipe.execute()
+        return [int(found[i] or 0) + int(found[i + 1] or 0) for i in range(0, len(found), 2)]
 
     def _usage(self, key: str) -> int:
         return int(self.client.memory_usage(key) or 0)
