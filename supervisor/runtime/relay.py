@@ -12,6 +12,7 @@ it — and read copies of turn records through the ``TurnTable``.
 from __future__ import annotations
 
 import enum
+import math
 import os
 import queue
 import signal
@@ -19,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import wait
 from typing import Any
 
 import msgspec
@@ -32,6 +32,7 @@ from supervisor.config import LimitsConfig
 from supervisor.logs import get_logger
 from supervisor.runtime.capture import OutputSink
 from supervisor.runtime.cgroups import TurnCgroup
+from supervisor.runtime.fdwatch import FdWatch
 from supervisor.runtime.limits import LimitGuard
 from supervisor.runtime.openitems import OpenItemTracker
 from supervisor.runtime.proctree import TurnTree
@@ -118,6 +119,8 @@ class Relay:
         self.events_relayed = 0
         self.lag_s = 0.0  # child timestamp -> relay commit, of the latest batch
         self._next_housekeeping = 0.0
+        self._fds: FdWatch[Live] = FdWatch(self._wake_r)
+        self._due = 0.0  # the soonest deadline of any live turn: only then are all of them looked at
 
     # -- other threads --------------------------------------------------------
 
@@ -147,6 +150,7 @@ class Relay:
             if self._thread.is_alive():
                 return  # still draining a turn: its wake-up pipe stays open
         if self._wake_w >= 0:  # only here: a late _post must never write to a closed (reused) fd
+            self._fds.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
             self._wake_r = self._wake_w = -1
@@ -177,28 +181,19 @@ class Relay:
                 break
 
     def step(self) -> None:
-        """One iteration: wait, read, decide. Never blocks past the next deadline."""
+        """One iteration: wait, read, decide. Never blocks past the next deadline.
+
+        Per event it touches only the turns that are ready; all live turns are
+        looked at only when one of their deadlines is due.
+        """
         now = time.monotonic()
         self.heartbeat = now
-        handles: dict[int, tuple[Live, str]] = {}
-        for live in self.table.lives():
-            if not live.reader.eof and live.reader.error is None:
-                handles[live.reader.fd] = (live, "pipe")
-            if live.phase is Phase.RUNNING and not live.watch_root:
-                handles[live.spawned.process.sentinel] = (live, "exit")
-            if live.output is not None and not live.output.eof:
-                handles[live.output.fd] = (live, "output")
-            if live.cgroup is not None and live.phase is Phase.RUNNING:
-                for fd in live.cgroup.watch:
-                    handles[fd] = (live, "cgroup")
-        ready = wait([self._wake_r, *handles], self._timeout(now))
-        self._drain_commands()
-        for obj in ready:
-            if obj == self._wake_r:
-                continue
-            live, kind = handles[obj]  # type: ignore[index]
+        ready = self._fds.wait(max(0.0, min(self._due, self._next_housekeeping) - now))
+        touched = self._drain_commands()
+        for live, kind in ready:
             if live.phase is Phase.FINISHED:
-                continue  # its fds are closed (their numbers may already be reused)
+                continue
+            touched[live.info.turn_id] = live
             if kind == "pipe":
                 self._pump(live)
             elif kind == "output":
@@ -210,31 +205,54 @@ class Relay:
                 self._kernel_breach(live)
             else:
                 self._on_exit(live)
-        self._poll_exits()
         now = time.monotonic()
-        for live in self.table.lives():
+        full = now >= self._due
+        if full:
+            touched.update((live.info.turn_id, live) for live in self._poll_exits())
+        for turn_id, live in touched.items():
+            if live.phase is not Phase.FINISHED:
+                self._fds.sync(turn_id, live, self._handles(live))
+        due = math.inf if full else self._due
+        for live in self.table.lives() if full else list(touched.values()):
             self._check_deadlines(live, now)
+            due = min(due, self._next_due(live, now))
+        self._due = due
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + HOUSEKEEPING_S
             self.registry.evict_ended(self.ended_memory_s)
 
-    def _timeout(self, now: float) -> float:
-        soonest = now + HOUSEKEEPING_S
-        for live in self.table.lives():
-            if live.phase is Phase.REAPING:
-                return REAP_POLL_S
-            if live.watch_root or self.poll_exit:
-                soonest = min(soonest, now + EXIT_POLL_S)
-            poll = live.next_poll if self._watched() else None
-            for t in (live.stop.next_deadline(), poll):
-                if t is not None and t < soonest:
-                    soonest = t
-        return max(0.0, soonest - now)
+    def _handles(self, live: Live) -> dict[int, str]:
+        """What the relay waits on for this turn now: fd -> kind."""
+        handles: dict[int, str] = {}
+        if not live.reader.eof and live.reader.error is None:
+            handles[live.reader.fd] = "pipe"
+        if live.phase is Phase.RUNNING and not live.watch_root:
+            handles[live.spawned.process.sentinel] = "exit"
+        if live.output is not None and not live.output.eof:
+            handles[live.output.fd] = "output"
+        if live.cgroup is not None and live.phase is Phase.RUNNING:
+            for fd in live.cgroup.watch:
+                handles[fd] = "cgroup"
+        return handles
+
+    def _next_due(self, live: Live, now: float) -> float:
+        """When this turn next needs the relay without any of its fds being ready."""
+        if live.phase is Phase.REAPING:
+            return now + REAP_POLL_S
+        if live.phase is not Phase.RUNNING:
+            return math.inf
+        soonest = now + EXIT_POLL_S if live.watch_root or self.poll_exit else math.inf
+        if self._watched():
+            soonest = min(soonest, live.next_poll)
+        deadline = live.stop.next_deadline()
+        return soonest if deadline is None else min(soonest, deadline)
 
     def _watched(self) -> bool:
         return self.guard.watches_tree
 
-    def _drain_commands(self) -> None:
+    def _drain_commands(self) -> dict[str, Live]:
+        """Run the posted commands; the live turns they touched."""
+        touched: dict[str, Live] = {}
         try:
             while os.read(self._wake_r, 4096):
                 pass
@@ -244,11 +262,13 @@ class Relay:
             try:
                 kind, turn_id, arg, ack = self._commands.get_nowait()
             except queue.Empty:
-                return
+                return touched
             live = self.table.live(turn_id)
             if live is not None and kind == "add":
+                touched[turn_id] = live
                 self._on_add(live)
             elif live is not None and kind == "cancel":
+                touched[turn_id] = live
                 self._on_cancel(live, arg)
             if ack is not None:
                 ack.set()
@@ -449,18 +469,24 @@ class Relay:
             return True, None
         return (True, os.waitstatus_to_exitcode(status)) if pid else (False, None)
 
-    def _poll_exits(self) -> None:
+    def _poll_exits(self) -> list[Live]:
         """Exit checks that do not rely on a sentinel: a root watched after its
         forkserver died, and spawn-mode roots (a forked grandchild inherits the
-        sentinel pipe, so it would only fire when the grandchild exits too)."""
+        sentinel pipe, so it would only fire when the grandchild exits too).
+        Run when some deadline is due (at least every ``EXIT_POLL_S`` while such a
+        turn lives); returns the turns found exited."""
+        exited = []
         for live in self.table.lives():
             if live.phase is not Phase.RUNNING:
                 continue
             if live.watch_root:
                 if not self._root_alive(live):
                     self._on_exit(live)
+                    exited.append(live)
             elif self.poll_exit and exitcode(live.spawned.process) is not None:
                 self._on_exit(live)
+                exited.append(live)
+        return exited
 
     def _check_deadlines(self, live: Live, now: float) -> None:
         if live.phase is Phase.REAPING:
@@ -541,6 +567,7 @@ class Relay:
         if live.phase is Phase.FINISHED:
             return
         live.phase = Phase.FINISHED  # whatever fails below, the terminal event is written once
+        self._fds.drop(live.info.turn_id)  # before its fds close: their numbers get reused
         info = live.info
         done = live.done
         ending = classify(
