@@ -35,7 +35,7 @@ from supervisor.runtime.cgroups import TurnCgroup
 from supervisor.runtime.fdwatch import FdWatch
 from supervisor.runtime.limits import LimitGuard
 from supervisor.runtime.openitems import OpenItemTracker
-from supervisor.runtime.proctree import TurnTree
+from supervisor.runtime.proctree import TurnTree, zombie_child
 from supervisor.runtime.registry import StreamRegistry
 from supervisor.runtime.spawn import Spawned, exitcode
 from supervisor.runtime.stoppolicy import SIGNALS, Breach, Due, StopPolicy
@@ -524,12 +524,15 @@ class Relay:
 
     def _sweep(self, live: Live) -> int:
         """SIGKILL what is left of an exited turn, reap adopted zombies; how many live."""
-        remaining = live.tree.sweep(signal.SIGKILL) if live.tree is not None else 0
         if live.cgroup is None:
-            return remaining
+            return live.tree.sweep(signal.SIGKILL) if live.tree is not None else 0
+        # The cgroup holds every process of the turn (born inside, and one cannot leave it
+        # unprivileged): the process table is scanned only to reap a zombie child of ours.
         live.cgroup.kill()
         live.cgroup.reap(keep=live.tree.root_pid if live.tree is not None else 0)
-        return len(live.cgroup.members())  # "all gone" = the cgroup is empty
+        if live.tree is not None and zombie_child():
+            live.tree.sweep(signal.SIGKILL)
+        return len(live.cgroup.members())  # "all gone" = the cgroup is empty  # "all gone" = the cgroup is empty
 
     def end_unstarted(self, info: TurnInfo, spec: TurnSpec, ending: Ending) -> None:
         """End a turn that never got a process (cancelled in the queue, failed to spawn).
