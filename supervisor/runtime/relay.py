@@ -115,6 +115,8 @@ class Relay:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._ended: queue.SimpleQueue[Live | None] = queue.SimpleQueue()  # terminal event written, not yet durable
+        self._closer: threading.Thread | None = None
         self.heartbeat = time.monotonic()  # last loop iteration; the daemon's watchdog reads it
         self.events_relayed = 0
         self.lag_s = 0.0  # child timestamp -> relay commit, of the latest batch
@@ -126,7 +128,9 @@ class Relay:
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="runnerd-relay", daemon=True)
+        self._closer = threading.Thread(target=self._close_ended, name="runnerd-closer", daemon=True)
         self._thread.start()
+        self._closer.start()
 
     def add(self, live: Live) -> None:
         self.table.go_live(live)
@@ -145,10 +149,16 @@ class Relay:
         """Stop after every live turn has ended (callers cancel them first)."""
         self._stopping = True
         self._post("stop", "")
+        deadline = None if timeout is None else time.monotonic() + timeout
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 return  # still draining a turn: its wake-up pipe stays open
+        if self._closer is not None:  # what the relay finished is made durable before we return
+            self._ended.put(None)
+            self._closer.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if self._closer.is_alive():
+                return
         if self._wake_w >= 0:  # only here: a late _post must never write to a closed (reused) fd
             self._fds.close()
             os.close(self._wake_r)
@@ -613,20 +623,36 @@ class Relay:
             self.on_released(info.turn_id)  # whoever sees the terminal event may start the next
         try:
             self._commit(live, lines, seq, end=True)
-            try:
-                self.events.close(info.turn_id)
-                self.records.put(info_copy(info))
-            except OSError as exc:
-                live.log.error("event_log_close_failed", error=str(exc))
             live.reader.close()
             try:
                 live.spawned.process.close()
             except ValueError:  # still "running" to multiprocessing: its sentinel is dropped anyway
                 pass
         finally:
-            self.table.end(info)  # never left live, whatever failed above
-        live.log.info("turn_ended", status=info.status.value,
-                      error=info.error.code if info.error else None, last_seq=seq)
-        if self.on_ended is not None:
-            self.on_ended(info)
+            self._ended.put(live)  # made durable, then moved to the past, by the closer thread
+
+    def _close_ended(self) -> None:
+        """The closer thread: each finished turn's log and record made durable, in order,
+        then the turn moved to the past. Off the relay thread: two fsyncs per turn end
+        would stall every other turn's events."""
+        while (live := self._ended.get()) is not None:
+            info = live.info
+            try:
+                with self.table.lock:
+                    record = info_copy(info)
+                self.events.close(info.turn_id)
+                self.records.put(record)
+            except OSError as exc:
+                live.log.error("event_log_close_failed", error=str(exc))
+            except Exception:  # noqa: BLE001 - the turn must still leave the live table
+                live.log.exception("turn_close_failed")
+            finally:
+                self.table.end(info)  # never left live, whatever failed above
+            live.log.info("turn_ended", status=info.status.value,
+                          error=info.error.code if info.error else None, last_seq=info.last_seq)
+            if self.on_ended is not None:
+                try:
+                    self.on_ended(info)
+                except Exception:  # noqa: BLE001 - one turn's listener must not stop the others' ends
+                    live.log.exception("turn_ended_callback_failed")
 
