@@ -46,9 +46,11 @@ class FdWatch(Generic[T]):
         for fd in self._owned.pop(key, {}):
             self._sel.unregister(fd)
 
-    def wait(self, timeout: float) -> list[tuple[T, str]]:
-        """(owner, kind) of every ready descriptor, the wake-up pipe left out."""
-        return [key.data for key, _ in self._sel.select(timeout) if key.data is not None]
+    def wait(self, timeout: float) -> tuple[list[tuple[T, str]], bool]:
+        """(owner, kind) of every ready descriptor, and whether the wake-up pipe was ready."""
+        ready = [key.data for key, _ in self._sel.select(timeout)]
+        fds = [data for data in ready if data is not None]
+        return fds, len(fds) < len(ready)
 
     def close(self) -> None:
         self._sel.close()

@@ -198,8 +198,8 @@ class Relay:
         """
         now = time.monotonic()
         self.heartbeat = now
-        ready = self._fds.wait(max(0.0, min(self._due, self._next_housekeeping) - now))
-        touched = self._drain_commands()
+        ready, woken = self._fds.wait(max(0.0, min(self._due, self._next_housekeeping) - now))
+        touched = self._drain_commands(woken)
         for live, kind in ready:
             if live.phase is Phase.FINISHED:
                 continue
@@ -260,19 +260,18 @@ class Relay:
     def _watched(self) -> bool:
         return self.guard.watches_tree
 
-    def _drain_commands(self) -> dict[str, Live]:
-        """Run the posted commands; the live turns they touched."""
+    def _drain_commands(self, woken: bool) -> dict[str, Live]:
+        """Run the posted commands; the live turns they touched. ``woken``: the
+        wake-up pipe was ready (else it is not read: no failing read per event)."""
         touched: dict[str, Live] = {}
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        while True:
+        if woken:
             try:
-                kind, turn_id, arg, ack = self._commands.get_nowait()
-            except queue.Empty:
-                return touched
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+        while not self._commands.empty():  # this thread is the only consumer
+            kind, turn_id, arg, ack = self._commands.get_nowait()
             live = self.table.live(turn_id)
             if live is not None and kind == "add":
                 touched[turn_id] = live
@@ -282,6 +281,7 @@ class Relay:
                 self._on_cancel(live, arg)
             if ack is not None:
                 ack.set()
+        return touched
 
     # -- turn events --------------------------------------------------------------
 

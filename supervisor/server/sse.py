@@ -197,7 +197,9 @@ class EventStream:
                 if step is Step.LINES:
                     cursor = line_seq(batch.lines[-1])
                     await self._write(send, self.framing.frames(batch.lines))
-                    continue
+                    if cursor < batch.last_seq or batch.ended:
+                        continue
+                    # Nothing newer when read: wait (an append since then has set ``wake``).
                 if step is Step.LOST:  # counted but unreadable: said out loud, then closed
                     frame = self.framing.notice(
                         "gap", {"reason": f"events {cursor + 1}-{batch.last_seq} are not in the turn's log"})
