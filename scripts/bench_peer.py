@@ -10,7 +10,13 @@ StateGraph written to a temp dir at run time). Figures, the two systems alternat
   2. events/s to one client (first agent event -> stream end);
   3. cancel -> stream end, median;
   4. C concurrent runs x 200 events at 20 ev/s: delivery delay p50/p99 (event stamp ->
-     client), server CPU (psutil, the server's process tree) and memory (PSS, USS).
+     client), server CPU (psutil, the server's process tree; for runnerd also split
+     into the daemon process and the rest: forkserver and turns) and memory (PSS, USS).
+     Repeated ``--load-rounds`` times, the systems alternated; medians.
+
+``--baseline-src DIR`` adds a third system: runnerd run from another checkout of its
+code (``git archive <commit> | tar -x -C DIR``), driven like the others, for before /
+after ratios measured in the same run. ``--sections`` runs a subset.
 
 Installs nothing; the peer's venv is made beforehand (see scripts/README.md):
   .venv/bin/python scripts/bench_peer.py --peer-venv /tmp/peer-venv [--quick]
@@ -127,6 +133,10 @@ def _agent_event(r: Run, data: str, sink: Sink | None, stamp: Callable[[str], in
 
 class Runnerd(System):
     name = "runnerd"
+
+    def __init__(self, proc: subprocess.Popen[bytes], base: str, name: str = "runnerd") -> None:
+        super().__init__(proc, base)
+        self.name = name
 
     async def _run(self, c: httpx.AsyncClient, n: int, rate: float, sink: Sink | None,
                    cancel_after: int) -> Run:
@@ -250,7 +260,7 @@ async def load(system: System, c: httpx.AsyncClient, runs: int, n: int, rate: fl
     def sink(now_ns: int, t_ns: int) -> None:
         delays.append((now_ns - t_ns) / 1e6)
 
-    cpu0, w0 = tree_cpu_s(system.tree()), time.perf_counter()
+    cpu0, own0, w0 = tree_cpu_s(system.tree()), own_cpu_s(system.proc.pid), time.perf_counter()
     peak = (0.0, 0.0)
     tasks = [asyncio.create_task(system.run(c, n, rate, sink)) for _ in range(runs)]
     while not all(t.done() for t in tasks) and time.perf_counter() - w0 < RUN_TIMEOUT_S:
@@ -263,17 +273,36 @@ async def load(system: System, c: httpx.AsyncClient, runs: int, n: int, rate: fl
     if got != runs * n:
         print(f"  {system.name}: {got} of {runs * n} events arrived")
     return {"p50": median(delays), "p99": pct(delays, 99), "cpu": tree_cpu_s(system.tree()) - cpu0,
-            "wall": wall, "pss": peak[0], "uss": peak[1]}
+            "daemon": own_cpu_s(system.proc.pid) - own0, "wall": wall, "pss": peak[0], "uss": peak[1]}
 
 
-def row(label: str, a: float, b: float, unit: str, fmt: str = ".2f") -> None:
-    ratio = f"{a / b:.2f}x" if b else "-"
-    print(f"| {label} | {a:{fmt}} {unit} | {b:{fmt}} {unit} | {ratio} |")
+def own_cpu_s(pid: int) -> float:
+    """User + system CPU of the server's own process (not its children)."""
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
 
 
-async def bench(systems: list[System], quick: bool) -> None:
+def row(label: str, values: list[float], unit: str, fmt: str = ".2f") -> None:
+    """One table row: each system's figure, then each one's ratio to the second (the peer)
+    and, with a baseline, the first's ratio to the baseline."""
+    cells = [f"{v:{fmt}} {unit}" for v in values]
+    ratios = [f"{values[0] / values[1]:.2f}x" if values[1] else "-"]
+    if len(values) > 2:
+        ratios.append(f"{values[0] / values[2]:.2f}x" if values[2] else "-")
+    print("| " + " | ".join([label, *cells, *ratios]) + " |")
+
+
+SECTIONS = ("first", "rate", "cancel", "load")
+
+
+async def bench(systems: list[System], quick: bool, sections: set[str], load_rounds: int) -> None:
     first_runs, flood_n, flood_reps, cancel_reps = (10, 5000, 2, 5) if quick else (30, 20000, 3, 15)
     conc = 20 if quick else 50
+    names = [s.name for s in systems]
+    first: dict[str, list[float]] = {n: [] for n in names}
+    rate: dict[str, list[float]] = {n: [] for n in names}
+    cancel: dict[str, list[float]] = {n: [] for n in names}
+    loads: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     async with httpx.AsyncClient(timeout=httpx.Timeout(30.0),
                                  limits=httpx.Limits(max_connections=2 * conc + 10)) as c:
         for s in systems:  # warm: connections, imports, the forkserver
@@ -283,66 +312,91 @@ async def bench(systems: list[System], quick: bool) -> None:
         def order(i: int) -> list[System]:
             return systems if i % 2 == 0 else systems[::-1]
 
-        first: dict[str, list[float]] = {s.name: [] for s in systems}
-        for i in range(first_runs):
+        for i in range(first_runs if "first" in sections else 0):
             for s in order(i):
                 r = await s.run(c, 1)
                 first[s.name].append((r.first - r.t0) * 1e3)
-        rate: dict[str, list[float]] = {s.name: [] for s in systems}
-        for i in range(flood_reps):
+        for i in range(flood_reps if "rate" in sections else 0):
             for s in order(i):
                 r = await s.run(c, flood_n)
                 assert r.events == flood_n, (s.name, r.events)
                 rate[s.name].append((r.events - 1) / (r.end - r.first))
-        cancel: dict[str, list[float]] = {s.name: [] for s in systems}
-        for i in range(cancel_reps):
+        for i in range(cancel_reps if "cancel" in sections else 0):
             for s in order(i):
                 r = await s.run(c, 100_000, 200.0, cancel_after=5)
                 cancel[s.name].append((r.end - r.cancel) * 1e3)
-        conc_res: dict[str, dict[str, float]] = {}
-        for s in systems:
-            conc_res[s.name] = await load(s, c, conc, 200, 20.0)
-            await asyncio.sleep(2.0)  # let the first system settle before the second
+        for i in range(load_rounds if "load" in sections else 0):
+            for s in order(i):
+                loads[s.name].append(await load(s, c, conc, 200, 20.0))
+                await asyncio.sleep(2.0)  # let one system settle before the next
 
-    a, b = (s.name for s in systems)
-    print(f"\n| figure ({'--quick' if quick else 'full'}) | {a} | {b} | {a} / {b} |\n|---|---|---|---|")
-    row(f"POST -> first agent event, p50 ({first_runs} runs)", median(first[a]), median(first[b]), "ms")
-    row("POST -> first agent event, p90", pct(first[a], 90), pct(first[b], 90), "ms")
-    row(f"events/s to one client, {flood_n} events (median of {flood_reps})", median(rate[a]),
-        median(rate[b]), "ev/s", ",.0f")
-    row(f"cancel -> stream end, median ({cancel_reps} runs)", median(cancel[a]), median(cancel[b]), "ms")
-    ca, cb = conc_res[a], conc_res[b]
-    label = f"{conc} runs x 200 events at 20 ev/s"
-    row(f"{label}: delivery delay p50", ca["p50"], cb["p50"], "ms")
-    row(f"{label}: delivery delay p99", ca["p99"], cb["p99"], "ms")
-    row(f"{label}: server CPU (wall {ca['wall']:.1f} / {cb['wall']:.1f} s)", ca["cpu"], cb["cpu"], "s")
-    row(f"{label}: server tree PSS, peak", ca["pss"], cb["pss"], "MiB", ".0f")
-    row(f"{label}: server tree USS, peak", ca["uss"], cb["uss"], "MiB", ".0f")
-    print(f"\nraw: first={first}\nrate={rate}\ncancel={cancel}\nload={conc_res}")
+    head = " | ".join(names)
+    ratio_heads = f"{names[0]} / {names[1]}" + (f" | {names[0]} / {names[2]}" if len(names) > 2 else "")
+    print(f"\n| figure ({'--quick' if quick else 'full'}) | {head} | {ratio_heads} |\n|---"
+          + "|---" * (len(names) + len(names) - 1) + "|")
+    if "first" in sections:
+        row(f"POST -> first agent event, p50 ({first_runs} runs)", [median(first[n]) for n in names], "ms")
+        row("POST -> first agent event, p90", [pct(first[n], 90) for n in names], "ms")
+    if "rate" in sections:
+        row(f"events/s to one client, {flood_n} events (median of {flood_reps})",
+            [median(rate[n]) for n in names], "ev/s", ",.0f")
+    if "cancel" in sections:
+        row(f"cancel -> stream end, median ({cancel_reps} runs)", [median(cancel[n]) for n in names], "ms")
+    if "load" in sections:
+        label = f"{conc} runs x 200 events at 20 ev/s"
+        rounds = f" (median of {load_rounds})" if load_rounds > 1 else ""
+
+        def fig(key: str) -> list[float]:
+            return [median([x[key] for x in loads[n]]) for n in names]
+        walls = " / ".join(f"{w:.1f}" for w in fig("wall"))
+        row(f"{label}: delivery delay p50{rounds}", fig("p50"), "ms")
+        row(f"{label}: delivery delay p99{rounds}", fig("p99"), "ms")
+        row(f"{label}: server CPU{rounds} (wall {walls} s)", fig("cpu"), "s")
+        row(f"{label}: server CPU, its own process only{rounds}", fig("daemon"), "s")
+        row(f"{label}: server tree PSS, peak{rounds}", fig("pss"), "MiB", ".0f")
+        row(f"{label}: server tree USS, peak{rounds}", fig("uss"), "MiB", ".0f")
+    print(f"\nraw: first={first}\nrate={rate}\ncancel={cancel}\nload={loads}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--peer-venv", type=Path, required=True, help="venv with langgraph-cli[inmem] (scripts/README.md)")
     ap.add_argument("--quick", action="store_true", help="fewer runs and events")
+    ap.add_argument("--baseline-src", type=Path, help="a checkout of other runnerd code, run as a third system")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    ap.add_argument("--load-rounds", type=int, default=1, help="repetitions of the load, systems alternated")
     args = ap.parse_args()
+    sections = set(args.sections.split(","))
+    if not sections <= set(SECTIONS):
+        sys.exit(f"--sections: unknown {sorted(sections - set(SECTIONS))}")
     if not (args.peer_venv / "bin" / "langgraph").exists():
         sys.exit(f"no {args.peer_venv}/bin/langgraph: create the peer's venv first (scripts/README.md)")
     with tempfile.TemporaryDirectory(prefix="runnerd-bench-peer-") as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "token").write_text(TOKEN)
-        port = free_port()
-        rd, _, _ = launch_runnerd(tmp, {"peer": "bench_peer_agents:emit"}, ["max_running_turns = 64"],
-                                  [f'tcp = "127.0.0.1:{port}"', f'token_file = "{tmp / "token"}"'])
+        servers: list[subprocess.Popen[bytes]] = []
         peer: Peer | None = None
         try:
+            systems: list[System] = []
+            for name, source in [("runnerd", None), ("runnerd@base", args.baseline_src)]:
+                if name != "runnerd" and source is None:
+                    continue
+                port = free_port()
+                home = tmp / name
+                home.mkdir()
+                rd, _, _ = launch_runnerd(home, {"peer": "bench_peer_agents:emit"}, ["max_running_turns = 64"],
+                                          [f'tcp = "127.0.0.1:{port}"', f'token_file = "{tmp / "token"}"'],
+                                          source=source)
+                servers.append(rd)
+                systems.append(Runnerd(rd, f"http://127.0.0.1:{port}", name))
             peer = start_peer(args.peer_venv, tmp)
-            asyncio.run(bench([Runnerd(rd, f"http://127.0.0.1:{port}"), peer], args.quick))
+            systems.insert(1, peer)
+            asyncio.run(bench(systems, args.quick, sections, args.load_rounds))
         finally:
-            stop_process(rd)
+            for rd in servers:
+                stop_process(rd)
             if peer is not None:
                 stop_peer(peer.proc)
-
 
 if __name__ == "__main__":
     main()

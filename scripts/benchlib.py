@@ -55,10 +55,11 @@ def tree_cpu_s(procs: Sequence[object]) -> float:
     return total
 
 
-def launch_runnerd(tmp: Path, agents: dict[str, str], settings: list[str], server: Sequence[str] = ()
-                   ) -> tuple[subprocess.Popen[bytes], str, Path]:
+def launch_runnerd(tmp: Path, agents: dict[str, str], settings: list[str], server: Sequence[str] = (),
+                   source: Path | None = None) -> tuple[subprocess.Popen[bytes], str, Path]:
     """Start ``runnerd`` from its console script on a temp config and socket, and
-    wait until it answers /v1/health. ``server``: extra ``[server]`` lines.
+    wait until it answers /v1/health. ``server``: extra ``[server]`` lines;
+    ``source``: a checkout of other runnerd code to run instead (first on PYTHONPATH).
     Returns (process, socket path, log path)."""
     import httpx
 
@@ -69,7 +70,7 @@ def launch_runnerd(tmp: Path, agents: dict[str, str], settings: list[str], serve
     config = tmp / "runnerd.toml"
     config.write_text("\n".join(lines) + "\n")
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SCRIPTS), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source or ""), str(SCRIPTS), env.get("PYTHONPATH", "")]))
     env.pop("NOTIFY_SOCKET", None)
     log = tmp / "runnerd.log"
     with open(log, "ab") as logf:

@@ -92,6 +92,34 @@ def grandchildren(ctx: TurnContext, input: Any) -> None:
         time.sleep(0.01)
 
 
+def orphan_exits(ctx: TurnContext, input: Any) -> None:
+    """A grandchild re-parented to the supervisor (a subreaper) that exits on its own:
+    a zombie the supervisor must reap at the turn's end. Reports its pid once it is one."""
+    r, w = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        grandchild = os.fork()
+        if grandchild == 0:
+            os._exit(0)
+        os.write(w, str(grandchild).encode())
+        os._exit(0)
+    os.close(w)
+    os.waitpid(middle, 0)  # the grandchild is now the supervisor's child
+    pid = int(os.read(r, 32))
+    os.close(r)
+    deadline = time.monotonic() + 10
+    while _state(pid) != "Z":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"pid {pid} did not become a zombie")
+        time.sleep(0.001)
+    ctx.custom("zombie", pid)
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 def fail(ctx: TurnContext, input: Any) -> None:
     ctx.custom("before", 1)
     raise ValueError("boom")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from conftest import make_config, wait_for
 
 from ipc import events as ev
+from supervisor.config import LimitsConfig
 from supervisor.embedded import Supervisor
 from supervisor.turns import TurnStatus
 
@@ -137,3 +139,19 @@ def test_closing_the_supervisor_cancels_running_turns(tmp_path: object) -> None:
     assert sup.status(turn.turn_id).status is TurnStatus.CANCELLED
     assert sup.status(turn.turn_id).cancel_reason == "supervisor shutdown"
     wait_for(lambda: not sup.relay.alive, 5)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("cgroups", ["auto", "off"])
+def test_an_adopted_descendant_that_exited_on_its_own_is_reaped(tmp_path: Path, cgroups: str) -> None:
+    """With a cgroup the end-of-turn sweep reads no process table unless a child of ours
+    awaits reaping; a zombie the turn left with the supervisor (a subreaper) is still reaped."""
+    with Supervisor(make_config(tmp_path, limits=LimitsConfig(cgroups=cgroups))) as sup:
+        if cgroups == "auto" and sup.containment.mode == "polling":
+            pytest.skip(f"no cgroup per turn here: {sup.containment.reason}")
+        turn = sup.start_turn("orphan_exits")
+        pid = _custom(sup, turn.turn_id, "zombie")
+        assert isinstance(pid, int)
+        assert sup.wait(turn.turn_id, 10).status is TurnStatus.SUCCEEDED
+        with pytest.raises(ChildProcessError):  # reaped by the supervisor, not left to us
+            os.waitpid(pid, os.WNOHANG)

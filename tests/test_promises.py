@@ -263,6 +263,11 @@ def test_runnerctl_demo_starts_a_daemon_streams_the_demo_and_says_how_to_stop_it
         if pid is not None and _alive(pid):
             os.kill(pid, 15)
             wait_for(lambda: not _alive(pid), 20)
+        if pid is not None:  # the detached daemon was re-parented to us (a subreaper): reap it
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass  # not ours, or reaped already
 
 
 def _alive(pid: int) -> bool:

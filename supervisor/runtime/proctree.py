@@ -83,6 +83,14 @@ class TurnTree:
         return alive
 
 
+def zombie_child() -> bool:
+    """Whether some child of this process has exited and awaits reaping (none is reaped here)."""
+    try:
+        return os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return False  # no children at all
+
+
 def _same(pid: int, create_time: float) -> psutil.Process | None:
     """The process ``pid`` only if it is still the one created at ``create_time``."""
     try:

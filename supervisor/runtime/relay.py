@@ -12,6 +12,7 @@ it — and read copies of turn records through the ``TurnTable``.
 from __future__ import annotations
 
 import enum
+import math
 import os
 import queue
 import signal
@@ -19,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import wait
 from typing import Any
 
 import msgspec
@@ -32,9 +32,10 @@ from supervisor.config import LimitsConfig
 from supervisor.logs import get_logger
 from supervisor.runtime.capture import OutputSink
 from supervisor.runtime.cgroups import TurnCgroup
+from supervisor.runtime.fdwatch import FdWatch
 from supervisor.runtime.limits import LimitGuard
 from supervisor.runtime.openitems import OpenItemTracker
-from supervisor.runtime.proctree import TurnTree
+from supervisor.runtime.proctree import TurnTree, zombie_child
 from supervisor.runtime.registry import StreamRegistry
 from supervisor.runtime.spawn import Spawned, exitcode
 from supervisor.runtime.stoppolicy import SIGNALS, Breach, Due, StopPolicy
@@ -114,16 +115,22 @@ class Relay:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._ended: queue.SimpleQueue[Live | None] = queue.SimpleQueue()  # terminal event written, not yet durable
+        self._closer: threading.Thread | None = None
         self.heartbeat = time.monotonic()  # last loop iteration; the daemon's watchdog reads it
         self.events_relayed = 0
         self.lag_s = 0.0  # child timestamp -> relay commit, of the latest batch
         self._next_housekeeping = 0.0
+        self._fds: FdWatch[Live] = FdWatch(self._wake_r)
+        self._due = 0.0  # the soonest deadline of any live turn: only then are all of them looked at
 
     # -- other threads --------------------------------------------------------
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="runnerd-relay", daemon=True)
+        self._closer = threading.Thread(target=self._close_ended, name="runnerd-closer", daemon=True)
         self._thread.start()
+        self._closer.start()
 
     def add(self, live: Live) -> None:
         self.table.go_live(live)
@@ -142,11 +149,18 @@ class Relay:
         """Stop after every live turn has ended (callers cancel them first)."""
         self._stopping = True
         self._post("stop", "")
+        deadline = None if timeout is None else time.monotonic() + timeout
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 return  # still draining a turn: its wake-up pipe stays open
+        if self._closer is not None:  # what the relay finished is made durable before we return
+            self._ended.put(None)
+            self._closer.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if self._closer.is_alive():
+                return
         if self._wake_w >= 0:  # only here: a late _post must never write to a closed (reused) fd
+            self._fds.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
             self._wake_r = self._wake_w = -1
@@ -177,28 +191,19 @@ class Relay:
                 break
 
     def step(self) -> None:
-        """One iteration: wait, read, decide. Never blocks past the next deadline."""
+        """One iteration: wait, read, decide. Never blocks past the next deadline.
+
+        Per event it touches only the turns that are ready; all live turns are
+        looked at only when one of their deadlines is due.
+        """
         now = time.monotonic()
         self.heartbeat = now
-        handles: dict[int, tuple[Live, str]] = {}
-        for live in self.table.lives():
-            if not live.reader.eof and live.reader.error is None:
-                handles[live.reader.fd] = (live, "pipe")
-            if live.phase is Phase.RUNNING and not live.watch_root:
-                handles[live.spawned.process.sentinel] = (live, "exit")
-            if live.output is not None and not live.output.eof:
-                handles[live.output.fd] = (live, "output")
-            if live.cgroup is not None and live.phase is Phase.RUNNING:
-                for fd in live.cgroup.watch:
-                    handles[fd] = (live, "cgroup")
-        ready = wait([self._wake_r, *handles], self._timeout(now))
-        self._drain_commands()
-        for obj in ready:
-            if obj == self._wake_r:
-                continue
-            live, kind = handles[obj]  # type: ignore[index]
+        ready, woken = self._fds.wait(max(0.0, min(self._due, self._next_housekeeping) - now))
+        touched = self._drain_commands(woken)
+        for live, kind in ready:
             if live.phase is Phase.FINISHED:
-                continue  # its fds are closed (their numbers may already be reused)
+                continue
+            touched[live.info.turn_id] = live
             if kind == "pipe":
                 self._pump(live)
             elif kind == "output":
@@ -210,48 +215,73 @@ class Relay:
                 self._kernel_breach(live)
             else:
                 self._on_exit(live)
-        self._poll_exits()
         now = time.monotonic()
-        for live in self.table.lives():
+        full = now >= self._due
+        if full:
+            touched.update((live.info.turn_id, live) for live in self._poll_exits())
+        for turn_id, live in touched.items():
+            if live.phase is not Phase.FINISHED:
+                self._fds.sync(turn_id, live, self._handles(live))
+        due = math.inf if full else self._due
+        for live in self.table.lives() if full else list(touched.values()):
             self._check_deadlines(live, now)
+            due = min(due, self._next_due(live, now))
+        self._due = due
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + HOUSEKEEPING_S
             self.registry.evict_ended(self.ended_memory_s)
 
-    def _timeout(self, now: float) -> float:
-        soonest = now + HOUSEKEEPING_S
-        for live in self.table.lives():
-            if live.phase is Phase.REAPING:
-                return REAP_POLL_S
-            if live.watch_root or self.poll_exit:
-                soonest = min(soonest, now + EXIT_POLL_S)
-            poll = live.next_poll if self._watched() else None
-            for t in (live.stop.next_deadline(), poll):
-                if t is not None and t < soonest:
-                    soonest = t
-        return max(0.0, soonest - now)
+    def _handles(self, live: Live) -> dict[int, str]:
+        """What the relay waits on for this turn now: fd -> kind."""
+        handles: dict[int, str] = {}
+        if not live.reader.eof and live.reader.error is None:
+            handles[live.reader.fd] = "pipe"
+        if live.phase is Phase.RUNNING and not live.watch_root:
+            handles[live.spawned.process.sentinel] = "exit"
+        if live.output is not None and not live.output.eof:
+            handles[live.output.fd] = "output"
+        if live.cgroup is not None and live.phase is Phase.RUNNING:
+            for fd in live.cgroup.watch:
+                handles[fd] = "cgroup"
+        return handles
+
+    def _next_due(self, live: Live, now: float) -> float:
+        """When this turn next needs the relay without any of its fds being ready."""
+        if live.phase is Phase.REAPING:
+            return now + REAP_POLL_S
+        if live.phase is not Phase.RUNNING:
+            return math.inf
+        soonest = now + EXIT_POLL_S if live.watch_root or self.poll_exit else math.inf
+        if self._watched():
+            soonest = min(soonest, live.next_poll)
+        deadline = live.stop.next_deadline()
+        return soonest if deadline is None else min(soonest, deadline)
 
     def _watched(self) -> bool:
         return self.guard.watches_tree
 
-    def _drain_commands(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        while True:
+    def _drain_commands(self, woken: bool) -> dict[str, Live]:
+        """Run the posted commands; the live turns they touched. ``woken``: the
+        wake-up pipe was ready (else it is not read: no failing read per event)."""
+        touched: dict[str, Live] = {}
+        if woken:
             try:
-                kind, turn_id, arg, ack = self._commands.get_nowait()
-            except queue.Empty:
-                return
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+        while not self._commands.empty():  # this thread is the only consumer
+            kind, turn_id, arg, ack = self._commands.get_nowait()
             live = self.table.live(turn_id)
             if live is not None and kind == "add":
+                touched[turn_id] = live
                 self._on_add(live)
             elif live is not None and kind == "cancel":
+                touched[turn_id] = live
                 self._on_cancel(live, arg)
             if ack is not None:
                 ack.set()
+        return touched
 
     # -- turn events --------------------------------------------------------------
 
@@ -449,18 +479,24 @@ class Relay:
             return True, None
         return (True, os.waitstatus_to_exitcode(status)) if pid else (False, None)
 
-    def _poll_exits(self) -> None:
+    def _poll_exits(self) -> list[Live]:
         """Exit checks that do not rely on a sentinel: a root watched after its
         forkserver died, and spawn-mode roots (a forked grandchild inherits the
-        sentinel pipe, so it would only fire when the grandchild exits too)."""
+        sentinel pipe, so it would only fire when the grandchild exits too).
+        Run when some deadline is due (at least every ``EXIT_POLL_S`` while such a
+        turn lives); returns the turns found exited."""
+        exited = []
         for live in self.table.lives():
             if live.phase is not Phase.RUNNING:
                 continue
             if live.watch_root:
                 if not self._root_alive(live):
                     self._on_exit(live)
+                    exited.append(live)
             elif self.poll_exit and exitcode(live.spawned.process) is not None:
                 self._on_exit(live)
+                exited.append(live)
+        return exited
 
     def _check_deadlines(self, live: Live, now: float) -> None:
         if live.phase is Phase.REAPING:
@@ -498,12 +534,15 @@ class Relay:
 
     def _sweep(self, live: Live) -> int:
         """SIGKILL what is left of an exited turn, reap adopted zombies; how many live."""
-        remaining = live.tree.sweep(signal.SIGKILL) if live.tree is not None else 0
         if live.cgroup is None:
-            return remaining
+            return live.tree.sweep(signal.SIGKILL) if live.tree is not None else 0
+        # The cgroup holds every process of the turn (born inside, and one cannot leave it
+        # unprivileged): the process table is scanned only to reap a zombie child of ours.
         live.cgroup.kill()
         live.cgroup.reap(keep=live.tree.root_pid if live.tree is not None else 0)
-        return len(live.cgroup.members())  # "all gone" = the cgroup is empty
+        if live.tree is not None and zombie_child():
+            live.tree.sweep(signal.SIGKILL)
+        return len(live.cgroup.members())  # "all gone" = the cgroup is empty  # "all gone" = the cgroup is empty
 
     def end_unstarted(self, info: TurnInfo, spec: TurnSpec, ending: Ending) -> None:
         """End a turn that never got a process (cancelled in the queue, failed to spawn).
@@ -541,6 +580,7 @@ class Relay:
         if live.phase is Phase.FINISHED:
             return
         live.phase = Phase.FINISHED  # whatever fails below, the terminal event is written once
+        self._fds.drop(live.info.turn_id)  # before its fds close: their numbers get reused
         info = live.info
         done = live.done
         ending = classify(
@@ -583,20 +623,36 @@ class Relay:
             self.on_released(info.turn_id)  # whoever sees the terminal event may start the next
         try:
             self._commit(live, lines, seq, end=True)
-            try:
-                self.events.close(info.turn_id)
-                self.records.put(info_copy(info))
-            except OSError as exc:
-                live.log.error("event_log_close_failed", error=str(exc))
             live.reader.close()
             try:
                 live.spawned.process.close()
             except ValueError:  # still "running" to multiprocessing: its sentinel is dropped anyway
                 pass
         finally:
-            self.table.end(info)  # never left live, whatever failed above
-        live.log.info("turn_ended", status=info.status.value,
-                      error=info.error.code if info.error else None, last_seq=seq)
-        if self.on_ended is not None:
-            self.on_ended(info)
+            self._ended.put(live)  # made durable, then moved to the past, by the closer thread
+
+    def _close_ended(self) -> None:
+        """The closer thread: each finished turn's log and record made durable, in order,
+        then the turn moved to the past. Off the relay thread: two fsyncs per turn end
+        would stall every other turn's events."""
+        while (live := self._ended.get()) is not None:
+            info = live.info
+            try:
+                with self.table.lock:
+                    record = info_copy(info)
+                self.events.close(info.turn_id)
+                self.records.put(record)
+            except OSError as exc:
+                live.log.error("event_log_close_failed", error=str(exc))
+            except Exception:  # noqa: BLE001 - the turn must still leave the live table
+                live.log.exception("turn_close_failed")
+            finally:
+                self.table.end(info)  # never left live, whatever failed above
+            live.log.info("turn_ended", status=info.status.value,
+                          error=info.error.code if info.error else None, last_seq=info.last_seq)
+            if self.on_ended is not None:
+                try:
+                    self.on_ended(info)
+                except Exception:  # noqa: BLE001 - one turn's listener must not stop the others' ends
+                    live.log.exception("turn_ended_callback_failed")
 

@@ -74,14 +74,19 @@ class TurnTable:
 
     @property
     def running(self) -> int:
-        """Turns with a process (starting or running)."""
-        return len(self._live)
+        """Turns with a process (starting or running); not one whose terminal event is
+        written (its log is being made durable)."""
+        with self.lock:
+            return self._unended_live()
 
     @property
     def busy(self) -> int:
         """Turns admitted and not yet ended."""
         with self.lock:
-            return len(self._live) + len(self._pending)
+            return self._unended_live() + len(self._pending)
+
+    def _unended_live(self) -> int:
+        return sum(not live.info.status.ended for live in self._live.values())
 
     def ended_records(self) -> list[TurnInfo]:
         with self.lock:

@@ -128,8 +128,23 @@ class EventStream:
         self.compact = compact
         self.keepalive_s = keepalive_s
         self.streams = streams
+        # Per event no timer is made: one watchdog per stream checks the send in
+        # progress, and one keep-alive timer fires at most every keepalive_s.
+        self._last_write = 0.0
+        self._sending_since: float | None = None
+        self._stalled = False
+        self._watchdog: asyncio.TimerHandle | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._serve(receive, send)
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+
+    async def _serve(self, receive: Receive, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        self._last_write = loop.time()
         gap, snapshot = await asyncio.to_thread(self.sup.reader.plan, self.turn_id, after=self.after,
                                                 compact=self.compact)
         if snapshot is not None:  # a finished turn in its snapshot form, then close
@@ -162,6 +177,7 @@ class EventStream:
         stop.add_waiter(wake)
         cursor = self.after
         finished = False
+        keepalive: asyncio.TimerHandle | None = None
         try:
             if self.turn_id not in self.sup.registry:  # its status may come from a store (another node's turn)
                 await asyncio.to_thread(self.sup.reader.ensure_stream, self.turn_id)
@@ -181,7 +197,9 @@ class EventStream:
                 if step is Step.LINES:
                     cursor = line_seq(batch.lines[-1])
                     await self._write(send, self.framing.frames(batch.lines))
-                    continue
+                    if cursor < batch.last_seq or batch.ended:
+                        continue
+                    # Nothing newer when read: wait (an append since then has set ``wake``).
                 if step is Step.LOST:  # counted but unreadable: said out loud, then closed
                     frame = self.framing.notice(
                         "gap", {"reason": f"events {cursor + 1}-{batch.last_seq} are not in the turn's log"})
@@ -192,17 +210,23 @@ class EventStream:
                     finished = True
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                     return
-                try:
-                    async with asyncio.timeout(self.keepalive_s):
-                        await wake.wait()
-                except TimeoutError:
+                due = self._last_write + self.keepalive_s
+                if loop.time() >= due:
                     await self._write(send, KEEPALIVE_FRAME)
+                    continue
+                if keepalive is None or keepalive.when() > due or keepalive.when() <= loop.time():
+                    if keepalive is not None:
+                        keepalive.cancel()
+                    keepalive = loop.call_at(due, wake.set)  # early if writes came since: then renewed
+                await wake.wait()
         except SlowConsumer:
             self.streams.slow_dropped += 1  # it can come back with its cursor
             return
         except OSError:
             return  # the client went away mid-write; it can resume with its cursor
         finally:
+            if keepalive is not None:
+                keepalive.cancel()
             self.streams.unregister(stop)
             self.sup.registry.remove_waiter(self.turn_id, wake)
             watcher.cancel()
@@ -213,14 +237,34 @@ class EventStream:
     async def _write(self, send: Send, body: bytes) -> None:
         """Bounded in bytes per send and in time per send: a subscriber that does not
         read (or a half-open connection) is dropped, and never slows anyone else."""
+        loop = asyncio.get_running_loop()
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self.send_timeout_s, self._check_send, asyncio.current_task())
         for start in range(0, len(body), MAX_WRITE_BYTES):
             message = {"type": "http.response.body", "body": body[start:start + MAX_WRITE_BYTES],
                        "more_body": True}
+            self._sending_since = loop.time()
             try:
-                async with asyncio.timeout(self.send_timeout_s):  # a timer, not a task per send
-                    await send(message)
-            except TimeoutError:
+                await send(message)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not self._stalled or task is None:
+                    raise
+                task.uncancel()  # our own cancel (the watchdog's), not the server's
                 raise SlowConsumer() from None
+            finally:
+                self._sending_since = None
+            self._last_write = loop.time()
+
+    def _check_send(self, task: asyncio.Task[Any] | None) -> None:
+        """The watchdog: cancel the stream's task when one send has waited ``send_timeout_s``."""
+        loop = asyncio.get_running_loop()
+        since = self._sending_since
+        if since is not None and loop.time() - since >= self.send_timeout_s and task is not None:
+            self._stalled = True
+            task.cancel()
+            return
+        self._watchdog = loop.call_at((since or loop.time()) + self.send_timeout_s, self._check_send, task)
 
 
 async def _watch_disconnect(receive: Receive, wake: asyncio.Event) -> None:
