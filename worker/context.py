@@ -22,7 +22,7 @@ import structlog
 from ipc import events as ev
 from ipc.chunks import ChunkError, ChunkExpander
 from ipc.openitems import OpenItems, OrderError
-from ipc.wire import FrameWriter
+from ipc.wire import FrameSink
 from worker.asyncrun import CancelWatch, cancel_on_token
 
 __all__ = ["TurnContext", "Cancelled", "EventTooLarge", "InvalidEvent", "MessageWriter", "ToolCall"]
@@ -61,7 +61,7 @@ class TurnContext:
         *,
         turn_id: str,
         thread_id: str,
-        writer: FrameWriter,
+        writer: FrameSink,
         token: CancelWatch,
         max_event_bytes: int,
     ) -> None:
@@ -79,7 +79,7 @@ class TurnContext:
     # -- events -----------------------------------------------------------
 
     def emit(self, event: EventLike) -> None:
-        """Send one event; returns once it is in the pipe (survives a SIGKILL).
+        """Send one event; returns once it is in the ring or the pipe (survives a SIGKILL).
 
         ``event`` is an ``ipc.events`` struct, an ``ag_ui.core`` event or a
         plain dict in wire form (camelCase; fields newer than runnerd are kept).

@@ -27,6 +27,7 @@ import psutil
 
 from ipc import events as ev
 from ipc.protocol import TurnSpec
+from ipc.ring import RingReader
 from ipc.wire import EVENT_PREFIX, Batch, Done, FrameReader, Ready
 from supervisor.config import LimitsConfig
 from supervisor.logs import get_logger
@@ -65,7 +66,7 @@ class Live:
     info: TurnInfo
     spec: TurnSpec
     spawned: Spawned
-    reader: FrameReader
+    reader: FrameReader | RingReader
     stop: StopPolicy
     tree: TurnTree | None = None
     log: Any = None
@@ -183,7 +184,8 @@ class Relay:
         handles: dict[int, tuple[Live, str]] = {}
         for live in self.table.lives():
             if not live.reader.eof and live.reader.error is None:
-                handles[live.reader.fd] = (live, "pipe")
+                for fd in live.reader.fds:  # the pipe; with a ring, its eventfd too
+                    handles[fd] = (live, "pipe")
             if live.phase is Phase.RUNNING and not live.watch_root:
                 handles[live.spawned.process.sentinel] = (live, "exit")
             if live.output is not None and not live.output.eof:
@@ -217,6 +219,9 @@ class Relay:
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + HOUSEKEEPING_S
             self.registry.evict_ended(self.ended_memory_s)
+            for live in self.table.lives():  # a ring's safety net: a lost wake-up waits at most this tick
+                if live.phase is not Phase.FINISHED and live.reader.pending():
+                    self._pump(live)
 
     def _timeout(self, now: float) -> float:
         soonest = now + HOUSEKEEPING_S
