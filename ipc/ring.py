@@ -60,10 +60,12 @@ RING_SUPPORTED = platform.machine() in ("x86_64", "AMD64")
 DEFAULT_RING_BYTES = 1 << 20
 
 _PAGE = 4096
-_HEAD, _TAIL, _EPOCH = 0, 64, 128  # separate cache lines: no false sharing between the two sides
-# Native ("@") format: CPython packs and unpacks it with one memcpy of 8 bytes, which the
-# compiler emits as one aligned load or store (single-copy atomic); "<Q" goes byte by byte.
-_U64 = struct.Struct("@Q")
+# Indexes of the three counters in the mapping seen as 8-byte words: separate cache lines.
+_HEAD, _TAIL, _EPOCH = 0, 8, 16
+# The counters are read and written through ``memoryview(mm).cast("Q")``: CPython moves one
+# item with a memcpy of 8 bytes, compiled to one aligned load or store (single-copy
+# atomic). Not ``struct.pack_into``: it zeroes the bytes first, and a reader that
+# looks in between sees a counter of 0.
 _REC = struct.Struct("@II")  # payload length, kind
 _EVENT, _FRAME, _PIPE, _WRAP = 1, 2, 3, 4
 _BACKOFF_S = (0.00002, 0.001)  # producer waiting for space: first and longest sleep
@@ -101,8 +103,8 @@ class RingChannel:
         return channel
 
     def _write(self, offset: int, value: int) -> None:
-        with mmap.mmap(self.memfd, _PAGE) as mm:
-            _U64.pack_into(mm, offset, value)
+        with mmap.mmap(self.memfd, _PAGE) as mm, memoryview(mm) as view, view.cast("Q") as words:
+            words[offset] = value
 
     def map(self) -> mmap.mmap:
         return mmap.mmap(self.memfd, _PAGE + self.capacity)
@@ -142,6 +144,7 @@ class RingWriter:
 
     def __init__(self, channel: RingChannel, conn: Connection) -> None:
         self._mm = channel.map()
+        self._words = memoryview(self._mm).cast("Q")
         channel.close_memfd()
         self._efd = channel.eventfd
         self._cap = channel.capacity
@@ -149,8 +152,8 @@ class RingWriter:
         self._conn = conn
         self._fd = conn.fileno()
         self._lock = threading.Lock()
-        self._head = _U64.unpack_from(self._mm, _HEAD)[0]
-        self._tail = _U64.unpack_from(self._mm, _TAIL)[0]  # a cached copy; refreshed when short of space
+        self._head: int = self._words[_HEAD]
+        self._tail: int = self._words[_TAIL]  # a cached copy; refreshed when short of space
         self._woken = 0  # the relay's sleep epoch this process last woke
         self._closed = False
 
@@ -158,16 +161,33 @@ class RingWriter:
         with self._lock:
             self._check_open()
             self._put(_FRAME, encode_frame(frame))
-            _U64.pack_into(self._mm, _HEAD, self._head)
+            self._words[_HEAD] = self._head
         self._wake_if_asleep()
 
     def send_events(self, events: list[bytes]) -> None:
-        with self._lock:
-            self._check_open()
+        """The hot path, inlined: a record per event, then one store publishes them all."""
+        with self._lock:  # its release is a locked RMW too: the fence before the epoch load
+            if self._closed:
+                self._check_open()
+            mm, cap, head = self._mm, self._cap, self._head
             for data in events:
-                self._put(_EVENT, data)
-            _U64.pack_into(self._mm, _HEAD, self._head)  # the publish: one aligned store
-        self._wake_if_asleep()
+                n = len(data)
+                size = (n + 15) & ~7  # header + payload, padded to 8
+                pos = head % cap
+                if pos + size > cap or head + size - self._tail > cap or n > self._max_record:
+                    self._head = head  # wrap, full or too big: the general path
+                    self._put(_EVENT, data)
+                    head = self._head
+                    continue
+                start = _PAGE + pos
+                _REC.pack_into(mm, start, n, _EVENT)
+                mm[start + 8:start + 8 + n] = data
+                head += size
+            self._head = head
+            self._words[_HEAD] = head  # the publish: one aligned store
+        epoch = self._words[_EPOCH]
+        if epoch & 1 and epoch != self._woken:
+            self._wake(epoch)
 
     def _put(self, kind: int, data: bytes) -> None:
         n = len(data)
@@ -191,16 +211,16 @@ class RingWriter:
     def _reserve(self, size: int) -> None:
         if self._head + size - self._tail <= self._cap:
             return
-        self._tail = _U64.unpack_from(self._mm, _TAIL)[0]
+        self._tail = self._words[_TAIL]
         delay = _BACKOFF_S[0]
         while self._head + size - self._tail > self._cap:
             # Full: let the relay see what is there, make sure it is awake, and wait.
-            _U64.pack_into(self._mm, _HEAD, self._head)
+            self._words[_HEAD] = self._head
             self._woken = 0
             self._wake_if_asleep()
             self._sleep(delay)
             delay = min(delay * 2, _BACKOFF_S[1])
-            self._tail = _U64.unpack_from(self._mm, _TAIL)[0]
+            self._tail = self._words[_TAIL]
 
     def _sleep(self, seconds: float) -> None:
         """Sleep, but notice a supervisor that is gone (a pipe write end reports POLLERR)."""
@@ -215,17 +235,20 @@ class RingWriter:
         pos = self._head % self._cap
         _REC.pack_into(self._mm, _PAGE + pos, 0, _PIPE)  # 8 bytes always fit: records are 8-aligned
         self._head += 8
-        _U64.pack_into(self._mm, _HEAD, self._head)
+        self._words[_HEAD] = self._head
         self._wake_if_asleep()
         write_frame(self._fd, data if kind == _FRAME else encode_frame(Batch([data])))
 
     def _wake_if_asleep(self) -> None:
         _fence()  # the head store before the epoch load (see the module doc)
-        epoch = _U64.unpack_from(self._mm, _EPOCH)[0]
+        epoch = self._words[_EPOCH]
         if epoch & 1 and epoch != self._woken:
-            self._woken = epoch  # once per sleep of the relay, not once per event
-            if _libc_write(self._efd, ctypes.byref(_ONE), 8) < 0 and ctypes.get_errno() != errno.EAGAIN:
-                raise OSError(ctypes.get_errno(), "eventfd write failed")
+            self._wake(epoch)
+
+    def _wake(self, epoch: int) -> None:
+        self._woken = epoch  # once per sleep of the relay, not once per event
+        if _libc_write(self._efd, ctypes.byref(_ONE), 8) < 0 and ctypes.get_errno() != errno.EAGAIN:
+            raise OSError(ctypes.get_errno(), "eventfd write failed")
 
     def _check_open(self) -> None:
         if self._closed:  # as a write to a closed pipe fails
@@ -246,6 +269,7 @@ class RingReader:
 
     def __init__(self, channel: RingChannel, conn: Connection, *, max_frame_bytes: int) -> None:
         self._mm = channel.map()
+        self._words = memoryview(self._mm).cast("Q")
         channel.close_memfd()
         self.channel = channel
         self._cap = channel.capacity
@@ -273,7 +297,7 @@ class RingReader:
 
     def pending(self) -> bool:
         """Anything published that has not been read (the relay's once-a-second safety net)."""
-        return self.error is None and _U64.unpack_from(self._mm, _HEAD)[0] != self._tail
+        return self.error is None and self._words[_HEAD] != self._tail
 
     def read(self) -> list[Frame]:
         """Everything published so far, in emit order; never blocks."""
@@ -287,7 +311,7 @@ class RingReader:
         if self.error is None and not self._pipe.eof:
             self._set_epoch(awake=False)
             _fence()  # the epoch store before the head load
-            if _U64.unpack_from(self._mm, _HEAD)[0] != self._tail:
+            if self._words[_HEAD] != self._tail:
                 # More came in: stay awake and come back at once, without the child's help.
                 self._set_epoch(awake=True)
                 os.eventfd_write(self.channel.eventfd, 1)
@@ -296,7 +320,7 @@ class RingReader:
     def _set_epoch(self, *, awake: bool) -> None:
         if bool(self._epoch & 1) == awake:
             self._epoch += 1
-            _U64.pack_into(self._mm, _EPOCH, self._epoch)
+            self._words[_EPOCH] = self._epoch
 
     def _drain(self, frames: list[Frame]) -> None:
         pipe_frames = self._pipe.read()
@@ -312,7 +336,7 @@ class RingReader:
             self.error = "a frame on the pipe that the ring did not announce"
 
     def _drain_ring(self, frames: list[Frame], pipe_frames: list[Frame]) -> None:
-        head = _U64.unpack_from(self._mm, _HEAD)[0]
+        head: int = self._words[_HEAD]
         if head < self._tail or head - self._tail > self._cap or head & 7:
             self.error = f"ring head {head} out of bounds (tail {self._tail})"
             return
@@ -353,9 +377,10 @@ class RingReader:
         if events:
             frames.append(Batch(events))
         self._tail = tail
-        _U64.pack_into(mm, _TAIL, tail)
+        self._words[_TAIL] = tail
 
     def close(self) -> None:
         self._pipe.close()
+        self._words.release()
         self._mm.close()
         self.channel.close()
