@@ -45,7 +45,6 @@ import platform
 import select
 import struct
 import threading
-import time
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from typing import Any

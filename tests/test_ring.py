@@ -13,8 +13,8 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 import pytest
-
 from conftest import make_config, wait_for
+
 from ipc import events as ev
 from ipc.ring import RING_SUPPORTED, RingChannel, RingReader, RingWriter
 from ipc.wire import Batch, Done, Frame, Ready
