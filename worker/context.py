@@ -31,6 +31,8 @@ _CHUNKS = frozenset({ev.TextMessageChunk, ev.ToolCallChunk, ev.ReasoningMessageC
 
 # The union's classes, as a set: a membership test, not 31 isinstance checks per emit.
 _EVENT_CLASSES: frozenset[type] = frozenset(ev.Event.__args__)  # type: ignore[attr-defined]
+# Structs an agent may emit that need no chunk expansion: emit's fast path.
+_PLAIN_STRUCTS: frozenset[type] = _EVENT_CLASSES - _CHUNKS - frozenset(ev.SUPERVISOR_ONLY)
 EventLike = Union[ev.Event, Mapping[str, Any], Any]  # Any: an ``ag_ui.core`` pydantic event
 
 
@@ -86,6 +88,18 @@ class TurnContext:
         A bad or out-of-order event raises ``InvalidEvent`` here and sends
         nothing; the turn goes on.
         """
+        if type(event) in _PLAIN_STRUCTS and not self._chunks:
+            plain = cast(ev.Event, event)
+            if plain.seq is not msgspec.UNSET:
+                raise ValueError("seq is assigned by the supervisor; leave it unset")
+            with self._lock:  # the common case, without _encode_all's lists: encode, check, commit
+                data = self._encode(plain, None)
+                try:
+                    self._open.observe(plain)
+                except OrderError as exc:
+                    raise InvalidEvent(str(exc)) from None
+            self._writer.send_events([data])
+            return
         self._writer.send_events(self._encode_all([event]))
 
     def emit_many(self, events: Iterable[EventLike]) -> None:
