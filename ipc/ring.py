@@ -24,9 +24,10 @@ The wake-up, and why none is lost. Producer: store ``head``, full fence, load
 TSO may move a load before an earlier store; the fence forbids that on both
 sides (Dekker's pattern), so either the child sees the odd epoch and wakes the
 relay, or the relay sees the new head and does not sleep. Python has no fence
-statement: a ``threading.Lock`` acquire and release is a locked
+statement: a ``threading.Lock`` acquire or release is a locked
 read-modify-write in glibc's semaphore, which x86-64 executes as a full
-barrier. The relay also re-checks every ring once a second (its housekeeping
+barrier. The child's fence is the release of its own write lock (the head is
+stored inside it, the epoch loaded after it); the relay takes a lock of its own. The relay also re-checks every ring once a second (its housekeeping
 tick), so even a wake-up lost to a mistake here delays events, never loses them.
 
 A full ring blocks the producer (never drops): it polls for space with a short,
@@ -101,9 +102,9 @@ class RingChannel:
         channel._write(_EPOCH, 1)  # the relay starts asleep: the first event wakes it
         return channel
 
-    def _write(self, offset: int, value: int) -> None:
+    def _write(self, index: int, value: int) -> None:
         with mmap.mmap(self.memfd, _PAGE) as mm, memoryview(mm) as view, view.cast("Q") as words:
-            words[offset] = value
+            words[index] = value
 
     def map(self) -> mmap.mmap:
         return mmap.mmap(self.memfd, _PAGE + self.capacity)
@@ -283,16 +284,8 @@ class RingReader:
         return self._pipe.fd, self.channel.eventfd
 
     @property
-    def fd(self) -> int:
-        return self._pipe.fd
-
-    @property
     def eof(self) -> bool:
         return self._pipe.eof
-
-    @property
-    def partial(self) -> int:
-        return self._pipe.partial
 
     def pending(self) -> bool:
         """Anything published that has not been read (the relay's once-a-second safety net)."""
@@ -353,7 +346,7 @@ class RingReader:
             if events:
                 frames.append(Batch(events))
                 events = []
-            if kind == _WRAP and n == 0:
+            if kind == _WRAP and n == 0 and tail + cap - pos <= head:
                 tail += cap - pos
             elif kind == _FRAME and pos + size <= cap and tail + size <= head:
                 start = _PAGE + pos + 8

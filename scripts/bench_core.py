@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,8 @@ import bench_agents  # noqa: E402
 import psutil  # noqa: E402
 
 from ipc import events as ev  # noqa: E402
-from ipc.ring import RingChannel, RingWriter  # noqa: E402
+from ipc.ring import RingChannel, RingReader, RingWriter  # noqa: E402
+from ipc.wire import Batch as WireBatch  # noqa: E402
 from ipc.wire import FrameSink, FrameWriter  # noqa: E402
 from supervisor.config import Config  # noqa: E402
 from supervisor.embedded import Supervisor  # noqa: E402
@@ -259,6 +260,32 @@ def raw_pipe_rate(n: int) -> float:
     return (count - PER_FRAME) / (last - first)
 
 
+def raw_ring_rate(n: int) -> float:
+    """(a-ring) The same child and events through a ``RingWriter``; a ``RingReader`` drains it."""
+    ctx = multiprocessing.get_context("spawn")
+    reader_conn, writer_conn = ctx.Pipe(duplex=False)
+    channel = RingChannel.create(1 << 20)
+    proc = ctx.Process(target=bench_agents.raw_ring_writer, args=(channel, writer_conn, n, PER_FRAME))
+    proc.start()
+    writer_conn.close()
+    reader = RingReader(channel, reader_conn, max_frame_bytes=1 << 24)
+    count, first_count, first, last = 0, 0, 0.0, 0.0
+    try:
+        while count < n:
+            if not wait(list(reader.fds), WAIT_S):
+                raise RuntimeError("raw ring: no wake-up")
+            got = sum(len(f.events) for f in reader.read() if isinstance(f, WireBatch))
+            if got:
+                last = time.perf_counter()
+                if not count:
+                    first, first_count = last, got
+                count += got
+    finally:
+        reader.close()
+        proc.join(WAIT_S)
+    return (count - first_count) / (last - first)
+
+
 def relay_rate(sup: Supervisor, n: int, batch: int) -> float:
     """(b) Agent events through runnerd, from the first agent event to the terminal one."""
     turn_id = sup.start_turn("flood", {"n": n, "batch": batch}).turn_id
@@ -358,6 +385,7 @@ def bench_throughput(report: Report, sizes: Sizes, state_dir: str) -> None:
     runs = f"median of {sizes.repeats} runs" if sizes.repeats > 1 else "1 run"
     report.section(f"1. Throughput, events/s (~100-byte events; {runs})")
     raw: list[float] = []
+    raw_ring: list[float] = []
     per_event: list[float] = []
     per_event_pipe: list[float] = []
     batched: list[float] = []
@@ -365,12 +393,16 @@ def bench_throughput(report: Report, sizes: Sizes, state_dir: str) -> None:
     with supervisor(state_dir) as sup, supervisor(state_dir + "-pipe", ring_bytes=0) as pipe_sup:
         for _ in range(sizes.repeats):  # interleaved, so drift hits every variant alike
             raw.append(raw_pipe_rate(sizes.raw_events))
+            raw_ring.append(raw_ring_rate(sizes.raw_events))
             per_event.append(relay_rate(sup, sizes.relay_events, batch=1))
             per_event_pipe.append(relay_rate(pipe_sup, sizes.relay_events, batch=1))
             batched.append(relay_rate(sup, sizes.relay_events, batch=PER_FRAME))
             naive.append(queue_rate(sizes.queue_events))
     a, b, bp, b2, c = median(raw), median(per_event), median(per_event_pipe), median(batched), median(naive)
+    ar = median(raw_ring)
     report.line(f"(a)  raw Pipe, {PER_FRAME} pre-encoded events per frame    {a:>11,.0f}/s")
+    report.line(f"(a-ring) raw ring, {PER_FRAME} per send_events          {ar:>11,.0f}/s   "
+                f"(a-ring)/(a) = {ar / a:4.2f}x: the transport alone")
     report.line(f"(b)  runnerd, ring, one ctx.emit per event        {b:>11,.0f}/s")
     report.line(f"(b-pipe) runnerd, pipe, one ctx.emit per event    {bp:>11,.0f}/s")
     report.line(f"(b') runnerd, ring, ctx.emit_many of {PER_FRAME} events    {b2:>11,.0f}/s")
