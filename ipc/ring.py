@@ -31,8 +31,9 @@ stored inside it, the epoch loaded after it); the relay takes a lock of its own.
 tick), so even a wake-up lost to a mistake here delays events, never loses them.
 
 A full ring blocks the producer (never drops): it polls for space with a short,
-growing sleep, and notices a supervisor that went away (the pipe's read end
-closed). A record too big for the ring travels on the pipe: the child puts a
+growing sleep. A supervisor that went away (the pipe's read end closed) fails
+``emit`` with ``BrokenPipeError``, as a pipe write would: noticed while waiting
+for space, and every 10 ms while the relay sleeps through the child's events. A record too big for the ring travels on the pipe: the child puts a
 ``PIPE`` marker in the ring first, so the relay reads ring and pipe in emit order.
 """
 
@@ -46,6 +47,7 @@ import platform
 import select
 import struct
 import threading
+import time
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from typing import Any
@@ -139,6 +141,16 @@ _libc_write.restype = ctypes.c_ssize_t
 _ONE = ctypes.c_uint64(1)
 
 
+class _PollFd(ctypes.Structure):
+    _fields_ = [("fd", ctypes.c_int), ("events", ctypes.c_short), ("revents", ctypes.c_short)]
+
+
+_libc_poll = _libc.poll
+_libc_poll.argtypes = (ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int)
+_libc_poll.restype = ctypes.c_int
+_GONE_CHECK_S = 0.01  # while the relay sleeps through our events: how often to ask whether it is gone
+
+
 class RingWriter:
     """Child side: ``send``/``send_events`` return once the bytes are published in the ring."""
 
@@ -156,6 +168,8 @@ class RingWriter:
         self._tail: int = self._words[_TAIL]  # a cached copy; refreshed when short of space
         self._woken = 0  # the relay's sleep epoch this process last woke
         self._closed = False
+        self._pollfd = _PollFd(self._fd, 0, 0)  # no events asked: only POLLERR, the read end closed
+        self._next_check = 0.0
 
     def send(self, frame: Frame) -> None:
         with self._lock:
@@ -186,7 +200,7 @@ class RingWriter:
             self._head = head
             self._words[_HEAD] = head  # the publish: one aligned store
         epoch = self._words[_EPOCH]
-        if epoch & 1 and epoch != self._woken:
+        if epoch & 1:
             self._wake(epoch)
 
     def _put(self, kind: int, data: bytes) -> None:
@@ -242,13 +256,23 @@ class RingWriter:
     def _wake_if_asleep(self) -> None:
         _fence()  # the head store before the epoch load (see the module doc)
         epoch = self._words[_EPOCH]
-        if epoch & 1 and epoch != self._woken:
+        if epoch & 1:
             self._wake(epoch)
 
     def _wake(self, epoch: int) -> None:
-        self._woken = epoch  # once per sleep of the relay, not once per event
-        if _libc_write(self._efd, ctypes.byref(_ONE), 8) < 0 and ctypes.get_errno() != errno.EAGAIN:
-            raise OSError(ctypes.get_errno(), "eventfd write failed")
+        """The relay may sleep: wake it, once per sleep. Both system calls keep the GIL."""
+        if epoch != self._woken:
+            self._woken = epoch
+            if _libc_write(self._efd, ctypes.byref(_ONE), 8) < 0 and ctypes.get_errno() != errno.EAGAIN:
+                raise OSError(ctypes.get_errno(), "eventfd write failed")
+            return
+        # Still asleep since our wake-up: busy, or the supervisor died (no pipe write
+        # would tell us now). Ask the pipe now and then, as a write to it would.
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + _GONE_CHECK_S
+            if _libc_poll(ctypes.byref(self._pollfd), 1, 0) > 0:
+                raise BrokenPipeError("the supervisor closed the turn's channel")
 
     def _check_open(self) -> None:
         if self._closed:  # as a write to a closed pipe fails

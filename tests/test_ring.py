@@ -163,6 +163,36 @@ def test_a_sleeping_relay_is_woken_once_per_sleep(pair: Pair) -> None:
 
 
 @pytest.mark.timeout(30)
+def test_a_child_whose_supervisor_is_gone_fails_at_emit_long_before_the_ring_is_full() -> None:
+    pair = Pair(1 << 20)
+    try:
+        assert pair.reader.read() == []  # asleep
+        pair.writer.send_events([_event(0)])  # wakes it once
+        pair.reader._pipe.close()  # the supervisor's end of the pipe: gone, as when the daemon dies
+        sent = 1
+
+        def emit_fails() -> bool:
+            nonlocal sent
+            try:
+                pair.writer.send_events([_event(sent)])
+            except BrokenPipeError:
+                return True
+            sent += 1
+            return False
+
+        wait_for(emit_fails, timeout=10, interval=0.001)
+        assert pair.writer._head < (1 << 20) // 2  # not the full ring: the pipe was asked
+    finally:
+        pair.writer.close()
+        os.close(pair.writer_efd)
+        pair.writer._words.release()
+        pair.writer._mm.close()
+        pair.reader._words.release()
+        pair.reader._mm.close()
+        pair.reader.channel.close()
+
+
+@pytest.mark.timeout(30)
 def test_a_child_that_scribbles_on_the_ring_fails_after_what_it_published(pair: Pair) -> None:
     pair.writer.send_events([_event(0), _event(1)])
     mm = pair.writer._mm
