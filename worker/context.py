@@ -88,19 +88,24 @@ class TurnContext:
         A bad or out-of-order event raises ``InvalidEvent`` here and sends
         nothing; the turn goes on.
         """
-        if type(event) in _PLAIN_STRUCTS and not self._chunks:
-            plain = cast(ev.Event, event)
-            if plain.seq is not msgspec.UNSET:
-                raise ValueError("seq is assigned by the supervisor; leave it unset")
-            with self._lock:  # the common case, without _encode_all's lists: encode, check, commit
-                data = self._encode(plain, None)
-                try:
-                    self._open.observe(plain)
-                except OrderError as exc:
-                    raise InvalidEvent(str(exc)) from None
-            self._writer.send_events([data])
-            return
-        self._writer.send_events(self._encode_all([event]))
+        data = self._encode_plain(event) if type(event) in _PLAIN_STRUCTS else None
+        self._writer.send_events([data] if data is not None else self._encode_all([event]))
+
+    def _encode_plain(self, event: EventLike) -> bytes | None:
+        """The common case, without ``_encode_all``'s lists: one struct, no chunk stream
+        open (else ``None``): encode, check and commit at once."""
+        plain = cast(ev.Event, event)
+        if plain.seq is not msgspec.UNSET:
+            raise ValueError("seq is assigned by the supervisor; leave it unset")
+        with self._lock:
+            if self._chunks:  # a plain event ends the chunk stream first: the general path
+                return None
+            data = self._encode(plain, None)
+            try:
+                self._open.observe(plain)
+            except OrderError as exc:
+                raise InvalidEvent(str(exc)) from None
+        return data
 
     def emit_many(self, events: Iterable[EventLike]) -> None:
         """Send several events as one frame (all or none: each is checked first)."""
