@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import random
 import select
 import signal
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -160,6 +162,50 @@ def test_a_sleeping_relay_is_woken_once_per_sleep(pair: Pair) -> None:
     pair.writer.send_events([_event(50)])  # asleep again: a later event wakes it again
     assert _readable(efd, 10)
     assert _events(pair.reader.read()) == [_event(50)]
+
+
+def _emit_in_bursts(channel: RingChannel, conn: object, n: int) -> None:
+    """A real child: a burst of 1-20 events, then it waits until the reader has taken
+    them all, and starts the next burst just as the reader goes back to sleep."""
+    rng = random.Random(5)
+    writer = RingWriter(channel, conn)  # type: ignore[arg-type]
+    i = 0
+    while i < n:
+        for _ in range(rng.randint(1, 20)):
+            if i < n:
+                writer.send_events([_event(i)])
+                i += 1
+        deadline = time.monotonic() + 30
+        while writer._words[8] != writer._head and time.monotonic() < deadline:  # word 8: the tail
+            time.sleep(rng.choice((0, 0.00002)))
+
+
+@pytest.mark.timeout(120)
+def test_no_wake_up_is_lost_between_processes() -> None:
+    """Every time the reader sleeps, the child must wake it: the child waits for the
+    reader between bursts, so a lost wake-up hangs both (no safety net here, unlike
+    the relay's once-a-second tick)."""
+    n = 20_000
+    channel = RingChannel.create(1 << 16)
+    r, w = CTX.Pipe(duplex=False)
+    proc = CTX.Process(target=_emit_in_bursts, args=(channel, w, n))
+    proc.start()
+    w.close()
+    reader = RingReader(channel, r, max_frame_bytes=1 << 20)
+    got: list[bytes] = []
+    sleeps = 0
+    try:
+        while len(got) < n:
+            if not wait(list(reader.fds), 0):
+                sleeps += 1  # nothing ready: it blocks below until the child wakes it
+                assert wait(list(reader.fds), 10), f"lost wake-up after {len(got)} events"
+            got += _events(reader.read())
+            assert reader.error is None
+    finally:
+        proc.join(30)
+        reader.close()
+    assert got == [_event(i) for i in range(n)]
+    assert sleeps > 100  # the sleep/wake path was taken, many times
 
 
 @pytest.mark.timeout(30)
