@@ -1,5 +1,8 @@
 """Typed frames over a multiprocessing Pipe, and the two ends that move them.
 
+(By default events take the shared-memory ring, ``ipc/ring.py``; the pipe still
+carries what is too big for it, and everything when the ring is off.)
+
 The child writes synchronously with ``Connection.send_bytes`` (one ``write``
 for a small frame): no feeder thread, so an event whose ``emit`` returned is
 already in the kernel pipe and survives a SIGKILL of the child. Threads that

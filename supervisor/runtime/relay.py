@@ -1,10 +1,10 @@
 """The relay: one thread for all turns.
 
-It waits (``multiprocessing.connection.wait``) on every turn's pipe and process
-sentinel plus a wake-up pipe, numbers events (``seq``), appends them to the
-event log and then the registry, runs cancel escalation and timeouts, and ends
-each turn with exactly one terminal event after its pipe is fully drained and
-its processes are gone. It owns the table of turns: other threads post
+It waits (``multiprocessing.connection.wait``) on every turn's pipe (and ring
+wake-up, ``ipc/ring.py``) and process sentinel plus a wake-up pipe, numbers
+events (``seq``), appends them to the event log and then the registry, runs
+cancel escalation and timeouts, and ends each turn with exactly one terminal
+event after its pipe and ring are fully drained and its processes are gone. It owns the table of turns: other threads post
 commands (gunicorn's queue plus wake-up byte) — start watching a turn, cancel
 it — and read copies of turn records through the ``TurnTable``.
 """
@@ -419,7 +419,7 @@ class Relay:
                 live.log.warning("forkserver_gone_watching_root")
                 return
         live.phase = Phase.REAPING
-        self._pump(live)  # everything the child wrote before dying is in the pipe now
+        self._pump(live)  # everything the child wrote before dying is in the pipe or the ring now
         with self.table.lock:
             live.info.exit_code = code
             if code is not None and code < 0:
