@@ -32,8 +32,9 @@ tick), so even a wake-up lost to a mistake here delays events, never loses them.
 
 A full ring blocks the producer (never drops): it polls for space with a short,
 growing sleep. A supervisor that went away (the pipe's read end closed) fails
-``emit`` with ``BrokenPipeError``, as a pipe write would: noticed while waiting
-for space, and every 10 ms while the relay sleeps through the child's events. A record too big for the ring travels on the pipe: the child puts a
+``emit`` with ``BrokenPipeError``, as a pipe write would: ``emit`` asks the
+pipe at most every 10 ms (a ``poll``, with the GIL held), and while waiting
+for space. A record too big for the ring travels on the pipe: the child puts a
 ``PIPE`` marker in the ring first, so the relay reads ring and pipe in emit order.
 """
 
@@ -148,7 +149,7 @@ class _PollFd(ctypes.Structure):
 _libc_poll = _libc.poll
 _libc_poll.argtypes = (ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int)
 _libc_poll.restype = ctypes.c_int
-_GONE_CHECK_S = 0.01  # while the relay sleeps through our events: how often to ask whether it is gone
+_GONE_CHECK_S = 0.01  # how often emit asks whether the supervisor is gone
 
 
 class RingWriter:
@@ -200,8 +201,10 @@ class RingWriter:
             self._head = head
             self._words[_HEAD] = head  # the publish: one aligned store
         epoch = self._words[_EPOCH]
-        if epoch & 1:
+        if epoch & 1 and epoch != self._woken:
             self._wake(epoch)
+        else:
+            self._check_reader()
 
     def _put(self, kind: int, data: bytes) -> None:
         n = len(data)
@@ -256,22 +259,24 @@ class RingWriter:
     def _wake_if_asleep(self) -> None:
         _fence()  # the head store before the epoch load (see the module doc)
         epoch = self._words[_EPOCH]
-        if epoch & 1:
+        if epoch & 1 and epoch != self._woken:
             self._wake(epoch)
+        else:
+            self._check_reader()
 
     def _wake(self, epoch: int) -> None:
-        """The relay may sleep: wake it, once per sleep. Both system calls keep the GIL."""
-        if epoch != self._woken:
-            self._woken = epoch
-            if _libc_write(self._efd, ctypes.byref(_ONE), 8) < 0 and ctypes.get_errno() != errno.EAGAIN:
-                raise OSError(ctypes.get_errno(), "eventfd write failed")
-            return
-        # Still asleep since our wake-up: busy, or the supervisor died (no pipe write
-        # would tell us now). Ask the pipe now and then, as a write to it would.
+        """The relay may sleep: wake it, once per sleep, keeping the GIL."""
+        self._woken = epoch
+        if _libc_write(self._efd, ctypes.byref(_ONE), 8) < 0 and ctypes.get_errno() != errno.EAGAIN:
+            raise OSError(ctypes.get_errno(), "eventfd write failed")
+
+    def _check_reader(self) -> None:
+        """Every 10 ms of emits, ask the pipe whether the supervisor is gone, as a write
+        to it would tell (no system call per event would not tell us otherwise)."""
         now = time.monotonic()
         if now >= self._next_check:
             self._next_check = now + _GONE_CHECK_S
-            if _libc_poll(ctypes.byref(self._pollfd), 1, 0) > 0:
+            if _libc_poll(ctypes.byref(self._pollfd), 1, 0) > 0:  # keeps the GIL too
                 raise BrokenPipeError("the supervisor closed the turn's channel")
 
     def _check_open(self) -> None:

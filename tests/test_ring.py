@@ -209,11 +209,14 @@ def test_no_wake_up_is_lost_between_processes() -> None:
 
 
 @pytest.mark.timeout(30)
-def test_a_child_whose_supervisor_is_gone_fails_at_emit_long_before_the_ring_is_full() -> None:
+@pytest.mark.parametrize("relay_state", ["asleep", "awake"])
+def test_a_child_whose_supervisor_is_gone_fails_at_emit_long_before_the_ring_is_full(relay_state: str) -> None:
     pair = Pair(1 << 20)
     try:
         assert pair.reader.read() == []  # asleep
-        pair.writer.send_events([_event(0)])  # wakes it once
+        if relay_state == "awake":  # died in the middle of a read: no wake-up is ever written
+            pair.reader._set_epoch(awake=True)
+        pair.writer.send_events([_event(0)])
         pair.reader._pipe.close()  # the supervisor's end of the pipe: gone, as when the daemon dies
         sent = 1
 
