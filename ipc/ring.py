@@ -19,7 +19,9 @@ keeps stores in program order (TSO), so whoever sees a ``head`` sees the bytes
 before it; other architectures do not, and get the pipe (``RING_SUPPORTED``).
 
 The wake-up, and why none is lost. Producer: store ``head``, full fence, load
-``epoch``; if odd, write the eventfd. Relay, before it may block: store an odd
+``epoch``; if odd (and not yet done for this epoch), write the eventfd, with the
+GIL held (``ctypes.PyDLL``: a busy agent thread would otherwise take the GIL
+for a 5 ms switch interval). Relay, before it may block: store an odd
 ``epoch``, full fence, load ``head``; if there is more, it does not sleep.
 TSO may move a load before an earlier store; the fence forbids that on both
 sides (Dekker's pattern), so either the child sees the odd epoch and wakes the
@@ -27,7 +29,8 @@ relay, or the relay sees the new head and does not sleep. Python has no fence
 statement: a ``threading.Lock`` acquire or release is a locked
 read-modify-write in glibc's semaphore, which x86-64 executes as a full
 barrier. The child's fence is the release of its own write lock (the head is
-stored inside it, the epoch loaded after it); the relay takes a lock of its own. The relay also re-checks every ring once a second (its housekeeping
+stored inside it, the epoch loaded after it); the relay takes a lock of its
+own. The relay also re-checks every ring once a second (its housekeeping
 tick), so even a wake-up lost to a mistake here delays events, never loses them.
 
 A full ring blocks the producer (never drops): it polls for space with a short,
@@ -133,8 +136,7 @@ def _rebuild(memfd: Any, eventfd: Any, capacity: int) -> RingChannel:
     return RingChannel(memfd.detach(), eventfd.detach(), capacity)
 
 
-# libc's write(2) called with the GIL held: a busy thread of the agent would
-# otherwise take the GIL during the wake-up and keep it for a switch interval (5 ms).
+# libc's write(2) and poll(2) called with the GIL held (see the module doc).
 _libc = ctypes.PyDLL(None, use_errno=True)
 _libc_write = _libc.write
 _libc_write.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t)
@@ -240,10 +242,12 @@ class RingWriter:
             self._tail = self._words[_TAIL]
 
     def _sleep(self, seconds: float) -> None:
-        """Sleep, but notice a supervisor that is gone (a pipe write end reports POLLERR)."""
+        """Sleep (``poll`` counts whole milliseconds, too coarse here), then notice a
+        supervisor that is gone (a pipe write end reports POLLERR)."""
+        time.sleep(seconds)
         poller = select.poll()
         poller.register(self._fd, 0)
-        if poller.poll(seconds * 1000):
+        if poller.poll(0):
             raise BrokenPipeError("the supervisor closed the turn's channel")
 
     def _via_pipe(self, kind: int, data: bytes) -> None:
