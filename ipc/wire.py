@@ -1,5 +1,8 @@
 """Typed frames over a multiprocessing Pipe, and the two ends that move them.
 
+(By default events take the shared-memory ring, ``ipc/ring.py``; the pipe still
+carries what is too big for it, and everything when the ring is off.)
+
 The child writes synchronously with ``Connection.send_bytes`` (one ``write``
 for a small frame): no feeder thread, so an event whose ``emit`` returned is
 already in the kernel pipe and survives a SIGKILL of the child. Threads that
@@ -14,13 +17,14 @@ import os
 import struct
 import threading
 from multiprocessing.connection import Connection
-from typing import Union
+from typing import Protocol, Union
 
 import msgspec
 
 __all__ = [
     "Ready", "Batch", "Done", "Frame", "FrameWriter", "FrameReader",
-    "encode_frame", "EVENT_PREFIX", "FRAME_BUDGET", "max_frame_bytes",
+    "encode_frame", "decode_frame", "write_frame", "FrameSink", "EVENT_PREFIX", "FRAME_BUDGET",
+    "max_frame_bytes",
 ]
 
 # msgspec writes the tag first, so every valid encoded event starts with this.
@@ -61,6 +65,30 @@ _BIG_HEADER = struct.Struct("!Q")
 
 def encode_frame(frame: Frame) -> bytes:
     return _encoder.encode(frame)
+
+
+def decode_frame(data: bytes | memoryview) -> Frame:
+    return _decoder.decode(data)
+
+
+def write_frame(fd: int, payload: bytes) -> None:
+    """``Connection.send_bytes``' framing, in one ``write(2)`` for small frames."""
+    size = len(payload)
+    data = _HEADER.pack(size) + payload if size < 0x7FFFFFFF else (
+        _HEADER.pack(-1) + _BIG_HEADER.pack(size) + payload)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class FrameSink(Protocol):
+    """What the child's ``TurnContext`` writes to: the pipe (``FrameWriter``) or the ring."""
+
+    def send(self, frame: Frame) -> None: ...
+
+    def send_events(self, events: list[bytes]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 FRAME_BUDGET = 4 << 20  # bytes of events per frame: the reader's limit is this plus one event
@@ -125,13 +153,7 @@ class FrameWriter:
                 self._write(_encoder.encode(Batch(frame)))
 
     def _write(self, payload: bytes) -> None:
-        """``Connection.send_bytes``' framing, in one ``write(2)`` for small frames."""
-        size = len(payload)
-        data = _HEADER.pack(size) + payload if size < 0x7FFFFFFF else (
-            _HEADER.pack(-1) + _BIG_HEADER.pack(size) + payload)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
+        write_frame(self._fd, payload)
 
     def close(self) -> None:
         self._conn.close()
@@ -148,6 +170,15 @@ class FrameReader:
         self._max = max_frame_bytes
         self.eof = False
         self.error: str | None = None
+
+    @property
+    def fds(self) -> tuple[int, ...]:
+        """What the relay waits on for this reader."""
+        return (self.fd,)
+
+    def pending(self) -> bool:
+        """Published but unread without a wake-up: never, for a pipe (its fd says so)."""
+        return False
 
     def read(self, chunk: int = 1 << 20) -> list[Frame]:
         """Read what the pipe holds now (never blocks) and return whole frames.

@@ -14,6 +14,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from ipc import events as ev
+from ipc.ring import RingChannel, RingWriter
 from worker.context import TurnContext
 
 IMPORTED_IN_PID = os.getpid()  # a forkserver that preloaded us has another pid than the turn
@@ -196,6 +197,15 @@ def raw_pipe_writer(conn: Connection, n: int, per_frame: int) -> None:
     frame = b"\n".join([RAW_EVENT] * per_frame)
     for _ in range(n // per_frame):
         conn.send_bytes(frame)
+    conn.close()
+
+
+def raw_ring_writer(channel: RingChannel, conn: Connection, n: int, per_frame: int) -> None:
+    """The ring's own limit: the same pre-encoded events, ``per_frame`` per ``send_events``."""
+    writer = RingWriter(channel, conn)
+    batch = [RAW_EVENT] * per_frame
+    for _ in range(n // per_frame):
+        writer.send_events(batch)
     conn.close()
 
 

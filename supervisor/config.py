@@ -219,6 +219,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_running_turns: int = 32  # beyond this, turns wait in a FIFO queue
     max_queued: int = 1000  # beyond this, a start is refused (HTTP 429)
     max_event_bytes: int = 1 << 20
+    # Bytes of the shared-memory ring each turn's events come through (ipc/ring.py);
+    # 0: over the pipe only, one write(2) per emit. x86-64 only: elsewhere the pipe.
+    ring_bytes: int = 1 << 20
     max_page_bytes: int = 1 << 20  # of events in one export page (at least one event is always returned)
     buffer_bytes: int = 4 << 20  # per turn, recent events kept in memory
     ended_memory_s: float = 30.0  # an ended turn's events leave memory after this long
@@ -243,6 +246,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("max_running_turns must be >= 1 and max_queued >= 0")
         if self.max_event_bytes < 1024:
             raise ValueError("max_event_bytes must be at least 1024")
+        if self.ring_bytes and (self.ring_bytes < 65536 or self.ring_bytes % 4096):
+            raise ValueError("ring_bytes must be 0 or a multiple of 4096 of at least 65536")
         if self.max_page_bytes < 1024:
             raise ValueError("max_page_bytes must be at least 1024")
 

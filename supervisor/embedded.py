@@ -16,6 +16,7 @@ import msgspec
 
 from ipc import events as ev
 from ipc.protocol import TurnSpec
+from ipc.ring import RING_SUPPORTED, RingReader
 from ipc.wire import FrameReader, max_frame_bytes
 from supervisor.config import Config
 from supervisor.errors import (
@@ -100,6 +101,7 @@ class Supervisor:
             self.config.start_method,
             sorted({t.partition(":")[0] for t in self.config.agents.values()})
             if self.config.preload_agents else [],
+            ring_bytes=self.config.ring_bytes if RING_SUPPORTED else 0,
         )
         self.relay = Relay(
             table=self.table,
@@ -317,7 +319,10 @@ class Supervisor:
             self.relay.end_unstarted(info, spec, Ending(
                 TurnStatus.FAILED, ev.RunError(message=message, code="crashed"), TurnError("crashed", message)))
             return
-        reader = FrameReader(spawned.reader, max_frame_bytes=max_frame_bytes(self.config.max_event_bytes))
+        limit = max_frame_bytes(self.config.max_event_bytes)
+        reader: FrameReader | RingReader = (
+            FrameReader(spawned.reader, max_frame_bytes=limit) if spawned.ring is None
+            else RingReader(spawned.ring, spawned.reader, max_frame_bytes=limit))
         output = OutputSink(spawned.output, self.output_dir / f"{info.turn_id}.output",
                             self.config.limits.output_bytes)
         with self.table.lock:

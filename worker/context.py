@@ -22,7 +22,7 @@ import structlog
 from ipc import events as ev
 from ipc.chunks import ChunkError, ChunkExpander
 from ipc.openitems import OpenItems, OrderError
-from ipc.wire import FrameWriter
+from ipc.wire import FrameSink
 from worker.asyncrun import CancelWatch, cancel_on_token
 
 __all__ = ["TurnContext", "Cancelled", "EventTooLarge", "InvalidEvent", "MessageWriter", "ToolCall"]
@@ -31,6 +31,8 @@ _CHUNKS = frozenset({ev.TextMessageChunk, ev.ToolCallChunk, ev.ReasoningMessageC
 
 # The union's classes, as a set: a membership test, not 31 isinstance checks per emit.
 _EVENT_CLASSES: frozenset[type] = frozenset(ev.Event.__args__)  # type: ignore[attr-defined]
+# Structs an agent may emit that need no chunk expansion: emit's fast path.
+_PLAIN_STRUCTS: frozenset[type] = _EVENT_CLASSES - _CHUNKS - frozenset(ev.SUPERVISOR_ONLY)
 EventLike = Union[ev.Event, Mapping[str, Any], Any]  # Any: an ``ag_ui.core`` pydantic event
 
 
@@ -61,7 +63,7 @@ class TurnContext:
         *,
         turn_id: str,
         thread_id: str,
-        writer: FrameWriter,
+        writer: FrameSink,
         token: CancelWatch,
         max_event_bytes: int,
     ) -> None:
@@ -79,14 +81,31 @@ class TurnContext:
     # -- events -----------------------------------------------------------
 
     def emit(self, event: EventLike) -> None:
-        """Send one event; returns once it is in the pipe (survives a SIGKILL).
+        """Send one event; returns once it is in the ring or the pipe (survives a SIGKILL).
 
         ``event`` is an ``ipc.events`` struct, an ``ag_ui.core`` event or a
         plain dict in wire form (camelCase; fields newer than runnerd are kept).
         A bad or out-of-order event raises ``InvalidEvent`` here and sends
         nothing; the turn goes on.
         """
-        self._writer.send_events(self._encode_all([event]))
+        data = self._encode_plain(event) if type(event) in _PLAIN_STRUCTS else None
+        self._writer.send_events([data] if data is not None else self._encode_all([event]))
+
+    def _encode_plain(self, event: EventLike) -> bytes | None:
+        """The common case, without ``_encode_all``'s lists: one struct, no chunk stream
+        open (else ``None``): encode, check and commit at once."""
+        plain = cast(ev.Event, event)
+        if plain.seq is not msgspec.UNSET:
+            raise ValueError("seq is assigned by the supervisor; leave it unset")
+        with self._lock:
+            if self._chunks:  # a plain event ends the chunk stream first: the general path
+                return None
+            data = self._encode(plain, None)
+            try:
+                self._open.observe(plain)
+            except OrderError as exc:
+                raise InvalidEvent(str(exc)) from None
+        return data
 
     def emit_many(self, events: Iterable[EventLike]) -> None:
         """Send several events as one frame (all or none: each is checked first)."""

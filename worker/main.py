@@ -24,8 +24,9 @@ import msgspec
 import structlog
 
 from ipc.protocol import TURN_ENV, ExitCode, TurnSpec, process_mark
+from ipc.ring import RingChannel, RingWriter
 from ipc.token import CancelToken
-from ipc.wire import Done, FrameWriter, Ready
+from ipc.wire import Done, FrameSink, FrameWriter, Ready
 from worker.asyncrun import CancelWatch, cancel_on_token
 from worker.context import Cancelled, TurnContext
 
@@ -36,15 +37,17 @@ _RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
 _PR_SET_NAME = 15
 
 
-def run(spec: TurnSpec, conn: Connection, token: CancelToken, output: Connection | None = None) -> None:
-    """The process target (started by name through ``ipc.boot``)."""
+def run(spec: TurnSpec, conn: Connection, token: CancelToken, output: Connection | None = None,
+        ring: RingChannel | None = None) -> None:
+    """The process target (started by name through ``ipc.boot``); events go through
+    ``ring`` when the supervisor made one, else over ``conn``."""
     if output is not None:  # stdout and stderr go to the supervisor, which caps what it keeps
         sys.stdout.flush()
         sys.stderr.flush()
         os.dup2(output.fileno(), 1)
         os.dup2(output.fileno(), 2)
         output.close()
-    writer = FrameWriter(conn)
+    writer: FrameSink = RingWriter(ring, conn) if ring is not None else FrameWriter(conn)
     try:
         _join_cgroups(spec.cgroup_procs)
     except OSError as exc:
@@ -144,7 +147,7 @@ def _call(agent: Callable[..., Any], ctx: TurnContext, value: Any, token: Cancel
     return out
 
 
-def _finish(writer: FrameWriter, done: Done, code: ExitCode) -> NoReturn:
+def _finish(writer: FrameSink, done: Done, code: ExitCode) -> NoReturn:
     try:
         writer.send(done)
     except OSError:

@@ -1,10 +1,10 @@
 """The relay: one thread for all turns.
 
-It waits (``multiprocessing.connection.wait``) on every turn's pipe and process
-sentinel plus a wake-up pipe, numbers events (``seq``), appends them to the
-event log and then the registry, runs cancel escalation and timeouts, and ends
-each turn with exactly one terminal event after its pipe is fully drained and
-its processes are gone. It owns the table of turns: other threads post
+It waits (``multiprocessing.connection.wait``) on every turn's pipe (and ring
+wake-up, ``ipc/ring.py``) and process sentinel plus a wake-up pipe, numbers
+events (``seq``), appends them to the event log and then the registry, runs
+cancel escalation and timeouts, and ends each turn with exactly one terminal
+event after its pipe and ring are fully drained and its processes are gone. It owns the table of turns: other threads post
 commands (gunicorn's queue plus wake-up byte) — start watching a turn, cancel
 it — and read copies of turn records through the ``TurnTable``.
 """
@@ -27,6 +27,7 @@ import psutil
 
 from ipc import events as ev
 from ipc.protocol import TurnSpec
+from ipc.ring import RingReader
 from ipc.wire import EVENT_PREFIX, Batch, Done, FrameReader, Ready
 from supervisor.config import LimitsConfig
 from supervisor.logs import get_logger
@@ -66,7 +67,7 @@ class Live:
     info: TurnInfo
     spec: TurnSpec
     spawned: Spawned
-    reader: FrameReader
+    reader: FrameReader | RingReader
     stop: StopPolicy
     tree: TurnTree | None = None
     log: Any = None
@@ -230,12 +231,16 @@ class Relay:
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + HOUSEKEEPING_S
             self.registry.evict_ended(self.ended_memory_s)
+            for live in self.table.lives():  # a ring's safety net: a lost wake-up waits at most this tick
+                if live.phase is not Phase.FINISHED and live.reader.pending():
+                    self._pump(live)
 
     def _handles(self, live: Live) -> dict[int, str]:
         """What the relay waits on for this turn now: fd -> kind."""
         handles: dict[int, str] = {}
         if not live.reader.eof and live.reader.error is None:
-            handles[live.reader.fd] = "pipe"
+            for fd in live.reader.fds:  # the pipe; with a ring, its eventfd too
+                handles[fd] = "pipe"
         if live.phase is Phase.RUNNING and not live.watch_root:
             handles[live.spawned.process.sentinel] = "exit"
         if live.output is not None and not live.output.eof:
@@ -444,7 +449,7 @@ class Relay:
                 live.log.warning("forkserver_gone_watching_root")
                 return
         live.phase = Phase.REAPING
-        self._pump(live)  # everything the child wrote before dying is in the pipe now
+        self._pump(live)  # everything the child wrote before dying is in the pipe or the ring now
         with self.table.lock:
             live.info.exit_code = code
             if code is not None and code < 0:

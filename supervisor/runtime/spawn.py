@@ -27,6 +27,7 @@ from typing import Any
 
 from ipc.boot import boot
 from ipc.protocol import TurnSpec
+from ipc.ring import RingChannel
 from ipc.token import CancelToken, new_token
 
 WORKER_ENTRY = "worker.main:run"
@@ -42,6 +43,7 @@ class Spawned:
     reader: Connection
     token: CancelToken
     output: Connection  # the child's stdout and stderr
+    ring: RingChannel | None = None  # the shared-memory ring events come through, when on
 
 
 @contextmanager
@@ -78,8 +80,9 @@ def exitcode(process: Any) -> int | None:
 class Spawner:
     """Starts worker processes; knows nothing of events or HTTP."""
 
-    def __init__(self, method: str, preload_modules: list[str]) -> None:
+    def __init__(self, method: str, preload_modules: list[str], ring_bytes: int = 0) -> None:
         self.method = method
+        self.ring_bytes = ring_bytes  # 0: events over the pipe only
         self.ctx: multiprocessing.context.BaseContext = multiprocessing.get_context(method)
         self._preload = preload_modules
         self._warm = False
@@ -117,17 +120,22 @@ class Spawner:
         reader, writer = self.ctx.Pipe(duplex=False)
         out_reader, out_writer = self.ctx.Pipe(duplex=False)
         token = new_token(self.ctx)
+        ring = RingChannel.create(self.ring_bytes) if self.ring_bytes else None
         process = self.ctx.Process(  # type: ignore[attr-defined]
             target=boot,
-            args=(WORKER_ENTRY, spec, writer, token, out_writer),
+            args=(WORKER_ENTRY, spec, writer, token, out_writer, ring),
             name=f"runnerd-turn-{spec.turn_id}",
             daemon=False,
         )
         try:
             with _start_lock, _main_hidden():
                 process.start()
+        except BaseException:
+            if ring is not None:
+                ring.close()
+            raise
         finally:
             writer.close()  # the child holds the only write ends: EOF means it is gone
             out_writer.close()
-        return Spawned(process, reader, token, out_reader)
+        return Spawned(process, reader, token, out_reader, ring)
 
