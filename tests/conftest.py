@@ -16,6 +16,7 @@ TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))  # fixture agents; multiprocessing hands sys.path to children
 
 import kernel_bound  # noqa: E402
+from redis_fixture import redis_server, sentinel_set  # noqa: E402, F401 - fixtures for every test module
 
 from supervisor.config import Config  # noqa: E402
 from supervisor.embedded import Supervisor  # noqa: E402

@@ -18,13 +18,7 @@ import psutil
 import pytest
 from conftest import turn_processes, wait_for
 from daemon_fixture import BIN, Daemon, start_daemon, stopped, write_config
-from redis_fixture import (  # noqa: F401 - the fixtures
-    RedisServer,
-    SentinelSet,
-    needs_redis,
-    redis_server,
-    sentinel_set,
-)
+from redis_fixture import RedisServer, SentinelSet, needs_redis
 
 pytestmark = needs_redis
 

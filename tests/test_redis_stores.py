@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from redis_fixture import RedisServer, needs_redis, redis_server  # noqa: F401 - the fixture
+from redis_fixture import RedisServer, needs_redis
 
 from ipc import events as ev
 from supervisor.errors import StoreFenced, StoreUnavailable
