@@ -38,32 +38,14 @@ class RedisServer:
         args += ["--appendonly", "yes", "--appendfsync", "always"] if self.aof else ["--appendonly", "no"]
         with open(self.folder / "redis.log", "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=log)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"redis-server exited {self.proc.returncode}: "
-                                     f"{(self.folder / 'redis.log').read_text()}")
-            try:
-                client = redis.Redis(unix_socket_path=self.socket, socket_timeout=2)
-                try:
-                    if client.ping():
-                        return self
-                finally:
-                    client.close()
-            except redis.RedisError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"redis-server did not answer PING within {timeout} s")
-            time.sleep(0.02)
+        _until(_answers(self.proc, self.folder / "redis.log",
+                        lambda: redis.Redis(unix_socket_path=self.socket, socket_timeout=2)),
+               "redis-server to answer PING", timeout)
+        return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            _terminate(self.proc)
 
 
 @pytest.fixture
@@ -90,21 +72,47 @@ def free_port() -> int:
 def _ping(port: int, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
     import redis
 
-    deadline = time.monotonic() + timeout
-    while True:
+    _until(_answers(proc, log, lambda: redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)),
+           f"redis on port {port} to answer PING", timeout)
+
+
+def _answers(proc: subprocess.Popen[bytes], log: Path, connect: Callable[[], Any]) -> Callable[[], bool]:
+    """A PING through a fresh client; a server that exited fails at once, with its log."""
+    def check() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"redis-server exited {proc.returncode}: {log.read_text()}")
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+        client = connect()
         try:
-            if client.ping():
+            return bool(client.ping())
+        finally:
+            client.close()
+    return check
+
+
+def _until(condition: Callable[[], object], what: str, timeout: float = 60.0, step: float = 0.02) -> None:
+    """Wait for ``condition`` with a deadline; a Redis error counts as not yet."""
+    import redis
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
                 return
         except redis.RedisError:
             pass
-        finally:
-            client.close()
         if time.monotonic() > deadline:
-            raise AssertionError(f"redis on port {port} did not answer PING within {timeout} s")
-        time.sleep(0.02)
+            raise AssertionError(f"waited {timeout} s for {what}")
+        time.sleep(step)
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 class SentinelSet:
@@ -139,7 +147,7 @@ class SentinelSet:
         self._start("replica", ["--port", str(self.ports["replica"]), "--dir", str(self.folder / "replica"),
                                 "--replicaof", "127.0.0.1", str(self.ports["master"]), *common])
         replica = self.client("replica")
-        self._until(lambda: replica.info("replication").get("master_link_status") == "up", "the replica's link")
+        _until(lambda: replica.info("replication").get("master_link_status") == "up", "the replica's link")
         (self.folder / "sentinel").mkdir(parents=True, exist_ok=True)
         conf = self.folder / "sentinel" / "sentinel.conf"  # Sentinel rewrites its own config: a file of its own
         conf.write_text(f"port {self.ports['sentinel']}\nbind 127.0.0.1\ndir {self.folder / 'sentinel'}\n"
@@ -148,7 +156,7 @@ class SentinelSet:
                         f"sentinel failover-timeout {self.MASTER} 10000\n")
         self._start("sentinel", [str(conf), "--sentinel", "--daemonize", "no", "--loglevel", "warning"])
         sentinel = self.client("sentinel")
-        self._until(lambda: any(r.get(b"flags") == b"slave" and r.get(b"master-link-status") == b"ok"
+        _until(lambda: any(r.get(b"flags") == b"slave" and r.get(b"master-link-status") == b"ok"
                                 for r in sentinel.execute_command("SENTINEL", "REPLICAS", self.MASTER)),
                     "the sentinel to know the replica")
         return self
@@ -160,33 +168,13 @@ class SentinelSet:
     def failover(self) -> None:
         """Promote the replica (as Sentinel does when the master dies) and wait until the old master follows it."""
         self.client("sentinel").execute_command("SENTINEL", "FAILOVER", self.MASTER)
-        self._until(lambda: self.master_port() == self.ports["replica"], "the sentinel to name the new master")
+        _until(lambda: self.master_port() == self.ports["replica"], "the sentinel to name the new master")
         old = self.client("master")
-        self._until(lambda: old.info("replication").get("role") == "slave", "the old master to be demoted")
-
-    def _until(self, condition: Callable[[], object], what: str, timeout: float = 60.0) -> None:
-        import redis
-
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if condition():
-                    return
-            except redis.RedisError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"waited {timeout} s for {what}")
-            time.sleep(0.05)
+        _until(lambda: old.info("replication").get("role") == "slave", "the old master to be demoted")
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            _terminate(proc)
 
 
 @pytest.fixture
