@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -21,6 +22,23 @@ from redis_fixture import redis_server, sentinel_set  # noqa: E402, F401 - fixtu
 from supervisor.config import Config  # noqa: E402
 from supervisor.embedded import Supervisor  # noqa: E402
 from supervisor.runtime.spawn import become_subreaper  # noqa: E402
+
+
+def nobody() -> Any:
+    """The ``nobody`` user's entry, for tests whose turn drops to it; skips where it cannot work.
+
+    A turn running as ``nobody`` imports the test agents from this checkout, so every folder
+    above it must let others through (a clone in a ``mktemp -d`` folder, mode 0700, does not).
+    """
+    import pwd
+    try:
+        entry = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("this machine has no user 'nobody'")
+    for folder in (TESTS, *TESTS.parents):
+        if not folder.stat().st_mode & 0o001:
+            pytest.skip(f"user 'nobody' cannot reach the checkout: {folder} is not searchable by others")
+    return entry
 
 # Orphans of anything a test starts (daemons included) are re-parented to
 # pytest, so the leftover check below sees them as our descendants.

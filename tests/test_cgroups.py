@@ -21,7 +21,7 @@ import httpx
 import msgspec
 import psutil
 import pytest
-from conftest import TEST_AGENTS, wait_for
+from conftest import TEST_AGENTS, nobody, wait_for
 from daemon_fixture import BIN, TESTS, write_config
 from kernel_bound import KernelBound, own_cgroups, unavailable
 
@@ -283,11 +283,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
 def test_rlimit_nproc_only_without_cgroups_for_a_dedicated_user(tmp_path: Path) -> None:
-    import pwd
-    try:
-        pwd.getpwnam("nobody")
-    except KeyError:
-        pytest.skip("this machine has no user 'nobody'")
+    nobody()
     seen = {}
     for mode in ("off", "auto"):
         config = Config(state_dir=str(tmp_path / mode), agents=dict(TEST_AGENTS),

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_config, wait_for
+from conftest import make_config, nobody, wait_for
 from daemon_fixture import child_env
 from kernel_bound import KernelBound
 from kernel_bound import unavailable as kernel_bound_unavailable
@@ -209,13 +209,9 @@ def test_the_child_gets_an_allowlisted_environment_and_rlimits(tmp_path: Path) -
 @pytest.mark.timeout(30)
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
 def test_the_turn_can_drop_to_another_user(tmp_path: Path) -> None:
-    import pwd
-    try:
-        nobody = pwd.getpwnam("nobody")
-    except KeyError:
-        pytest.skip("this machine has no user 'nobody'")
+    user = nobody()
     with _limited(tmp_path, user="nobody") as sup:
         turn = sup.start_turn("introspect")
         last = list(sup.events(turn.turn_id, timeout=20))[-1][1]
     assert isinstance(last, ev.RunFinished), last
-    assert (last.result["uid"], last.result["gid"]) == (nobody.pw_uid, nobody.pw_gid)
+    assert (last.result["uid"], last.result["gid"]) == (user.pw_uid, user.pw_gid)
