@@ -138,12 +138,19 @@ class Relay:
         self._post("add", live.info.turn_id)
 
     def post_cancel(self, turn_id: str, reason: str | None) -> threading.Event:
-        """Ask the relay thread to cancel a live turn (it records the intent, then sets the token).
+        """Cancel a live turn: the relay thread records the intent; the token is set
+        here, so the agent starts stopping without waiting for the relay to wake.
 
+        The command is queued before the token is set, so any relay step that sees
+        the agent react (its ``Done``, its exit) has drained the command first.
         The returned event is set once the relay has handled the request.
         """
         ack = threading.Event()
-        self._post("cancel", turn_id, reason, ack)
+        self._commands.put(("cancel", turn_id, reason, ack))
+        live = self.table.live(turn_id)
+        if live is not None and live.phase is Phase.RUNNING:
+            live.spawned.token.set()  # before the wake-up: the relay's wake would take the GIL first
+        self._wake()
         return ack
 
     def stop(self, timeout: float | None = None) -> None:
@@ -172,6 +179,9 @@ class Relay:
 
     def _post(self, kind: str, turn_id: str, arg: str | None = None, ack: threading.Event | None = None) -> None:
         self._commands.put((kind, turn_id, arg, ack))
+        self._wake()
+
+    def _wake(self) -> None:
         if self._wake_w < 0:
             return  # stopped: nothing reads commands any more
         try:
@@ -313,8 +323,9 @@ class Relay:
         live.log.info("turn_spawned", pid=proc.pid)
 
     def _on_cancel(self, live: Live, reason: str | None) -> None:
-        # Once the agent has reported its end (or exited) the outcome is decided.
-        if live.phase is not Phase.RUNNING or live.done is not None:
+        # Once the agent has reported its end (or exited) the outcome is decided; a
+        # Done("cancelled") can be the answer to the token post_cancel set already.
+        if live.phase is not Phase.RUNNING or (live.done is not None and live.done.outcome != "cancelled"):
             return
         # Intent first, then the token: the reaper must see a cancel, not a crash.
         if live.stop.request(Intent.CANCEL, reason or "", time.monotonic()):
@@ -543,11 +554,12 @@ class Relay:
             return live.tree.sweep(signal.SIGKILL) if live.tree is not None else 0
         # The cgroup holds every process of the turn (born inside, and one cannot leave it
         # unprivileged): the process table is scanned only to reap a zombie child of ours.
-        live.cgroup.kill()
+        killed = live.cgroup.kill()
         live.cgroup.reap(keep=live.tree.root_pid if live.tree is not None else 0)
         if live.tree is not None and zombie_child():
             live.tree.sweep(signal.SIGKILL)
-        return len(live.cgroup.members())  # "all gone" = the cgroup is empty  # "all gone" = the cgroup is empty
+        # "All gone" = the cgroup is empty; found empty by kill(), nothing inside could fork since.
+        return len(live.cgroup.members()) if killed else 0
 
     def end_unstarted(self, info: TurnInfo, spec: TurnSpec, ending: Ending) -> None:
         """End a turn that never got a process (cancelled in the queue, failed to spawn).
@@ -609,7 +621,6 @@ class Relay:
             usage = live.cgroup.usage()
             with self.table.lock:
                 info.usage = usage
-            live.cgroup.remove()
         lines = []
         seq = info.last_seq
         if info.status is TurnStatus.STARTING:  # died before Ready: still one RUN_STARTED first
@@ -634,6 +645,8 @@ class Relay:
             except ValueError:  # still "running" to multiprocessing: its sentinel is dropped anyway
                 pass
         finally:
+            if live.cgroup is not None:  # empty since the sweep: removed once the terminal event is out
+                live.cgroup.remove()
             self._ended.put(live)  # made durable, then moved to the past, by the closer thread
 
     def _close_ended(self) -> None:
