@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -155,3 +156,18 @@ def test_an_adopted_descendant_that_exited_on_its_own_is_reaped(tmp_path: Path, 
         assert sup.wait(turn.turn_id, 10).status is TurnStatus.SUCCEEDED
         with pytest.raises(ChildProcessError):  # reaped by the supervisor, not left to us
             os.waitpid(pid, os.WNOHANG)
+
+
+@pytest.mark.timeout(30)
+def test_a_stopped_turn_is_cancelled_by_sigkill_and_the_relay_goes_on(sup: Supervisor) -> None:
+    # Setting the token must not wait for the turn's process: a SIGSTOPped turn
+    # once hung the relay thread (and with it every other turn) on its cancel.
+    stopped = sup.start_turn("wait_forever")
+    pid = _custom(sup, stopped.turn_id, "ready")
+    assert isinstance(pid, int)
+    os.kill(pid, signal.SIGSTOP)
+    sup.cancel(stopped.turn_id)
+    bystander = sup.start_turn("count", {"n": 3})
+    assert sup.wait(bystander.turn_id, 10).status is TurnStatus.SUCCEEDED
+    info = sup.wait(stopped.turn_id, 10)
+    assert info.status is TurnStatus.CANCELLED and info.signal == signal.SIGKILL

@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from ipc import events as ev
+from ipc.token import new_token
 from ipc.wire import Batch, FrameReader, FrameWriter
 from worker.asyncrun import CancelWatch
 from worker.context import InvalidEvent, TurnContext
@@ -21,7 +22,7 @@ class Pipe:
         self.reader = FrameReader(parent, max_frame_bytes=1 << 24)
         self.writer = FrameWriter(child)
         self.ctx = TurnContext(turn_id="01TESTTURN0000000000000000", thread_id="t", writer=self.writer,
-                               token=CancelWatch(multiprocessing.get_context("spawn").Event()),
+                               token=CancelWatch(new_token(multiprocessing.get_context("spawn"))),
                                max_event_bytes=1 << 20)
 
     def sent(self) -> list[dict[str, Any]]:
