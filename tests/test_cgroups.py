@@ -352,6 +352,25 @@ def test_cgroup_v2_kill_takes_every_member(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(V1_SKIP is not None, reason=f"needs a v1 cgroup: {V1_SKIP}")
+def test_turns_weigh_as_one_cpu_group_against_the_daemon(tmp_path: Path) -> None:
+    # Without a quota too: under contention all turns together get one share
+    # beside each of the daemon's threads, which stay in the base's parent.
+    config = Config(state_dir=str(tmp_path / "state"), agents=dict(TEST_AGENTS))
+    with Supervisor(config) as sup:
+        if "cpu" not in sup.cgroups.bases:
+            pytest.skip("no v1 cpu controller")
+        turn = sup.start_turn("wait_forever")
+        pid = next(e.value for _, e in sup.events(turn.turn_id, timeout=10) if getattr(e, "name", None) == "ready")
+        with open(f"/proc/{pid}/cgroup") as f:
+            cpu = next(line.rstrip().split(":", 2)[2] for line in f if "cpu" in line.split(":")[1].split(","))
+        base = sup.cgroups.bases["cpu"]
+        assert cpu.endswith(f"/{os.path.basename(base)}/turn-{turn.turn_id}")
+        assert str(os.getpid()) in Path(sup.cgroups.parents["cpu"], "cgroup.procs").read_text().split()
+        sup.cancel(turn.turn_id)
+        sup.wait(turn.turn_id, 10)
+
+
+@pytest.mark.skipif(V1_SKIP is not None, reason=f"needs a v1 cgroup: {V1_SKIP}")
 def test_cpu_quota_throttles_a_busy_turn(tmp_path: Path) -> None:
     config = Config(state_dir=str(tmp_path / "state"), agents=dict(TEST_AGENTS),
                     limits=LimitsConfig(cpu_quota=0.25))

@@ -14,6 +14,12 @@ inside. The supervisor creates the cgroup, with its limits, before the spawn.
 cgroup v1 (controllers mounted apart): ``pids`` and ``memory`` are required;
 ``cpu``, ``cpuacct`` and ``freezer`` are used when present. cgroup v2 (a
 unified hierarchy with ``pids`` and ``memory`` available): one directory.
+
+CPU under contention: the daemon must relay, stream and cancel while its turns
+keep every core busy. Every turn is below the base in the ``cpu`` hierarchy,
+so the kernel weighs all turns together as one group against each of the
+daemon's threads (v1: the daemon stays in its own cgroup, the base's parent;
+v2: the daemon's leaf has the top ``cpu.weight`` beside the turns' default).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ log = get_logger("runnerd.cgroups")
 V1_CONTROLLERS = ("pids", "memory", "cpu", "cpuacct", "freezer")
 RUNNERD_TASKS = 1  # tasks of a turn that are runnerd's, not the agent's: not charged to max_processes
 V1_REQUIRED = ("pids", "memory")
+DAEMON_CPU_WEIGHT = 10000  # v2's highest cpu.weight (a turn's default is 100)
 CPU_PERIOD_US = 100_000
 
 
@@ -255,6 +262,8 @@ class Cgroups:
                 missing = [c for c in wanted if c not in fs.read(control).split()]
                 if missing:
                     fs.write(control, " ".join("+" + c for c in missing))
+            if moved and "cpu" in wanted:  # the leaf is one sibling among the turns: it weighs most
+                fs.try_write(os.path.join(leaf, "cpu.weight"), str(DAEMON_CPU_WEIGHT))
         except OSError as exc:
             # EBUSY: other processes share our cgroup (a host embedding us, an older
             # forkserver). Undo, leaving the daemon where it was.
@@ -310,8 +319,6 @@ class Cgroups:
         name = f"turn-{turn_id}"
         dirs: dict[str, str] = {}
         for c, base in self.bases.items():
-            if c == "cpu" and self.limits.cpu_quota is None and base != self.bases.get("cpuacct"):
-                continue  # v1 cpu alone only carries the quota: one directory less per start
             d = os.path.join(base, name)
             if not os.path.isdir(d):
                 os.mkdir(d)
