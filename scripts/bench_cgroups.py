@@ -11,7 +11,15 @@
    against kernel-enforced (a cgroup per turn);
 2. start latency: ``start_turn`` -> ``RUN_STARTED`` visible, and a whole
    no-op turn (start -> terminal event, which includes removing the cgroup),
-   with and without a cgroup per turn, interleaved.
+   with and without a cgroup per turn, interleaved;
+3. the daemon under busy turns: ``BUSY`` turns spin in pure Python (2 per
+   core) while one turn emits ``PACED_N`` events at ``PACED_RATE``/s; the
+   delay from each event's stamp in the child to the reader in this process
+   (the relay's and the reader's threads, as in the daemon). Grouped: every
+   turn in the ``cpu`` hierarchy under the base (the default), against the same
+   kernel-contained supervisor with its ``cpu`` base dropped before the turns
+   start (each turn then weighs as much as a daemon thread: the code before),
+   alternated, medians of the rounds' percentiles.
 
 Needs root and cgroup v1 or v2 controllers; the limits it crosses are bounded
 by the agents themselves (scripts/bench_cgroups_agents.py).
@@ -33,7 +41,9 @@ from ipc import events as ev  # noqa: E402
 from supervisor.config import Config, LimitsConfig  # noqa: E402
 from supervisor.embedded import Supervisor  # noqa: E402
 
-AGENTS = {name: f"bench_cgroups_agents:{name}" for name in ("noop", "cross_memory", "cross_processes")}
+AGENTS = {name: f"bench_cgroups_agents:{name}" for name in ("noop", "cross_memory", "cross_processes", "spin", "paced")}
+BUSY = 2 * (os.cpu_count() or 1)
+PACED_N, PACED_RATE = 300, 100.0
 MEMORY_BYTES = 128 << 20
 MAX_PROCESSES = 20
 
@@ -67,6 +77,24 @@ def start_latency(sup: Supervisor) -> tuple[float, float]:
             started = time.perf_counter() - t0
     assert started is not None
     return started, time.perf_counter() - t0
+
+
+def delivery_under_busy_turns(sup: Supervisor) -> tuple[float, float]:
+    """(p50, p99) delivery delay, seconds, of a paced turn while ``BUSY`` turns spin."""
+    busy = [sup.start_turn("spin", {"seconds": 60}) for _ in range(BUSY)]
+    try:
+        for turn in busy:  # all spinning before the paced turn starts
+            next(e for _, e in sup.events(turn.turn_id) if isinstance(e, ev.Custom) and e.name == "spinning")
+        paced = sup.start_turn("paced", {"n": PACED_N, "rate": PACED_RATE})
+        delays = [time.monotonic_ns() - int(e.value) for _, e in sup.events(paced.turn_id)
+                  if isinstance(e, ev.Custom) and e.name == "e"]
+        assert len(delays) == PACED_N, len(delays)
+        return median(delays) / 1e9, pct(delays, 99) / 1e9
+    finally:
+        for turn in busy:
+            sup.cancel(turn.turn_id)
+        for turn in busy:
+            sup.wait(turn.turn_id, 30)
 
 
 def main() -> None:
@@ -106,6 +134,27 @@ def main() -> None:
                 print(f"   {what:38} without {ms(base)} (p90 {ms(pct([x[i] for x in lat['off']], 90))})  "
                       f"with cgroup {ms(with_cg)} (p90 {ms(pct([x[i] for x in lat['cgroup']], 90))})  "
                       f"ratio {with_cg / base:.2f}")
+            rounds = 2 if args.quick else 3
+            print(f"\n3. a turn's events while {BUSY} turns spin on {os.cpu_count()} cores "
+                  f"({PACED_N} events at {PACED_RATE:.0f}/s, {rounds} rounds each, alternated)")
+            if "cpu" not in kernel.cgroups.bases:
+                print("   skipped: no cpu controller")
+                return
+            flat = supervisor(tmp + "/flat", "require")
+            try:
+                flat.cgroups.bases.pop("cpu")  # turns not in the cpu hierarchy: what the code did before
+                seen: dict[str, list[tuple[float, float]]] = {"grouped": [], "flat": []}
+                for _ in range(rounds):
+                    seen["grouped"].append(delivery_under_busy_turns(kernel))
+                    seen["flat"].append(delivery_under_busy_turns(flat))
+                g50, g99 = (median([x[i] for x in seen["grouped"]]) for i in (0, 1))
+                f50, f99 = (median([x[i] for x in seen["flat"]]) for i in (0, 1))
+                print(f"   delivery delay p50: grouped {ms(g50)}, flat {ms(f50)}, grouped/flat {g50 / f50:.2f}")
+                print(f"   delivery delay p99: grouped {ms(g99)}, flat {ms(f99)}, grouped/flat {g99 / f99:.2f}")
+                print(f"   rounds (p50, p99 ms): grouped {[(round(a * 1e3, 2), round(b * 1e3, 1)) for a, b in seen['grouped']]}"
+                      f"  flat {[(round(a * 1e3, 2), round(b * 1e3, 1)) for a, b in seen['flat']]}")
+            finally:
+                flat.close()
         finally:
             polled.close()
             kernel.close()

@@ -12,7 +12,10 @@ StateGraph written to a temp dir at run time). Figures, the two systems alternat
   4. C concurrent runs x 200 events at 20 ev/s: delivery delay p50/p99 (event stamp ->
      client), server CPU (psutil, the server's process tree; for runnerd also split
      into the daemon process and the rest: forkserver and turns) and memory (PSS, USS).
-     Repeated ``--load-rounds`` times, the systems alternated; medians.
+     Repeated ``--load-rounds`` times, the systems alternated; medians. After each round,
+     the floor: C bare Python processes pacing the same sleeps with asyncio, their own
+     CPU (start-up excluded), i.e. what one process per turn costs before any supervisor
+     work.
 
 ``--baseline-src DIR`` adds a third system: runnerd run from another checkout of its
 code (``git archive <commit> | tar -x -C DIR``), driven like the others, for before /
@@ -278,6 +281,34 @@ async def load(system: System, c: httpx.AsyncClient, runs: int, n: int, rate: fl
             "daemon": own_cpu_s(system.proc.pid) - own0, "wall": wall, "pss": peak[0], "uss": peak[1]}
 
 
+FLOOR_CODE = """
+import asyncio, json, resource, sys, time
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+async def main(n, rate):
+    t0 = time.monotonic_ns()
+    for i in range(n):
+        delay = t0 + i * 1e9 / rate - time.monotonic_ns()
+        if delay > 0:
+            await asyncio.sleep(delay / 1e9)
+        json.dumps({"t": time.monotonic_ns(), "i": i})
+c0 = cpu()
+asyncio.run(main(int(sys.argv[1]), float(sys.argv[2])))
+print(cpu() - c0)
+"""
+
+
+async def floor_cpu_s(runs: int, n: int, rate: float) -> float:
+    """The CPU that ``runs`` separate Python processes spend pacing the agent's sleeps
+    (asyncio, one JSON encode per event), start-up excluded: what one process per
+    turn costs before any supervisor work."""
+    procs = [await asyncio.create_subprocess_exec(sys.executable, "-c", FLOOR_CODE, str(n), str(rate),
+                                                  stdout=asyncio.subprocess.PIPE) for _ in range(runs)]
+    outs = await asyncio.gather(*(p.communicate() for p in procs))
+    return sum(float(out) for out, _ in outs)
+
+
 def own_cpu_s(pid: int) -> float:
     """User + system CPU of the server's own process (not its children)."""
     t = psutil.Process(pid).cpu_times()
@@ -305,6 +336,7 @@ async def bench(systems: list[System], quick: bool, sections: set[str], load_rou
     rate: dict[str, list[float]] = {n: [] for n in names}
     cancel: dict[str, list[float]] = {n: [] for n in names}
     loads: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    floor: list[float] = []
     async with httpx.AsyncClient(timeout=httpx.Timeout(30.0),
                                  limits=httpx.Limits(max_connections=2 * conc + 10)) as c:
         for s in systems:  # warm: connections, imports, the forkserver
@@ -331,6 +363,8 @@ async def bench(systems: list[System], quick: bool, sections: set[str], load_rou
             for s in order(i):
                 loads[s.name].append(await load(s, c, conc, 200, 20.0))
                 await asyncio.sleep(2.0)  # let one system settle before the next
+            floor.append(await floor_cpu_s(conc, 200, 20.0))
+            await asyncio.sleep(2.0)
 
     head = " | ".join(names)
     ratio_heads = f"{names[0]} / {names[1]}" + (f" | {names[0]} / {names[2]}" if len(names) > 2 else "")
@@ -357,7 +391,10 @@ async def bench(systems: list[System], quick: bool, sections: set[str], load_rou
         row(f"{label}: server CPU, its own process only{rounds}", fig("daemon"), "s")
         row(f"{label}: server tree PSS, peak{rounds}", fig("pss"), "MiB", ".0f")
         row(f"{label}: server tree USS, peak{rounds}", fig("uss"), "MiB", ".0f")
-    print(f"\nraw: first={first}\nrate={rate}\ncancel={cancel}\nload={loads}")
+        print(f"\nfloor: {conc} bare Python processes pacing the same sleeps (asyncio, start-up excluded), "
+              f"CPU {median(floor):.2f} s{rounds}, in the same run: one process per turn costs this before "
+              f"any supervisor work")
+    print(f"\nraw: first={first}\nrate={rate}\ncancel={cancel}\nload={loads}\nfloor={floor}")
 
 
 def main() -> None:
