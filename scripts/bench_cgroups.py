@@ -12,8 +12,8 @@
 2. start latency: ``start_turn`` -> ``RUN_STARTED`` visible, and a whole
    no-op turn (start -> terminal event, which includes removing the cgroup),
    with and without a cgroup per turn, interleaved;
-3. the daemon under busy turns: ``BUSY`` turns spin in pure Python (2 per
-   core) while one turn emits ``PACED_N`` events at ``PACED_RATE``/s; the
+3. the daemon under busy turns: ``BUSY`` turns spin in pure Python (2, then 8
+   per core) while one turn emits ``PACED_N`` events at ``PACED_RATE``/s; the
    delay from each event's stamp in the child to the reader in this process
    (the relay's and the reader's threads, as in the daemon). Grouped: every
    turn in the ``cpu`` hierarchy under the base (the default), against the same
@@ -42,7 +42,7 @@ from supervisor.config import Config, LimitsConfig  # noqa: E402
 from supervisor.embedded import Supervisor  # noqa: E402
 
 AGENTS = {name: f"bench_cgroups_agents:{name}" for name in ("noop", "cross_memory", "cross_processes", "spin", "paced")}
-BUSY = 2 * (os.cpu_count() or 1)
+BUSY = tuple(k * (os.cpu_count() or 1) for k in (2, 8))  # spinning turns: 2 and 8 per core
 PACED_N, PACED_RATE = 300, 100.0
 MEMORY_BYTES = 128 << 20
 MAX_PROCESSES = 20
@@ -79,9 +79,9 @@ def start_latency(sup: Supervisor) -> tuple[float, float]:
     return started, time.perf_counter() - t0
 
 
-def delivery_under_busy_turns(sup: Supervisor) -> tuple[float, float]:
-    """(p50, p99) delivery delay, seconds, of a paced turn while ``BUSY`` turns spin."""
-    busy = [sup.start_turn("spin", {"seconds": 60}) for _ in range(BUSY)]
+def delivery_under_busy_turns(sup: Supervisor, spinning: int) -> tuple[float, float]:
+    """(p50, p99) delivery delay, seconds, of a paced turn while ``spinning`` turns spin."""
+    busy = [sup.start_turn("spin", {"seconds": 60}) for _ in range(spinning)]
     try:
         for turn in busy:  # all spinning before the paced turn starts
             next(e for _, e in sup.events(turn.turn_id) if isinstance(e, ev.Custom) and e.name == "spinning")
@@ -135,7 +135,7 @@ def main() -> None:
                       f"with cgroup {ms(with_cg)} (p90 {ms(pct([x[i] for x in lat['cgroup']], 90))})  "
                       f"ratio {with_cg / base:.2f}")
             rounds = 2 if args.quick else 3
-            print(f"\n3. a turn's events while {BUSY} turns spin on {os.cpu_count()} cores "
+            print(f"\n3. a turn's events while other turns spin on {os.cpu_count()} cores "
                   f"({PACED_N} events at {PACED_RATE:.0f}/s, {rounds} rounds each, alternated)")
             if "cpu" not in kernel.cgroups.bases:
                 print("   skipped: no cpu controller")
@@ -143,16 +143,18 @@ def main() -> None:
             flat = supervisor(tmp + "/flat", "require")
             try:
                 flat.cgroups.bases.pop("cpu")  # turns not in the cpu hierarchy: what the code did before
-                seen: dict[str, list[tuple[float, float]]] = {"grouped": [], "flat": []}
-                for _ in range(rounds):
-                    seen["grouped"].append(delivery_under_busy_turns(kernel))
-                    seen["flat"].append(delivery_under_busy_turns(flat))
-                g50, g99 = (median([x[i] for x in seen["grouped"]]) for i in (0, 1))
-                f50, f99 = (median([x[i] for x in seen["flat"]]) for i in (0, 1))
-                print(f"   delivery delay p50: grouped {ms(g50)}, flat {ms(f50)}, grouped/flat {g50 / f50:.2f}")
-                print(f"   delivery delay p99: grouped {ms(g99)}, flat {ms(f99)}, grouped/flat {g99 / f99:.2f}")
-                print(f"   rounds (p50, p99 ms): grouped {[(round(a * 1e3, 2), round(b * 1e3, 1)) for a, b in seen['grouped']]}"
-                      f"  flat {[(round(a * 1e3, 2), round(b * 1e3, 1)) for a, b in seen['flat']]}")
+                for spinning in BUSY:
+                    seen: dict[str, list[tuple[float, float]]] = {"grouped": [], "flat": []}
+                    for _ in range(rounds):
+                        seen["grouped"].append(delivery_under_busy_turns(kernel, spinning))
+                        seen["flat"].append(delivery_under_busy_turns(flat, spinning))
+                    g50, g99 = (median([x[i] for x in seen["grouped"]]) for i in (0, 1))
+                    f50, f99 = (median([x[i] for x in seen["flat"]]) for i in (0, 1))
+                    print(f"   {spinning:2} spinning: delivery delay p50 grouped {ms(g50)}, flat {ms(f50)} "
+                          f"({g50 / f50:.2f}x); p99 grouped {ms(g99)}, flat {ms(f99)} ({g99 / f99:.2f}x)")
+                    print("      rounds (p50, p99 ms): grouped "
+                          f"{[(round(a * 1e3, 2), round(b * 1e3, 1)) for a, b in seen['grouped']]}"
+                          f"  flat {[(round(a * 1e3, 2), round(b * 1e3, 1)) for a, b in seen['flat']]}")
             finally:
                 flat.close()
         finally:
