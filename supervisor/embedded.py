@@ -355,6 +355,16 @@ class Supervisor:
             return self.cluster.cancel_remote(turn_id, reason)  # its owner cancels it
         return self._cancel_local(turn_id, reason)
 
+    def cancel_nowait(self, turn_id: str, *, reason: str | None = None) -> threading.Event | None:
+        """``cancel``'s first half for a turn running on this node, without blocking
+        (safe on an event loop): the cancel is queued and the token set at once.
+        Returns the relay's acknowledgement (then ``status`` shows the intent), or
+        None when the turn is not running here: then call ``cancel``."""
+        validate_turn_id(turn_id)
+        if self.table.live(turn_id) is None:
+            return None
+        return self.relay.post_cancel(turn_id, reason)
+
     def _cancel_local(self, turn_id: str, reason: str | None) -> TurnInfo:
         pending = self.scheduler.remove_queued(turn_id)
         if pending is not None:  # never started: end it here, cancelled

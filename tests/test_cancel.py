@@ -171,3 +171,22 @@ def test_a_stopped_turn_is_cancelled_by_sigkill_and_the_relay_goes_on(sup: Super
     assert sup.wait(bystander.turn_id, 10).status is TurnStatus.SUCCEEDED
     info = sup.wait(stopped.turn_id, 10)
     assert info.status is TurnStatus.CANCELLED and info.signal == signal.SIGKILL
+
+
+@pytest.mark.timeout(20)
+def test_cancel_nowait_sets_a_running_turns_token_and_leaves_other_turns_to_cancel(tmp_path: Path) -> None:
+    # The HTTP cancel's first half, on the event loop: only a turn running here.
+    with Supervisor(make_config(tmp_path, max_running_turns=1)) as sup:
+        running = sup.start_turn("async_agent")
+        queued = sup.start_turn("count", {"n": 1})
+        _custom(sup, running.turn_id, "ready")
+        assert sup.cancel_nowait(queued.turn_id) is None  # queued: cancel() ends it
+        assert sup.cancel_nowait("01AAAAAAAAAAAAAAAAAAAAAAAA") is None
+        ack = sup.cancel_nowait(running.turn_id, reason="by test")
+        assert ack is not None and ack.wait(5)
+        info = sup.status(running.turn_id)
+        assert info.cancel_requested and info.cancel_reason == "by test"
+        assert sup.wait(running.turn_id, 10).status is TurnStatus.CANCELLED
+        names = [getattr(e, "name", None) for _, e in sup.events(running.turn_id, follow=False)]
+        assert "task_cancelled" in names  # the token reached the agent: the cooperative path
+        sup.cancel(queued.turn_id)

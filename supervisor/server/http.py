@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from supervisor.embedded import Supervisor
+from supervisor.embedded import CANCEL_ACK_S, Supervisor
 from supervisor.errors import (
     InvalidCursor,
     InvalidRequest,
@@ -123,8 +123,16 @@ class Api:
     async def cancel(self, request: Request) -> Response:
         turn_id = validate_turn_id(request.path_params["turn_id"])
         body: CancelBody = await self._body(request, CancelBody)
-        # Off the loop: ending a queued turn writes and fsyncs its log.
-        info = await run_in_threadpool(lambda: self.sup.cancel(turn_id, reason=body.reason))
+        # A running turn's token is set here, on the loop (that never blocks): the agent
+        # starts stopping without waiting for a worker thread. Only the wait for the
+        # relay's acknowledgement goes off the loop, and so does every other case
+        # (ending a queued turn writes and fsyncs its log; another node's turn).
+        ack = self.sup.cancel_nowait(turn_id, reason=body.reason)
+        if ack is None:
+            info = await run_in_threadpool(lambda: self.sup.cancel(turn_id, reason=body.reason))
+        else:
+            await run_in_threadpool(ack.wait, CANCEL_ACK_S)
+            info = await self._read(lambda: self.sup.status(turn_id))
         return json_response(info, 202)
 
     async def export(self, request: Request) -> Response:
