@@ -140,6 +140,9 @@ def main() -> None:
             if "cpu" not in kernel.cgroups.bases:
                 print("   skipped: no cpu controller")
                 return
+            if kernel.cgroups.bases["cpu"] == kernel.cgroups.bases.get("cpuacct"):
+                print("   skipped: cpu is mounted with cpuacct, so the flat baseline cannot be made here")
+                return
             flat = supervisor(tmp + "/flat", "require")
             try:
                 flat.cgroups.bases.pop("cpu")  # turns not in the cpu hierarchy: what the code did before

@@ -50,7 +50,7 @@ TEST_AGENTS = {
                  "grandchildren", "fail", "exit3", "segfault", "wait_forever", "bad_events",
                  "garbage", "close_pipe", "result_value", "big_event", "fork_bomb", "memory_hog", "busy_loop", "chatty", "introspect", "many_events", "forged_seq", "kill_forkserver", "leave_helper", "emit_many_big", "huge_result",
                  "exponential_fork_bomb", "memory_hog_tree", "escapee", "touch",
-                 "where", "isolation", "lifecycle_on_pipe", "secretive", "orphan_exits")
+                 "where", "isolation", "lifecycle_on_pipe", "secretive", "orphan_exits", "returns_when_cancelled")
 }
 TEST_AGENTS["broken"] = "fixture_broken_agent:run"
 

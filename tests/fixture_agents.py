@@ -397,3 +397,11 @@ def secretive(ctx: TurnContext, input: Any) -> dict[str, Any]:
     ctx.custom("echo", input)
     print("stdout says", input, flush=True)
     return {"echo": input}
+
+
+def returns_when_cancelled(ctx: TurnContext, input: Any) -> str:
+    """Answers a cancel by returning normally (a partial result), not by raising."""
+    ctx.custom("ready", os.getpid())
+    while not ctx.cancelled:
+        time.sleep(0.002)
+    return "partial"

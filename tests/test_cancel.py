@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -190,3 +192,31 @@ def test_cancel_nowait_sets_a_running_turns_token_and_leaves_other_turns_to_canc
         names = [getattr(e, "name", None) for _, e in sup.events(running.turn_id, follow=False)]
         assert "task_cancelled" in names  # the token reached the agent: the cooperative path
         sup.cancel(queued.turn_id)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("agent", ["returns_when_cancelled", "cooperative"])
+def test_an_answer_read_before_the_relay_drained_the_cancel_still_ends_cancelled(sup: Supervisor, agent: str) -> None:
+    # post_cancel sets the token from the caller's thread, so the agent's answer (a normal
+    # return, or Cancelled) can be read in a relay step whose commands were drained just
+    # before the cancel was queued. Forced here: drains see nothing until the answer is in.
+    turn = sup.start_turn(agent)
+    _custom(sup, turn.turn_id, "ready")
+    relay = sup.relay
+    real_drain = relay._drain_commands
+    held = threading.Event()
+    held.set()
+
+    def drain(woken: bool) -> dict[str, Any]:
+        return {} if held.is_set() else real_drain(woken)
+
+    relay._drain_commands = drain  # type: ignore[method-assign]
+    try:
+        ack = relay.post_cancel(turn.turn_id, "raced")
+        wait_for(lambda: (live := relay.table.live(turn.turn_id)) is None or live.done is not None)
+    finally:
+        held.clear()
+        relay._wake()
+    assert ack.wait(10)
+    info = sup.wait(turn.turn_id, 10)
+    assert info.status is TurnStatus.CANCELLED and info.cancel_requested and info.cancel_reason == "raced"

@@ -143,7 +143,7 @@ def test_exponential_fork_bomb_is_held_at_max_processes(outer: KernelBound, tmp_
         assert d.proc.poll() is None
         with d.http() as c:
             assert c.get("/v1/health").json()["status"] == "ok"
-        assert _turn_cgroup_dirs(outer) == []
+        wait_for(lambda: _turn_cgroup_dirs(outer) == [])  # removed just after the terminal event
         wait_for(lambda: outer.procs() <= d.family(), 10, 0.02)  # nothing of the bomb left
         again = d.start("count", {"n": 3})  # the daemon still starts turns
         assert d.ended(again)["status"] == "succeeded"
@@ -168,7 +168,7 @@ def test_memory_hog_tree_ends_memory_limit_within_the_limit(outer: KernelBound, 
         peak = info["usage"]["memory_peak_bytes"]
         assert 128 * MIB < peak <= 256 * MIB, info["usage"]  # the kernel's high-water mark
         assert info["usage"]["cpu_seconds"] > 0
-        assert _turn_cgroup_dirs(outer) == []
+        wait_for(lambda: _turn_cgroup_dirs(outer) == [])  # removed just after the terminal event
         wait_for(lambda: outer.procs() <= d.family(), 10, 0.02)
     finally:
         d.stop()
@@ -187,7 +187,7 @@ def test_setsid_renamed_envless_escapee_is_gone_after_cancel(outer: KernelBound,
         info = d.ended(turn)
         assert info["status"] == "cancelled", info
         assert not _alive(escaped)
-        assert _turn_cgroup_dirs(outer) == []
+        wait_for(lambda: _turn_cgroup_dirs(outer) == [])  # removed just after the terminal event
         wait_for(lambda: outer.procs() <= d.family(), 10, 0.02)
     finally:
         d.stop()
@@ -365,6 +365,7 @@ def test_turns_weigh_as_one_cpu_group_against_the_daemon(tmp_path: Path) -> None
             cpu = next(line.rstrip().split(":", 2)[2] for line in f if "cpu" in line.split(":")[1].split(","))
         base = sup.cgroups.bases["cpu"]
         assert cpu.endswith(f"/{os.path.basename(base)}/turn-{turn.turn_id}")
+        assert Path(base, "cpu.shares").read_text().strip() == str(1024 * (os.cpu_count() or 1))
         assert str(os.getpid()) in Path(sup.cgroups.parents["cpu"], "cgroup.procs").read_text().split()
         sup.cancel(turn.turn_id)
         sup.wait(turn.turn_id, 10)

@@ -16,10 +16,14 @@ cgroup v1 (controllers mounted apart): ``pids`` and ``memory`` are required;
 unified hierarchy with ``pids`` and ``memory`` available): one directory.
 
 CPU under contention: the daemon must relay, stream and cancel while its turns
-keep every core busy. Every turn is below the base in the ``cpu`` hierarchy,
-so the kernel weighs all turns together as one group against each of the
-daemon's threads (v1: the daemon stays in its own cgroup, the base's parent;
-v2: the daemon's leaf has the top ``cpu.weight`` beside the turns' default).
+keep every core busy. v1: every turn is below the base in the ``cpu``
+hierarchy and the base weighs as one busy task per CPU, so all turns together
+can still fill the machine beside other processes of the daemon's cgroup (the
+base's parent, where the daemon stays), while each daemon thread outweighs
+any one turn. v2: the turns are siblings of the daemon's leaf, which gets the
+top ``cpu.weight`` (10000, a turn's is 100): with N busy turns the daemon can
+take 10000/(10000 + 100 N) of the CPU (N = 50: two thirds); written only when
+the daemon moved to a leaf (a daemon in the root cgroup competes as tasks).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ V1_CONTROLLERS = ("pids", "memory", "cpu", "cpuacct", "freezer")
 RUNNERD_TASKS = 1  # tasks of a turn that are runnerd's, not the agent's: not charged to max_processes
 V1_REQUIRED = ("pids", "memory")
 DAEMON_CPU_WEIGHT = 10000  # v2's highest cpu.weight (a turn's default is 100)
+V1_TURNS_CPU_SHARES = 1024 * (os.cpu_count() or 1)  # 1024: one task at nice 0
 CPU_PERIOD_US = 100_000
 
 
@@ -305,6 +310,8 @@ class Cgroups:
                     return f"v1: cannot create {base}: {exc.strerror or exc}"
                 continue
             bases[c], parents[c] = base, parent
+            if c == "cpu":  # all turns together: one busy task's weight per CPU (see the module doc)
+                fs.try_write(os.path.join(base, "cpu.shares"), str(V1_TURNS_CPU_SHARES))
         self.version, self.bases, self.parents = 1, bases, parents
         self.containment = Containment("cgroup-v1", sorted(bases), "cgroup v1: " + ", ".join(
             f"{c} at {b}" for c, b in sorted(bases.items())))

@@ -80,6 +80,12 @@ class Live:
     event_bytes: int = 0
     next_poll: float = 0.0
     cgroup: TurnCgroup | None = None  # kernel containment (supervisor.runtime.cgroups), when on
+    # A cancel whose token another thread set (post_cancel) before this thread recorded
+    # it: the agent's answer may be read first. ``done_answers_cancel``: its Done frame
+    # was read after that token was set (a cancel racing the agent's own end may win).
+    cancel_posted: bool = False
+    cancel_posted_reason: str | None = None
+    done_answers_cancel: bool = False
 
 
 class Relay:
@@ -134,6 +140,7 @@ class Relay:
         self._closer.start()
 
     def add(self, live: Live) -> None:
+        live.log = log.bind(turn_id=live.info.turn_id, agent=live.info.agent)  # a cancel may come before "add"
         self.table.go_live(live)
         self._post("add", live.info.turn_id)
 
@@ -141,14 +148,16 @@ class Relay:
         """Cancel a live turn: the relay thread records the intent; the token is set
         here, so the agent starts stopping without waiting for the relay to wake.
 
-        The command is queued before the token is set, so any relay step that sees
-        the agent react (its ``Done``, its exit) has drained the command first.
+        The turn is marked before the token is set: when the agent's answer (its
+        ``Done``, its exit) is read in a step whose commands were drained before this
+        one was queued, the relay still records the cancel (``_pump``, ``_finish``).
         The returned event is set once the relay has handled the request.
         """
         ack = threading.Event()
         self._commands.put(("cancel", turn_id, reason, ack))
         live = self.table.live(turn_id)
         if live is not None and live.phase is Phase.RUNNING:
+            live.cancel_posted_reason, live.cancel_posted = reason, True
             live.spawned.token.set()  # before the wake-up: the relay's wake would take the GIL first
         self._wake()
         return ack
@@ -302,7 +311,6 @@ class Relay:
 
     def _on_add(self, live: Live) -> None:
         proc = live.spawned.process
-        live.log = log.bind(turn_id=live.info.turn_id, agent=live.info.agent)
         try:
             ctime = psutil.Process(proc.pid).create_time()
         except psutil.Error:
@@ -323,17 +331,22 @@ class Relay:
         live.log.info("turn_spawned", pid=proc.pid)
 
     def _on_cancel(self, live: Live, reason: str | None) -> None:
-        # Once the agent has reported its end (or exited) the outcome is decided; a
-        # Done("cancelled") can be the answer to the token post_cancel set already.
-        if live.phase is not Phase.RUNNING or (live.done is not None and live.done.outcome != "cancelled"):
+        # Once the agent has reported its end (or exited) the outcome is decided, unless
+        # that report answers this cancel's token, which post_cancel set already.
+        if live.phase is not Phase.RUNNING or (live.done is not None and not live.done_answers_cancel):
             return
         # Intent first, then the token: the reaper must see a cancel, not a crash.
-        if live.stop.request(Intent.CANCEL, reason or "", time.monotonic()):
-            with self.table.lock:
-                live.info.cancel_requested = True
-                live.info.cancel_reason = reason
+        if self._record_cancel(live, reason):
             live.spawned.token.set()
             live.log.info("turn_cancel_requested", reason=reason)
+
+    def _record_cancel(self, live: Live, reason: str | None) -> bool:
+        if not live.stop.request(Intent.CANCEL, reason or "", time.monotonic()):
+            return False
+        with self.table.lock:
+            live.info.cancel_requested = True
+            live.info.cancel_reason = reason
+        return True
 
     def _pump(self, live: Live) -> None:
         frames = live.reader.read()
@@ -361,6 +374,7 @@ class Relay:
                     started = True
             elif isinstance(frame, Done):
                 live.done = frame
+                live.done_answers_cancel = live.cancel_posted
         if lines:
             self._commit(live, lines, seq)
         if started and self.on_status is not None:
@@ -600,6 +614,9 @@ class Relay:
         self._fds.drop(live.info.turn_id)  # before its fds close: their numbers get reused
         info = live.info
         done = live.done
+        if live.cancel_posted and live.stop.intent is Intent.NONE and (done is None or live.done_answers_cancel):
+            # It ended in answer to a token set by post_cancel before this thread drained the command.
+            self._record_cancel(live, live.cancel_posted_reason)
         ending = classify(
             run_id=info.agui_run_id,
             thread_id=live.spec.thread_id,
