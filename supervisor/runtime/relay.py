@@ -667,7 +667,7 @@ class Relay:
     def _close_ended(self) -> None:
         """The closer thread: each finished turn's log and record made durable, in order,
         its (empty) cgroup removed, then the turn moved to the past. Off the relay thread:
-        two fsyncs and a cgroup removal (0.2-18 ms here) per turn end would stall every
+        two fsyncs and a cgroup removal (0.2-23 ms measured here) per turn end would stall every
         other turn's events."""
         while (live := self._ended.get()) is not None:
             info = live.info
