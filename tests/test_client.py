@@ -94,3 +94,37 @@ def test_async_client(daemon: Daemon) -> None:
             return seqs
 
     assert asyncio.run(main()) == list(range(1, 43))
+
+
+@pytest.mark.timeout(20)
+def test_a_connection_reset_mid_request_is_daemon_unavailable(tmp_path: Path) -> None:
+    # What `runnerctl shutdown` met while the daemon closed: accepted, then reset.
+    import select
+    import socket
+
+    from supervisor.control.client import DaemonUnavailable
+
+    path = str(tmp_path / "reset.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen()
+
+    def reset_each() -> None:
+        for _ in range(2):
+            conn, _ = server.accept()
+            select.select([conn], [], [], 10)  # the request is in, and left unread:
+            conn.close()  # closing over unread data resets the connection (ECONNRESET)
+
+    threading.Thread(target=reset_each, daemon=True).start()
+    try:
+        with Client(socket=path, timeout=5) as c:
+            with pytest.raises(DaemonUnavailable):
+                c.health()
+
+        async def _async() -> None:
+            async with AsyncClient(socket=path, timeout=5) as ac:
+                await ac.status("01AAAAAAAAAAAAAAAAAAAAAAAA")
+        with pytest.raises(DaemonUnavailable):
+            asyncio.run(_async())
+    finally:
+        server.close()

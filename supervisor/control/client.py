@@ -82,6 +82,10 @@ def _raise_for(response: httpx.Response) -> None:
     raise RequestFailed(response.status_code, code, message)
 
 
+# The daemon is not there, or went away mid-request (a reset while it shuts down).
+_GONE = (httpx.NetworkError, httpx.RemoteProtocolError, FileNotFoundError)
+
+
 def _unavailable(where: str, exc: Exception) -> DaemonUnavailable:
     return DaemonUnavailable(
         f"runnerd is not answering at {where} ({type(exc).__name__}); start it with "
@@ -120,7 +124,7 @@ class Client(_Base):
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
-        except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as exc:
+        except _GONE as exc:
             raise _unavailable(self.where, exc) from None
         _raise_for(response)
         return response
@@ -313,7 +317,7 @@ class AsyncClient(_Base):
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = await self._http.request(method, path, **kwargs)
-        except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as exc:
+        except _GONE as exc:
             raise _unavailable(self.where, exc) from None
         _raise_for(response)
         return response
