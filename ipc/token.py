@@ -30,6 +30,10 @@ class CancelToken:
             self._set = True
             self._sem.release()
 
+    def is_set(self) -> bool:
+        """Whether this process has set it (the child learns of it from ``wait``)."""
+        return self._set
+
     def wait(self) -> None:
         self._sem.acquire()
 

@@ -41,7 +41,8 @@ from ipc import events as ev  # noqa: E402
 from supervisor.config import Config, LimitsConfig  # noqa: E402
 from supervisor.embedded import Supervisor  # noqa: E402
 
-AGENTS = {name: f"bench_cgroups_agents:{name}" for name in ("noop", "cross_memory", "cross_processes", "spin", "paced")}
+AGENTS = {name: f"bench_cgroups_agents:{name}" for name in ("noop", "cross_memory", "cross_processes", "spin")}
+AGENTS["paced"] = "bench_agents:paced"  # bench_core's latency agent, idle mode
 BUSY = tuple(k * (os.cpu_count() or 1) for k in (2, 8))  # spinning turns: 2 and 8 per core
 PACED_N, PACED_RATE = 300, 100.0
 MEMORY_BYTES = 128 << 20
@@ -85,9 +86,9 @@ def delivery_under_busy_turns(sup: Supervisor, spinning: int) -> tuple[float, fl
     try:
         for turn in busy:  # all spinning before the paced turn starts
             next(e for _, e in sup.events(turn.turn_id) if isinstance(e, ev.Custom) and e.name == "spinning")
-        paced = sup.start_turn("paced", {"n": PACED_N, "rate": PACED_RATE})
-        delays = [time.monotonic_ns() - int(e.value) for _, e in sup.events(paced.turn_id)
-                  if isinstance(e, ev.Custom) and e.name == "e"]
+        paced = sup.start_turn("paced", {"rate": PACED_RATE, "seconds": PACED_N / PACED_RATE})
+        delays = [time.monotonic_ns() - int(e.value["t"]) for _, e in sup.events(paced.turn_id)
+                  if isinstance(e, ev.Custom) and e.name == "lat"]
         assert len(delays) == PACED_N, len(delays)
         return median(delays) / 1e9, pct(delays, 99) / 1e9
     finally:

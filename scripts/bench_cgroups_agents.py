@@ -43,14 +43,3 @@ def spin(ctx: TurnContext, input: Any) -> None:
     end = time.monotonic() + float((input or {}).get("seconds", 60))
     while time.monotonic() < end:
         ctx.check_cancelled()
-
-
-def paced(ctx: TurnContext, input: Any) -> None:
-    """``n`` CUSTOM "e" events stamped with ``time.monotonic_ns()`` at ``rate``/s."""
-    n, rate = int(input["n"]), float(input["rate"])
-    t0 = time.monotonic()
-    for i in range(n):
-        delay = t0 + i / rate - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        ctx.custom("e", time.monotonic_ns())

@@ -80,10 +80,9 @@ class Live:
     event_bytes: int = 0
     next_poll: float = 0.0
     cgroup: TurnCgroup | None = None  # kernel containment (supervisor.runtime.cgroups), when on
-    # A cancel whose token another thread set (post_cancel) before this thread recorded
-    # it: the agent's answer may be read first. ``done_answers_cancel``: its Done frame
-    # was read after that token was set (a cancel racing the agent's own end may win).
-    cancel_posted: bool = False
+    # post_cancel sets the token before this thread records the cancel, so the agent's
+    # answer may be read first. ``done_answers_cancel``: its Done frame was read after
+    # the token was set (a cancel racing the agent's own end may win).
     cancel_posted_reason: str | None = None
     done_answers_cancel: bool = False
 
@@ -157,7 +156,7 @@ class Relay:
         self._commands.put(("cancel", turn_id, reason, ack))
         live = self.table.live(turn_id)
         if live is not None and live.phase is Phase.RUNNING:
-            live.cancel_posted_reason, live.cancel_posted = reason, True
+            live.cancel_posted_reason = reason
             live.spawned.token.set()  # before the wake-up: the relay's wake would take the GIL first
         self._wake()
         return ack
@@ -374,7 +373,7 @@ class Relay:
                     started = True
             elif isinstance(frame, Done):
                 live.done = frame
-                live.done_answers_cancel = live.cancel_posted
+                live.done_answers_cancel = live.spawned.token.is_set()
         if lines:
             self._commit(live, lines, seq)
         if started and self.on_status is not None:
@@ -614,7 +613,7 @@ class Relay:
         self._fds.drop(live.info.turn_id)  # before its fds close: their numbers get reused
         info = live.info
         done = live.done
-        if live.cancel_posted and live.stop.intent is Intent.NONE and (done is None or live.done_answers_cancel):
+        if live.spawned.token.is_set() and live.stop.intent is Intent.NONE and (done is None or live.done_answers_cancel):
             # It ended in answer to a token set by post_cancel before this thread drained the command.
             self._record_cancel(live, live.cancel_posted_reason)
         ending = classify(
